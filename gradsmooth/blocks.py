@@ -1,0 +1,279 @@
+"""Block grouping: which parameters are the same role in repeated blocks, ordered by depth.
+
+Pure Python over names and shapes, so it serves any framework. A *stack* is a list of
+repeated blocks (``model.layers``); the *depth index* is the position in it; a *role*
+is a parameter's path inside its block (``mlp.up_proj.weight``). A *group* is one stack,
+one role, one shape and one dtype, its members ordered by depth. Groups of one member,
+and every parameter outside a stack, are left out of smoothing (``BlockPlan.ungrouped``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Union
+
+__all__ = ["BlockGroup", "BlockPlan", "find_blocks", "Stacks", "Exclude"]
+
+Stacks = Union[None, str, "re.Pattern[str]", Iterable[str]]
+Exclude = Union[None, str, "re.Pattern[str]", Callable[[str], bool], Iterable[Union[str, "re.Pattern[str]"]]]
+
+# A word ending in its index, as torchvision names blocks: ``encoder_layer_4``.
+_WORD_INDEX = re.compile(r"^([A-Za-z]\w*?_)(\d+)$")
+
+
+class BlockGroup(NamedTuple):
+    """One role of one stack, one shape and dtype: the members a depth operator mixes."""
+
+    stack: str  # the name up to the depth index, e.g. "model.layers"
+    role: str  # the path inside the block, e.g. "mlp.up_proj.weight"
+    names: tuple[str, ...]  # full parameter names, ordered by depth
+    depths: tuple[int, ...]  # each member's depth index in the stack
+    shape: tuple[int, ...]
+    dtype: Any = None  # the members' dtype, when the plan was built from arrays
+
+    @property
+    def size(self) -> int:
+        """Elements per member."""
+        out = 1
+        for s in self.shape:
+            out *= s
+        return out
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """What will be smoothed: ``groups`` (each of two or more members) and ``ungrouped`` names."""
+
+    groups: tuple[BlockGroup, ...]
+    ungrouped: tuple[str, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every grouped name."""
+        return tuple(name for g in self.groups for name in g.names)
+
+    @property
+    def stacks(self) -> tuple[str, ...]:
+        return tuple(sorted({g.stack for g in self.groups}))
+
+    def restrict(self, present: Collection[str]) -> BlockPlan:
+        """The plan over the names in ``present`` only: absent members leave their group,
+        and a group left with one member is ungrouped."""
+        present = set(present)
+        groups, ungrouped = [], [n for n in self.ungrouped if n in present]
+        for g in self.groups:
+            keep = [i for i, name in enumerate(g.names) if name in present]
+            if len(keep) == len(g.names):
+                groups.append(g)
+            elif len(keep) >= 2:
+                groups.append(g._replace(names=tuple(g.names[i] for i in keep), depths=tuple(g.depths[i] for i in keep)))
+            else:
+                ungrouped.extend(g.names[i] for i in keep)
+        return BlockPlan(tuple(groups), tuple(sorted(ungrouped)))
+
+    def __str__(self) -> str:
+        n_members = sum(len(g.names) for g in self.groups)
+        elements = sum(len(g.names) * g.size for g in self.groups)
+        head = (
+            f"BlockPlan: {_count(len(self.groups), 'group')} in {_count(len(self.stacks), 'stack')}, "
+            f"{_count(n_members, 'parameter')} smoothed ({_human(elements)} elements), {len(self.ungrouped)} not smoothed"
+        )
+        rows = [("stack", "role", "members", "depths", "shape", "dtype")]
+        for g in self.groups:
+            dtype = "" if g.dtype is None else str(g.dtype).replace("torch.", "")
+            rows.append((g.stack or "(top)", g.role or "(self)", str(len(g.names)), _ranges(g.depths), str(g.shape), dtype))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [head] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        if self.ungrouped:
+            shown = ", ".join(self.ungrouped[:12]) + (", ..." if len(self.ungrouped) > 12 else "")
+            lines.append(f"  not smoothed: {shown}")
+        return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _human(n: int) -> str:
+    for unit, div in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def _ranges(depths: tuple[int, ...]) -> str:
+    """``(0, 1, 2, 5, 6)`` -> ``"0-2,5-6"``."""
+    parts, start = [], None
+    for i, d in enumerate(depths):
+        if start is None:
+            start = d
+        if i + 1 == len(depths) or depths[i + 1] != d + 1:
+            parts.append(str(start) if start == d else f"{start}-{d}")
+            start = None
+    return ",".join(parts)
+
+
+class _Site(NamedTuple):
+    """Where a name's depth index may sit: the stack key before it, the depth, the role after it."""
+
+    stack: str
+    depth: int
+    role: str
+
+
+def _index_sites(name: str) -> list[_Site]:
+    """Every component of ``name`` that can be a depth index, outermost first."""
+    parts = name.split(".")
+    sites = []
+    for i, part in enumerate(parts):
+        role = ".".join(parts[i + 1 :])
+        if part.isdigit():
+            sites.append(_Site(".".join(parts[:i]), int(part), role))
+        else:
+            m = _WORD_INDEX.match(part)
+            if m:
+                sites.append(_Site(".".join(parts[:i] + [m.group(1)]), int(m.group(2)), role))
+    return sites
+
+
+def _detect(names: Iterable[str]) -> dict[str, _Site]:
+    """Each name's depth site: the outermost index whose stack holds two or more depths.
+
+    Outermost first means a list inside a block (MoE experts, T5's ``layer.M``
+    sub-layers) is never taken for depth when the blocks' own list is above it.
+    """
+    sites = {name: _index_sites(name) for name in names}
+    depths: dict[str, set[int]] = defaultdict(set)
+    for found in sites.values():
+        for site in found:
+            depths[site.stack].add(site.depth)
+    out = {}
+    for name, found in sites.items():
+        for site in found:
+            if len(depths[site.stack]) >= 2:
+                out[name] = site
+                break
+    return out
+
+
+def _site_after_prefix(name: str, prefix: str) -> _Site | None:
+    rest = name[len(prefix) + 1 :] if prefix else name
+    if prefix and not name.startswith(prefix + "."):
+        return None
+    head, _, role = rest.partition(".")
+    if head.isdigit():
+        return _Site(prefix, int(head), role)
+    m = _WORD_INDEX.match(head)
+    if m:
+        return _Site(f"{prefix}.{m.group(1)}" if prefix else m.group(1), int(m.group(2)), role)
+    return None
+
+
+def _given(names: Iterable[str], stacks: Stacks) -> dict[str, _Site]:
+    """Each name's depth site under user-given stacks (prefixes or one regex)."""
+    out = {}
+    if isinstance(stacks, re.Pattern):
+        if stacks.groups < 1:
+            raise ValueError(f"stacks regex should capture the depth index in a group but is: {stacks.pattern!r}")
+        key = "depth" if "depth" in stacks.groupindex else 1
+        for name in names:
+            m = stacks.match(name)
+            if m is None or m.group(key) is None:
+                continue
+            if not m.group(key).isdigit():
+                raise ValueError(
+                    f"stacks regex {stacks.pattern!r} captured {m.group(key)!r} as the depth of {name!r}; "
+                    "it should capture digits"
+                )
+            out[name] = _Site(name[: m.start(key)].rstrip("."), int(m.group(key)), name[m.end() :].lstrip("."))
+        return out
+    try:
+        prefixes = [stacks] if isinstance(stacks, str) else list(stacks)
+    except TypeError:
+        prefixes = [stacks]
+    for p in prefixes:
+        if not isinstance(p, str):
+            raise TypeError(f"stacks should be a prefix, a list of prefixes or a compiled regex but holds: {p!r}")
+    prefixes = sorted({p.rstrip(".") for p in prefixes}, key=len, reverse=True)
+    for name in names:
+        for p in prefixes:
+            site = _site_after_prefix(name, p)
+            if site is not None:
+                out[name] = site
+                break
+    return out
+
+
+def _exclusion(exclude: Exclude) -> Callable[[str], bool]:
+    """``exclude`` as a predicate: names or prefixes (a str matches itself and what lies
+    below it), compiled regexes (searched), a predicate, or a list of these."""
+    if exclude is None:
+        return lambda name: False
+    if isinstance(exclude, str):
+        return lambda name: name == exclude or name.startswith(exclude.rstrip(".") + ".")
+    if isinstance(exclude, re.Pattern):
+        return lambda name: exclude.search(name) is not None
+    if callable(exclude):
+        return lambda name: bool(exclude(name))
+    try:
+        preds = [_exclusion(e) for e in exclude]
+    except TypeError:
+        raise TypeError(
+            f"exclude should be names, prefixes, a regex, a predicate or a list of these but is: {exclude!r}"
+        ) from None
+    return lambda name: any(p(name) for p in preds)
+
+
+def _shape_dtype(name: str, value: Any) -> tuple[tuple[int, ...], Any]:
+    if hasattr(value, "shape"):
+        shape, dtype = value.shape, getattr(value, "dtype", None)
+    else:
+        shape, dtype = value, None
+    try:
+        shape = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"shapes[{name!r}] should be a shape (a tuple of ints) or an array but is: {value!r}") from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"shapes[{name!r}] should have non-negative sizes but is: {shape}")
+    return shape, dtype
+
+
+def find_blocks(shapes: Mapping[str, Any], stacks: Stacks = None, exclude: Exclude = None) -> BlockPlan:
+    """Group parameters by (stack, role, shape, dtype) from their dotted names.
+
+    ``shapes`` maps each name to its shape, or to an array (its shape and dtype are used).
+    The depth index is found in the names (``model.layers.3.…``, ``transformer.h.11.…``,
+    ``encoder.block.2.layer.1.…``, ``encoder.layers.encoder_layer_4.…``): the outermost
+    index whose stack holds two or more depths. ``stacks=`` (a prefix, a list of prefixes,
+    or a compiled regex capturing the depth) replaces detection; ``exclude=`` (names,
+    prefixes, a compiled regex, a predicate, or a list of these) keeps parameters out.
+    The plan does not depend on the order of ``shapes``.
+    """
+    if not isinstance(shapes, Mapping):
+        raise TypeError(f"shapes should be a mapping name -> shape but is: {type(shapes).__name__}")
+    info = {}
+    for name, value in shapes.items():
+        if not isinstance(name, str):
+            raise TypeError(f"shapes should be keyed by parameter names (str) but has key: {name!r}")
+        info[name] = _shape_dtype(name, value)
+    excluded = _exclusion(exclude)
+    candidates = sorted(name for name in info if not excluded(name))
+    sites = _detect(candidates) if stacks is None else _given(candidates, stacks)
+
+    members: dict[tuple, list[tuple[int, str]]] = defaultdict(list)
+    for name, site in sites.items():
+        shape, dtype = info[name]
+        members[(site.stack, site.role, shape, dtype)].append((site.depth, name))
+
+    groups, ungrouped = [], [name for name in info if name not in sites]
+    for (stack, role, shape, dtype), found in members.items():
+        found.sort()
+        if len(found) < 2:
+            ungrouped.extend(name for _, name in found)
+            continue
+        groups.append(BlockGroup(stack, role, tuple(n for _, n in found), tuple(d for d, _ in found), shape, dtype))
+    groups.sort(key=lambda g: (g.stack, g.depths[0], g.role, g.shape, str(g.dtype)))
+    return BlockPlan(tuple(groups), tuple(sorted(ungrouped)))

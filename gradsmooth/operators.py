@@ -1,0 +1,266 @@
+"""Depth operators: linear maps along the depth axis of a group of n members.
+
+An operator is given by an n x n matrix A and acts as ``U~_l = sum_j A[l, j] U_j``.
+Every operator applies its strength ``alpha`` as ``(1 - alpha) I + alpha A``.
+
+Execution never forms a dense n x n product: operators hand out their :class:`Band`,
+the nonzero entries of each row, planned once in pure Python and cached.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Union
+
+import numpy as np
+
+from .kernels import BOUNDARIES, check_window, kernel_weights, pad_index
+
+__all__ = ["Band", "DepthOperator", "WindowSmoothing", "MatrixOperator", "Alpha"]
+
+Alpha = Union[float, Callable[[int], float]]
+Row = tuple[tuple[int, float], ...]
+
+_CACHE_SIZE = 256
+
+
+class Band(NamedTuple):
+    """The nonzero entries of an n x n depth operator, row by row.
+
+    ``rows[l] == ((j, A[l, j]), ...)`` with ``j`` ascending and zeros left out, so
+    ``U~_l = sum over (j, w) in rows[l] of w * U_j``: a banded weighted sum of the
+    few members a window reaches.
+    """
+
+    rows: tuple[Row, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @property
+    def offsets(self) -> tuple[tuple[int, ...], ...]:
+        """Per row, the offsets ``j - l`` of its nonzero entries."""
+        return tuple(tuple(j - l for j, _ in row) for l, row in enumerate(self.rows))
+
+    @property
+    def weights(self) -> tuple[tuple[float, ...], ...]:
+        """Per row, the weights of its nonzero entries (aligned with :attr:`offsets`)."""
+        return tuple(tuple(w for _, w in row) for row in self.rows)
+
+    @property
+    def radius(self) -> int:
+        """The largest ``|j - l|`` over the nonzero entries (0 for a diagonal operator)."""
+        return max((abs(j - l) for l, row in enumerate(self.rows) for j, _ in row), default=0)
+
+    @property
+    def is_identity(self) -> bool:
+        return all(row == ((l, 1.0),) for l, row in enumerate(self.rows))
+
+    def dense(self) -> list[list[float]]:
+        """The band as a dense n x n nested list of Python floats."""
+        out = [[0.0] * self.n for _ in range(self.n)]
+        for l, row in enumerate(self.rows):
+            for j, w in row:
+                out[l][j] = w
+        return out
+
+
+def _check_alpha(alpha: object) -> Alpha:
+    if callable(alpha):
+        return alpha  # checked each time it is evaluated
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha should be a number in [0, 1] or a function of the step but is: {alpha!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha should be in [0, 1] but is: {alpha!r}")
+    return float(alpha)
+
+
+def _check_n(n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n (the number of members) should be an integer >= 1 but is: {n!r}")
+    return int(n)
+
+
+def _mix(band: Band, alpha: float) -> Band:
+    """``(1 - alpha) I + alpha A`` as a band (exact zeros dropped)."""
+    if alpha == 1.0:
+        return band
+    if alpha == 0.0:
+        return Band(tuple(((l, 1.0),) for l in range(band.n)))
+    rows = []
+    for l, row in enumerate(band.rows):
+        entries = {j: alpha * w for j, w in row}
+        entries[l] = entries.get(l, 0.0) + (1.0 - alpha)
+        rows.append(tuple((j, w) for j, w in sorted(entries.items()) if w != 0.0))
+    return Band(tuple(rows))
+
+
+class DepthOperator(ABC):
+    """Base of every depth operator: a subclass defines :meth:`depth_band`, the matrix A.
+
+    The rest is shared: ``alpha`` mixing, caching, :meth:`band` and :meth:`matrix`.
+    """
+
+    alpha: Alpha
+
+    @abstractmethod
+    def depth_band(self, n: int) -> Band:
+        """The operator's matrix A for ``n`` members, before ``alpha`` is applied."""
+
+    def alpha_at(self, step: int = 0) -> float:
+        """The strength used at ``step`` (the number of steps taken before this one)."""
+        if not callable(self.alpha):
+            return self.alpha
+        value = self.alpha(step)
+        try:
+            return float(_check_alpha(float(value)))
+        except (TypeError, ValueError):
+            raise ValueError(f"alpha(step) should return a number in [0, 1] but alpha({step}) returned: {value!r}") from None
+
+    def band(self, n: int, step: int = 0) -> Band:
+        """The band of ``(1 - alpha) I + alpha A`` for ``n`` members at ``step``."""
+        n = _check_n(n)
+        alpha = self.alpha_at(step)
+        cache = self.__dict__.setdefault("_band_cache", {})
+        key = (n, alpha)
+        band = cache.get(key)
+        if band is None:
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            band = cache[key] = _mix(self.depth_band(n), alpha)
+        return band
+
+    def matrix(self, n: int, xp: Any = None, dtype: Any = None, device: Any = None, step: int = 0) -> Any:
+        """The n x n matrix ``(1 - alpha) I + alpha A`` as an array of namespace ``xp``.
+
+        ``xp`` defaults to numpy and ``dtype`` to the namespace's float64.
+        """
+        dense = self.band(n, step).dense()
+        if xp is None:
+            xp = np
+        dtype = xp.float64 if dtype is None else dtype
+        if device is None:
+            return xp.asarray(dense, dtype=dtype)
+        return xp.asarray(dense, dtype=dtype, device=device)
+
+
+class WindowSmoothing(DepthOperator):
+    """Window Smoothing: each member's update becomes a window average of its neighbours'.
+
+    For offsets ``delta = -r..r`` (``r = (window - 1) / 2``) with kernel weights ``k(delta)``:
+
+    - ``boundary="renormalize"``: ``U~_l = sum_{delta: 0 <= l+delta < n} k(delta) U_{l+delta}
+      / sum_{same delta} k(delta)``, so every row sums to 1;
+    - ``nearest``, ``reflect``, ``mirror``, ``zero``: the stack is padded like
+      ``scipy.ndimage.correlate1d`` (``zero`` is mode ``constant`` with cval 0) and the
+      kernel is normalised to sum 1 over the full window;
+    - ``normalize=False``: the weights are used as given, never divided by their sum
+      (``kernel=[b, 1, b]`` adds a fraction b of each neighbour's update to a block's own).
+
+    The operator applied is ``(1 - alpha) I + alpha A``; ``alpha`` may be a function of the step.
+    """
+
+    def __init__(
+        self,
+        window: int = 3,
+        kernel: str | Sequence[float] = "uniform",
+        boundary: str = "renormalize",
+        alpha: Alpha = 1.0,
+        sigma: float | None = None,
+        normalize: bool = True,
+    ) -> None:
+        self.window = check_window(window)
+        self.weights = kernel_weights(self.window, kernel, sigma)
+        self.kernel = kernel if isinstance(kernel, str) else self.weights
+        if not isinstance(boundary, str) or boundary not in BOUNDARIES:
+            raise ValueError(f"boundary should be one of {BOUNDARIES} but is: {boundary!r}")
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize should be True or False but is: {normalize!r}")
+        self.boundary = boundary
+        self.sigma = sigma
+        self.normalize = normalize
+        self.alpha = _check_alpha(alpha)
+
+    @property
+    def radius(self) -> int:
+        return (self.window - 1) // 2
+
+    def depth_band(self, n: int) -> Band:
+        n = _check_n(n)
+        r, k = self.radius, self.weights
+        total = math.fsum(k) if self.normalize else 1.0
+        rows = []
+        for l in range(n):
+            entries: dict[int, float] = {}
+            used = 0.0
+            for i, d in enumerate(range(-r, r + 1)):
+                j = pad_index(l + d, n, self.boundary)
+                if j is not None:
+                    entries[j] = entries.get(j, 0.0) + k[i]
+                    used += k[i]
+            if self.boundary == "renormalize" and self.normalize:
+                total = used
+            rows.append(tuple((j, w / total) for j, w in sorted(entries.items())))
+        return Band(tuple(rows))
+
+    def __repr__(self) -> str:
+        kernel = self.kernel if isinstance(self.kernel, str) else list(self.kernel)
+        extra = "" if self.sigma is None else f", sigma={self.sigma!r}"
+        extra += "" if self.normalize else ", normalize=False"
+        return (
+            f"WindowSmoothing(window={self.window}, kernel={kernel!r}, boundary={self.boundary!r}, "
+            f"alpha={self.alpha!r}{extra})"
+        )
+
+
+class MatrixOperator(DepthOperator):
+    """Any linear depth operator, given by its matrix: the general DGA linear case.
+
+    ``matrix`` is an n x n array-like (then the operator serves groups of exactly n
+    members) or a function ``n -> n x n`` array-like.
+    """
+
+    def __init__(self, matrix: Any, alpha: Alpha = 1.0) -> None:
+        if callable(matrix):
+            self._fn: Callable[[int], Any] | None = matrix
+            self._fixed: np.ndarray | None = None
+        else:
+            self._fn = None
+            self._fixed = self._as_matrix(matrix, None)
+        self.alpha = _check_alpha(alpha)
+
+    @staticmethod
+    def _as_matrix(value: Any, n: int | None) -> np.ndarray:
+        what = "matrix" if n is None else f"matrix(n={n})"
+        try:
+            m = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{what} should be a square array of numbers but is: {value!r} ({err})") from None
+        if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 1:
+            raise ValueError(f"{what} should be a square n x n array but has shape {m.shape}")
+        if n is not None and m.shape[0] != n:
+            raise ValueError(f"{what} should have shape ({n}, {n}) but has shape {m.shape}")
+        if not np.all(np.isfinite(m)):
+            raise ValueError(f"{what} should hold finite numbers but is: {m.tolist()}")
+        return m
+
+    def depth_band(self, n: int) -> Band:
+        n = _check_n(n)
+        if self._fn is not None:
+            m = self._as_matrix(self._fn(n), n)
+        else:
+            m = self._fixed
+            if m.shape[0] != n:
+                raise ValueError(
+                    f"matrix has shape {m.shape} but a group has n={n} members; "
+                    "pass a function n -> matrix to serve groups of any size"
+                )
+        return Band(tuple(tuple((j, float(m[l, j])) for j in range(n) if m[l, j] != 0.0) for l in range(n)))
+
+    def __repr__(self) -> str:
+        what = self._fn if self._fn is not None else self._fixed.tolist()
+        return f"MatrixOperator({what!r}, alpha={self.alpha!r})"

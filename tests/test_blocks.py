@@ -1,0 +1,205 @@
+"""find_blocks: depth detection from names, grouping, overrides, and the printed plan."""
+
+import random
+import re
+
+import numpy as np
+import pytest
+
+from gradsmooth import BlockGroup, BlockPlan, find_blocks
+
+
+def groups_by_role(plan):
+    return {(g.stack, g.role): g for g in plan.groups}
+
+
+def llama(n=4):
+    shapes = {"model.embed_tokens.weight": (100, 8), "model.norm.weight": (8,), "lm_head.weight": (100, 8)}
+    for i in range(n):
+        p = f"model.layers.{i}"
+        shapes |= {
+            f"{p}.self_attn.q_proj.weight": (8, 8),
+            f"{p}.self_attn.k_proj.weight": (4, 8),
+            f"{p}.mlp.up_proj.weight": (16, 8),
+            f"{p}.input_layernorm.weight": (8,),
+        }
+    return shapes
+
+
+def test_llama_layers():
+    plan = find_blocks(llama())
+    g = groups_by_role(plan)
+    assert set(g) == {
+        ("model.layers", r)
+        for r in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "mlp.up_proj.weight", "input_layernorm.weight")
+    }
+    up = g[("model.layers", "mlp.up_proj.weight")]
+    assert up.names == tuple(f"model.layers.{i}.mlp.up_proj.weight" for i in range(4))
+    assert up.depths == (0, 1, 2, 3) and up.shape == (16, 8) and up.size == 128
+    assert plan.ungrouped == ("lm_head.weight", "model.embed_tokens.weight", "model.norm.weight")
+
+
+@pytest.mark.parametrize(
+    "template, stack, role",
+    [
+        ("transformer.h.{}.attn.c_attn.weight", "transformer.h", "attn.c_attn.weight"),
+        ("encoder.layer.{}.output.dense.bias", "encoder.layer", "output.dense.bias"),
+        ("encoder.block.{}.layer.1.DenseReluDense.wi.weight", "encoder.block", "layer.1.DenseReluDense.wi.weight"),
+        ("blocks.{}.attn.qkv.weight", "blocks", "attn.qkv.weight"),
+        ("encoder.layers.encoder_layer_{}.mlp.0.weight", "encoder.layers.encoder_layer_", "mlp.0.weight"),
+        ("{}.weight", "", "weight"),
+    ],
+)
+def test_name_patterns(template, stack, role):
+    depths = [0, 1, 2, 3, 10, 11]
+    plan = find_blocks({template.format(i): (3, 2) for i in depths})
+    (group,) = plan.groups
+    assert (group.stack, group.role) == (stack, role)
+    assert group.depths == tuple(depths)  # numeric order, not string order (10 after 3)
+    assert group.names == tuple(template.format(i) for i in depths)
+    assert plan.ungrouped == ()
+
+
+def test_t5_sub_layers_are_inside_the_block_and_encoder_decoder_are_separate():
+    shapes = {}
+    for stack in ("encoder", "decoder"):
+        for i in range(3):
+            shapes[f"{stack}.block.{i}.layer.0.SelfAttention.q.weight"] = (4, 4)
+            shapes[f"{stack}.block.{i}.layer.1.DenseReluDense.wi.weight"] = (8, 4)
+        shapes[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (32, 2)
+    plan = find_blocks(shapes)
+    assert {(g.stack, g.role) for g in plan.groups} == {
+        (s, r)
+        for s in ("decoder.block", "encoder.block")
+        for r in ("layer.0.SelfAttention.q.weight", "layer.1.DenseReluDense.wi.weight")
+    }
+    assert plan.stacks == ("decoder.block", "encoder.block")
+    assert plan.ungrouped == tuple(
+        sorted(f"{s}.block.0.layer.0.SelfAttention.relative_attention_bias.weight" for s in ("encoder", "decoder"))
+    )
+
+
+def test_experts_are_not_depth():
+    shapes = {f"model.layers.{i}.mlp.experts.{e}.w1.weight": (6, 4) for i in range(3) for e in range(4)}
+    shapes |= {f"model.layers.{i}.mlp.gate.weight": (4, 4) for i in range(3)}
+    plan = find_blocks(shapes)
+    g = groups_by_role(plan)
+    assert len(plan.groups) == 5
+    for e in range(4):
+        grp = g[("model.layers", f"mlp.experts.{e}.w1.weight")]
+        assert grp.depths == (0, 1, 2)
+    assert g[("model.layers", "mlp.gate.weight")].depths == (0, 1, 2)
+
+
+def test_an_inner_list_is_depth_when_the_outer_index_never_varies():
+    shapes = {f"encoder.0.layers.{i}.w": (2,) for i in range(5)}
+    (group,) = find_blocks(shapes).groups
+    assert group.stack == "encoder.0.layers" and group.depths == (0, 1, 2, 3, 4)
+
+
+def test_mixed_shapes_and_missing_roles_split_into_consistent_groups():
+    shapes = {f"h.{i}.attn.weight": (8, 8) for i in range(6)}
+    shapes |= {f"h.{i}.mlp.weight": (16, 8) if i < 4 else (32, 8) for i in range(6)}
+    shapes |= {"h.2.adapter.weight": (2, 2)}  # a role in one block only
+    shapes |= {f"h.{i}.gate.weight": (4,) for i in (1, 3, 4)}  # a role in some blocks
+    shapes |= {"h.5.odd.weight": (3,), "h.4.odd.weight": (4,)}  # one each of two shapes
+    plan = find_blocks(shapes)
+    found = {(g.role, g.shape): g.depths for g in plan.groups}
+    assert found == {
+        ("attn.weight", (8, 8)): (0, 1, 2, 3, 4, 5),
+        ("mlp.weight", (16, 8)): (0, 1, 2, 3),
+        ("mlp.weight", (32, 8)): (4, 5),
+        ("gate.weight", (4,)): (1, 3, 4),
+    }
+    assert plan.ungrouped == ("h.2.adapter.weight", "h.4.odd.weight", "h.5.odd.weight")
+
+
+def test_dtype_splits_groups_when_arrays_are_given():
+    shapes = {f"h.{i}.w": np.zeros(3, dtype=np.float32 if i < 3 else np.float64) for i in range(5)}
+    plan = find_blocks(shapes)
+    assert {(g.dtype, g.depths) for g in plan.groups} == {(np.dtype("float32"), (0, 1, 2)), (np.dtype("float64"), (3, 4))}
+
+
+def test_plan_does_not_depend_on_mapping_order():
+    shapes = llama(6) | {f"model.layers.{i}.mlp.experts.{e}.w": (2, 2) for i in range(6) for e in range(3)}
+    expected = find_blocks(shapes)
+    items = list(shapes.items())
+    for seed in range(5):
+        random.Random(seed).shuffle(items)
+        assert find_blocks(dict(items)) == expected
+
+
+def test_stacks_override_with_prefixes_and_regex():
+    shapes = llama(3) | {f"vision.blocks.{i}.w": (2,) for i in range(3)}
+    plan = find_blocks(shapes, stacks="vision.blocks")
+    assert [g.stack for g in plan.groups] == ["vision.blocks"]
+    assert "model.layers.0.mlp.up_proj.weight" in plan.ungrouped
+    plan = find_blocks(shapes, stacks=["model.layers.", "vision.blocks"])
+    assert plan.stacks == ("model.layers", "vision.blocks")
+    plan = find_blocks(shapes, stacks=re.compile(r"model\.layers\.(?P<depth>\d+)\."))
+    assert plan.stacks == ("model.layers",) and len(plan.groups) == 4
+    assert groups_by_role(plan)[("model.layers", "mlp.up_proj.weight")].depths == (0, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "exclude",
+    [
+        ["model.layers.1.mlp.up_proj.weight", "model.layers.2.mlp.up_proj.weight"],
+        re.compile(r"layers\.[12]\.mlp"),
+        lambda name: ".mlp." in name and name.split(".")[2] in "12",
+    ],
+)
+def test_exclude_names_regex_predicate(exclude):
+    plan = find_blocks(llama(4), exclude=exclude)
+    up = groups_by_role(plan)[("model.layers", "mlp.up_proj.weight")]
+    assert up.depths == (0, 3)
+    assert "model.layers.1.mlp.up_proj.weight" in plan.ungrouped
+
+
+def test_exclude_prefix_takes_a_whole_block_out():
+    plan = find_blocks(llama(4), exclude="model.layers.0")
+    assert all(g.depths == (1, 2, 3) for g in plan.groups)
+    assert "model.layers.0.self_attn.q_proj.weight" in plan.ungrouped
+    assert find_blocks(llama(4), exclude="model.layers.1").groups[0].depths == (0, 2, 3)
+    # a prefix matches whole components only: "model.layers.1" is not "model.layers.10"
+    plan = find_blocks({f"model.layers.{i}.w": (2,) for i in range(12)}, exclude="model.layers.1")
+    assert plan.groups[0].depths == tuple(i for i in range(12) if i != 1)
+
+
+def test_str_is_a_readable_table():
+    text = str(find_blocks(llama(4)))
+    assert text.startswith("BlockPlan: 4 groups in 1 stack, 16 parameters smoothed")
+    assert "mlp.up_proj.weight" in text and "0-3" in text and "(16, 8)" in text
+    assert "not smoothed: lm_head.weight, model.embed_tokens.weight, model.norm.weight" in text
+
+
+def test_restrict_drops_absent_members():
+    plan = find_blocks({f"h.{i}.w": (2,) for i in range(5)} | {"h.0.b": (1,), "h.1.b": (1,)})
+    sub = plan.restrict([f"h.{i}.w" for i in (0, 2, 3)] + ["h.0.b"])
+    assert [g.depths for g in sub.groups] == [(0, 2, 3)]
+    assert sub.ungrouped == ("h.0.b",)
+    assert plan.restrict(plan.names + plan.ungrouped) == plan
+
+
+def test_group_and_plan_types():
+    plan = find_blocks(llama(2))
+    assert isinstance(plan, BlockPlan) and all(isinstance(g, BlockGroup) for g in plan.groups)
+    assert set(plan.names) | set(plan.ungrouped) == set(llama(2))
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        (([("a", (2,))],), TypeError, "shapes should be a mapping name -> shape but is: list"),
+        (({1: (2,)},), TypeError, "keyed by parameter names .* but has key: 1"),
+        (({"h.0.w": "big"},), TypeError, r"shapes\['h.0.w'\] should be a shape"),
+        (({"h.0.w": (2, -1)},), ValueError, r"shapes\['h.0.w'\] should have non-negative sizes but is: \(2, -1\)"),
+        (({"h.0.w": (2,)}, 3), TypeError, "stacks should be a prefix, a list of prefixes or a compiled regex but holds: 3"),
+        (({"h.0.w": (2,)}, re.compile("h")), ValueError, "stacks regex should capture the depth index"),
+        (({"h.x.w": (2,)}, re.compile(r"h\.(\w)")), ValueError, "captured 'x' as the depth of 'h.x.w'"),
+        (({"h.0.w": (2,)}, None, 3), TypeError, "exclude should be names, prefixes, a regex, a predicate"),
+    ],
+)
+def test_bad_input(args, error, match):
+    with pytest.raises(error, match=match):
+        find_blocks(*args)
