@@ -241,7 +241,13 @@ def _shape_dtype(name: str, value: Any) -> tuple[tuple[int, ...], Any]:
     return shape, dtype
 
 
-def find_blocks(shapes: Mapping[str, Any], stacks: Stacks = None, exclude: Exclude = None) -> BlockPlan:
+def find_blocks(
+    shapes: Mapping[str, Any],
+    stacks: Stacks = None,
+    exclude: Exclude = None,
+    *,
+    sites: Mapping[str, tuple[str, int, str]] | None = None,
+) -> BlockPlan:
     """Group parameters by (stack, role, shape, dtype) from their dotted names.
 
     ``shapes`` maps each name to its shape, or to an array (its shape and dtype are used).
@@ -250,6 +256,8 @@ def find_blocks(shapes: Mapping[str, Any], stacks: Stacks = None, exclude: Exclu
     index whose stack holds two or more depths. ``stacks=`` (a prefix, a list of prefixes,
     or a compiled regex capturing the depth) replaces detection; ``exclude=`` (names,
     prefixes, a compiled regex, a predicate, or a list of these) keeps parameters out.
+    ``sites=`` gives each name's ``(stack, depth, role)`` directly (an adapter that reads a
+    model's structure passes them); names without a site are ungrouped.
     The plan does not depend on the order of ``shapes``.
     """
     if not isinstance(shapes, Mapping):
@@ -261,7 +269,12 @@ def find_blocks(shapes: Mapping[str, Any], stacks: Stacks = None, exclude: Exclu
         info[name] = _shape_dtype(name, value)
     excluded = _exclusion(exclude)
     candidates = sorted(name for name in info if not excluded(name))
-    sites = _detect(candidates) if stacks is None else _given(candidates, stacks)
+    if sites is not None:
+        if stacks is not None:
+            raise ValueError(f"pass stacks or sites, not both; stacks is: {stacks!r}")
+        sites = {name: _Site(*sites[name]) for name in candidates if name in sites}
+    else:
+        sites = _detect(candidates) if stacks is None else _given(candidates, stacks)
 
     members: dict[tuple, list[tuple[int, str]]] = defaultdict(list)
     for name, site in sites.items():

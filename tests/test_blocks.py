@@ -203,3 +203,13 @@ def test_group_and_plan_types():
 def test_bad_input(args, error, match):
     with pytest.raises(error, match=match):
         find_blocks(*args)
+
+
+def test_sites_given_directly():
+    shapes = {"a.x.w": (2,), "a.y.w": (2,), "a.z.w": (2,), "emb": (3,)}
+    sites = {"a.x.w": ("a", 0, "w"), "a.y.w": ("a", 1, "w"), "a.z.w": ("a", 2, "w")}
+    plan = find_blocks(shapes, exclude="a.z", sites=sites)
+    assert [(g.stack, g.role, g.names) for g in plan.groups] == [("a", "w", ("a.x.w", "a.y.w"))]
+    assert plan.ungrouped == ("a.z.w", "emb")
+    with pytest.raises(ValueError, match="pass stacks or sites, not both"):
+        find_blocks(shapes, stacks="a", sites=sites)

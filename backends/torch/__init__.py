@@ -1,0 +1,13 @@
+"""The PyTorch adapter: ``GradientSmoothing`` wraps any ``torch.optim.Optimizer``.
+
+    >>> from gradsmooth.backends.torch import GradientSmoothing
+    >>> opt = GradientSmoothing(torch.optim.AdamW(model.parameters(), lr=3e-4), model, window=3)
+    >>> print(opt.plan)   # what is smoothed
+
+Works on CPU, CUDA and MPS tensors alike; nothing here is device-specific.
+"""
+
+from .blocks import canonical_name, module_sites
+from .optimizer import MODES, GradientSmoothing
+
+__all__ = ["GradientSmoothing", "MODES", "canonical_name", "module_sites"]
