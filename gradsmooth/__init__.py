@@ -14,8 +14,9 @@ local window average of the same parameter's updates in the neighbouring blocks:
 
 from .blocks import BlockGroup, BlockPlan, find_blocks
 from .kernels import BOUNDARIES, KERNELS
+from .modes import MODES, check_mode
 from .namespace import array_namespace
-from .operators import Band, DepthOperator, MatrixOperator, WindowSmoothing
+from .operators import Band, DepthOperator, MatrixOperator, WindowSmoothing, make_operator
 from .smoothing import smooth, smooth_stack
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BOUNDARIES",
     "KERNELS",
+    "MODES",
     "Band",
     "BlockGroup",
     "BlockPlan",
@@ -30,7 +32,9 @@ __all__ = [
     "MatrixOperator",
     "WindowSmoothing",
     "array_namespace",
+    "check_mode",
     "find_blocks",
+    "make_operator",
     "smooth",
     "smooth_stack",
 ]

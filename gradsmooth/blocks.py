@@ -83,7 +83,7 @@ class BlockPlan:
         )
         rows = [("stack", "role", "members", "depths", "shape", "dtype")]
         for g in self.groups:
-            dtype = "" if g.dtype is None else str(g.dtype).replace("torch.", "")
+            dtype = "" if g.dtype is None else str(g.dtype).rsplit(".", 1)[-1]  # torch.float32 -> float32
             rows.append((g.stack or "(top)", g.role or "(self)", str(len(g.names)), _ranges(g.depths), str(g.shape), dtype))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [head] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

@@ -9,6 +9,7 @@ the nonzero entries of each row, planned once in pure Python and cached.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from abc import ABC, abstractmethod
@@ -19,7 +20,7 @@ import numpy as np
 
 from .kernels import BOUNDARIES, check_window, kernel_weights, pad_index
 
-__all__ = ["Band", "DepthOperator", "WindowSmoothing", "MatrixOperator", "Alpha"]
+__all__ = ["Band", "DepthOperator", "WindowSmoothing", "MatrixOperator", "Alpha", "make_operator"]
 
 Alpha = Union[float, Callable[[int], float]]
 Row = tuple[tuple[int, float], ...]
@@ -264,3 +265,20 @@ class MatrixOperator(DepthOperator):
     def __repr__(self) -> str:
         what = self._fn if self._fn is not None else self._fixed.tolist()
         return f"MatrixOperator({what!r}, alpha={self.alpha!r})"
+
+
+def make_operator(operator: DepthOperator | None = None, **window: Any) -> DepthOperator:
+    """``operator`` itself, or a :class:`WindowSmoothing` of the ``window`` arguments.
+
+    Adapters take either; passing an operator together with non-default window arguments is
+    refused, since the operator replaces them.
+    """
+    if operator is None:
+        return WindowSmoothing(**window)
+    if not isinstance(operator, DepthOperator):
+        raise TypeError(f"operator should be a gradsmooth DepthOperator but is: {operator!r}")
+    defaults = inspect.signature(WindowSmoothing.__init__).parameters
+    changed = {k: v for k, v in window.items() if v is not defaults[k].default and v != defaults[k].default}
+    if changed:
+        raise ValueError(f"operator replaces the window arguments; pass one or the other, not both: {changed}")
+    return operator

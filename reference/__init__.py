@@ -8,10 +8,12 @@ code with the core (``gradsmooth``). Read it in this order:
    matrix it amounts to.
 2. ``optimizers.py``: SGD, Adam, AdamW and Muon with PyTorch's semantics, each step
    split as ``theta_new = decay * theta + delta`` (decoupled decay apart from the rest).
+   ``mlx_optimizers.py`` holds SGD, AdamW and Muon with MLX's semantics (the MLX oracle).
 3. ``smoothed.py``: the smoothed step: ``theta_l <- decay_l theta_l + sum_j A[l, j] delta_j``
    (mode "update") or a base step on smoothed gradients (mode "gradient").
 """
 
+from . import mlx_optimizers
 from .optimizers import SGD, Adam, AdamW, Muon, Optimizer, Partition, newton_schulz
 from .smoothed import Smoothed, smooth_groups
 from .window import kernel_weights, padded_index, window_matrix, window_smooth
@@ -25,6 +27,7 @@ __all__ = [
     "Partition",
     "Smoothed",
     "kernel_weights",
+    "mlx_optimizers",
     "newton_schulz",
     "padded_index",
     "smooth_groups",

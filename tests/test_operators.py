@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradsmooth import BOUNDARIES, Band, MatrixOperator, WindowSmoothing
+from gradsmooth import BOUNDARIES, Band, MatrixOperator, WindowSmoothing, check_mode, make_operator
 from gradsmooth.reference import window_matrix
 
 kernels = st.one_of(
@@ -140,3 +140,19 @@ def test_callable_matrix_of_the_wrong_shape_is_refused():
 def test_bad_n_is_refused():
     with pytest.raises(ValueError, match="n .* should be an integer >= 1 but is: 0"):
         WindowSmoothing(3).band(0)
+
+
+def test_make_operator_builds_or_checks():
+    assert repr(make_operator(window=5, boundary="zero")) == repr(WindowSmoothing(5, boundary="zero"))
+    op = MatrixOperator(np.eye(3))
+    assert make_operator(op, window=3, alpha=1.0) is op
+    with pytest.raises(ValueError, match="operator replaces the window arguments.*'window': 5"):
+        make_operator(op, window=5)
+    with pytest.raises(TypeError, match="operator should be a gradsmooth DepthOperator but is: 'box'"):
+        make_operator("box")
+
+
+def test_check_mode():
+    assert check_mode("gradient") == "gradient"
+    with pytest.raises(ValueError, match=r"mode should be one of \('update', 'gradient'\) but is: 'both'"):
+        check_mode("both")

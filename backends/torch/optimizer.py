@@ -16,7 +16,6 @@ step. The base then adds any coupled L2 term per layer.
 
 from __future__ import annotations
 
-import inspect
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from gradsmooth import BlockPlan, DepthOperator, WindowSmoothing, find_blocks
+from gradsmooth import MODES, BlockPlan, DepthOperator, check_mode, find_blocks, make_operator
 from gradsmooth.blocks import Exclude, Stacks
 from gradsmooth.operators import Alpha
 
@@ -34,9 +33,7 @@ from .mixing import band_program, compute_dtype, mix_gradients, mix_updates
 
 __all__ = ["GradientSmoothing", "MODES"]
 
-MODES = ("update", "gradient")
 _STATE_KEY = "gradsmooth"
-_WINDOW_DEFAULTS = {k: p.default for k, p in inspect.signature(WindowSmoothing.__init__).parameters.items() if k != "self"}
 
 
 def _as_bases(optimizer: Optimizer | Sequence[Optimizer]) -> list[Optimizer]:
@@ -113,17 +110,9 @@ class GradientSmoothing(Optimizer):
     ) -> None:
         self._initialized = False
         bases = _as_bases(optimizer)
-        if mode not in MODES:
-            raise ValueError(f"mode should be one of {MODES} but is: {mode!r}")
-        window_args = dict(window=window, kernel=kernel, boundary=boundary, alpha=alpha, sigma=sigma, normalize=normalize)
-        if operator is None:
-            operator = WindowSmoothing(**window_args)
-        elif not isinstance(operator, DepthOperator):
-            raise TypeError(f"operator should be a gradsmooth DepthOperator but is: {operator!r}")
-        else:
-            changed = {k: v for k, v in window_args.items() if v is not _WINDOW_DEFAULTS[k] and v != _WINDOW_DEFAULTS[k]}
-            if changed:
-                raise ValueError(f"operator replaces the window arguments; pass one or the other, not both: {changed}")
+        check_mode(mode)
+        operator = make_operator(operator, window=window, kernel=kernel, boundary=boundary, alpha=alpha, sigma=sigma,
+                                 normalize=normalize)
         named = list(named_parameters(model))
         self._bases = bases
         self._names = {id(p): name for name, p in named}
