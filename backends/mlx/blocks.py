@@ -22,15 +22,16 @@ def _leaves(tree: Any, prefix: str) -> list[str]:
 def tree_sites(tree: Any) -> dict[str, tuple[str, int, str]]:
     """Each block parameter's ``(stack, depth, role)`` from lists of blocks in ``tree``.
 
-    Blocks of one list may differ where some hold a parameter others do not (LoRA in some
-    layers): a list of dicts is a stack when its dicts share at least one key.
+    Blocks of one list may differ where some hold a parameter others do not, or hold nothing
+    trainable (LoRA in some layers): a list of dicts is a stack when two or more of them are
+    non-empty and those share at least one key.
     """
     sites: dict[str, tuple[str, int, str]] = {}
 
     def visit(node: Any, prefix: str) -> None:
         if isinstance(node, (list, tuple)):
-            blocks = [b for b in node if isinstance(b, dict) and b]
-            if len(node) >= 2 and len(blocks) == len(node) and set.intersection(*(set(b) for b in blocks)):
+            blocks = [b for b in node if isinstance(b, dict) and b]  # empty: a block with nothing trainable
+            if all(isinstance(b, dict) for b in node) and len(blocks) >= 2 and set.intersection(*(set(b) for b in blocks)):
                 for depth, block in enumerate(node):
                     base = f"{prefix}.{depth}" if prefix else str(depth)
                     for name in _leaves(block, base):
