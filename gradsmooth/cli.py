@@ -1,0 +1,251 @@
+"""The ``gradsmooth`` command: ``demo`` and ``compare`` train small models with and without
+Gradient Smoothing, each at its own tuned learning rate, and show the difference.
+
+Frameworks are imported only when a run needs one (``--backend torch`` or ``mlx``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from dataclasses import asdict, replace
+from typing import Any, NoReturn
+
+from .experiments.data import DataError, load_digits_split, load_text
+from .experiments.runs import METRICS, BackendMissing, RunConfig, RunResult, backend_module, compare, format_summary
+from .experiments.runs import machine, run, summarize
+from .kernels import BOUNDARIES
+from .modes import MODES
+from .operators import make_operator
+
+__all__ = ["main", "TASK_DEFAULTS", "DEMO_LRS"]
+
+# per task: the run length and batch that fit the demo's budget on a 2-core CPU
+TASK_DEFAULTS = {
+    "vit": dict(steps=600, batch_size=32, eval_every=50),
+    "lm": dict(steps=300, batch_size=16, eval_every=25),
+}
+# learning rates (base, smoothed) the demo uses: each arm's best in the README's compare sweeps
+DEMO_LRS = {
+    ("vit", "adamw"): (3e-3, 3e-3),
+    ("lm", "adamw"): (3e-3, 3e-3),
+    ("vit", "sgd"): (0.1, 0.1),
+    ("lm", "sgd"): (0.3, 0.3),
+    ("vit", "muon"): (0.02, 0.02),
+    ("lm", "muon"): (0.02, 0.02),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors as one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{self.prog}: error: {message} (see --help)")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    print(message, file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _kernel(text: str) -> str | list[float]:
+    if "," not in text:
+        return text
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"kernel should be a name or comma-separated weights but is: {text!r}") from None
+
+
+def _lrs(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"learning rates should be comma-separated numbers but are: {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"learning rates should be positive but are: {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"should be a positive integer but is: {text}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=sorted(METRICS), default="vit",
+                   help="vit: a small ViT on scikit-learn's digits (test accuracy); lm: a small byte-level GPT "
+                        "on a local corpus (validation loss) (default: %(default)s)")
+    p.add_argument("--backend", choices=("torch", "mlx"), default="torch", help="framework (default: %(default)s)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw", "muon"), default="adamw",
+                   help="base optimizer; muon is Muon for the blocks' matrices + AdamW at lr/10 for the rest "
+                        "(default: %(default)s)")
+    p.add_argument("--window", type=int, default=3, help="window width, odd (default: %(default)s)")
+    p.add_argument("--kernel", type=_kernel, default="uniform",
+                   help="uniform, triangular, gaussian, or comma-separated symmetric weights (default: %(default)s)")
+    p.add_argument("--boundary", choices=BOUNDARIES, default="renormalize", help="(default: %(default)s)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
+                   help="divide the kernel by its sum (default: normalize)")
+    p.add_argument("--alpha", type=float, default=1.0, help="strength in [0, 1] (default: %(default)s)")
+    p.add_argument("--mode", choices=MODES, default="update", help="smooth the update or the gradient (default: %(default)s)")
+    p.add_argument("--steps", type=_positive, default=None, help="training steps (default: vit 600, lm 300)")
+    p.add_argument("--batch-size", type=_positive, default=None, help="(default: vit 32, lm 16)")
+    p.add_argument("--eval-every", type=_positive, default=None, help="steps between evaluations (default: vit 50, lm 25)")
+    p.add_argument("--context", type=_positive, default=64, help="lm context length in bytes (default: %(default)s)")
+    p.add_argument("--data", default=None, help="lm: a UTF-8 text file (default: this Python's standard library sources)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gradsmooth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    demo = sub.add_parser("demo", help="base vs smoothed at their tuned learning rates: table and PNG",
+                          description="Train the task with the base optimizer and with Gradient Smoothing, each at "
+                                      "its own tuned learning rate, same seed and data order; print checkpoints and "
+                                      "the final difference; write curves and depth-structure heatmaps.")
+    _common(demo)
+    demo.add_argument("--lr-base", type=float, default=None, help="(default: the README sweep's best)")
+    demo.add_argument("--lr-smoothed", type=float, default=None, help="(default: the README sweep's best)")
+    demo.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    demo.add_argument("--out", default="gradsmooth-demo", help="output folder (default: %(default)s)")
+    cmp = sub.add_parser("compare", help="sweep learning rates and seeds for base and smoothed; best vs best",
+                         description="Run base and smoothed at every learning rate for every seed; report mean ± std "
+                                     "per learning rate and best vs best; write results.json and PNG plots.")
+    _common(cmp)
+    cmp.add_argument("--lrs", type=_lrs, default=[1e-3, 3e-3, 1e-2], help="comma-separated (default: 1e-3,3e-3,1e-2)")
+    cmp.add_argument("--seeds", type=_positive, default=3, help="number of seeds (default: %(default)s)")
+    cmp.add_argument("--out", default="gradsmooth-compare", help="output folder (default: %(default)s)")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
+    smoothing = dict(window=args.window, kernel=args.kernel, boundary=args.boundary, normalize=args.normalize,
+                     alpha=args.alpha, mode=args.mode)
+    try:
+        make_operator(**{k: v for k, v in smoothing.items() if k != "mode"})
+    except (TypeError, ValueError) as err:
+        _fail(f"gradsmooth {args.command}: error: {err}")
+    defaults = TASK_DEFAULTS[args.task]
+    config = RunConfig(task=args.task, backend=args.backend, optimizer=args.optimizer,
+                       steps=args.steps or defaults["steps"], batch_size=args.batch_size or defaults["batch_size"],
+                       eval_every=args.eval_every or defaults["eval_every"], data=args.data, context=args.context)
+    return config, smoothing
+
+
+def _data(config: RunConfig) -> Any:
+    if config.task == "vit":
+        return load_digits_split()
+    return load_text(config.data, config.context)
+
+
+def _progress(quiet: bool):
+    def make(config: RunConfig):
+        if quiet:
+            return None
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, desc=f"{config.task} {config.optimizer} lr={config.lr:g} {config.label} "
+                                             f"seed {config.seed}", leave=False, file=sys.stderr)
+
+        def tick(step: int) -> None:
+            bar.update(1)
+            if step + 1 == config.steps:
+                bar.close()
+
+        return tick
+
+    return make
+
+
+def _write(out: pathlib.Path, payload: dict[str, Any]) -> pathlib.Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(payload, indent=1, default=str))
+    return path
+
+
+def _demo(args: argparse.Namespace) -> int:
+    config, smoothing = _config(args)
+    lr_base, lr_smoothed = DEMO_LRS[(config.task, config.optimizer)]
+    arms = [replace(config, lr=args.lr_base or lr_base, seed=args.seed),
+            replace(config, lr=args.lr_smoothed or lr_smoothed, seed=args.seed, smoothing=smoothing)]
+    out = pathlib.Path(args.out)
+    data = _data(config)
+    results: list[RunResult] = []
+    progress = _progress(args.quiet)
+    try:
+        for cfg in arms:
+            run(cfg, data, progress=progress(cfg), diagnose=True, into=results)
+    except KeyboardInterrupt:
+        path = _write(out, {"command": "demo", "interrupted": True, "machine": machine(),
+                            "runs": [r.to_json() for r in results]})
+        _fail(f"interrupted: the results gathered so far are in {path}", 130)
+    base, smoothed = results
+    print(_demo_table(base, smoothed))
+    from .experiments.plots import plot_curves, plot_depth_structure
+
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves([base], [smoothed], out / "curves.png",
+                title=f"{config.task}: {config.optimizer} vs {config.optimizer} + Gradient Smoothing")
+    plot_depth_structure(base, smoothed, out / "depth_structure.png")
+    path = _write(out, {"command": "demo", "machine": machine(), "runs": [r.to_json() for r in results]})
+    print(f"\nwrote {out / 'curves.png'}, {out / 'depth_structure.png'} and {path}")
+    return 0
+
+
+def _demo_table(base: RunResult, smoothed: RunResult) -> str:
+    keys = ["train_loss", "test_loss", "test_acc"] if base.config.task == "vit" else ["train_loss", "val_loss"]
+    head = ["step"] + [f"base {k}" for k in keys] + [f"smoothed {k}" for k in keys]
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for b, s in zip(base.history, smoothed.history):
+        lines.append(" | ".join([str(b["step"])] + [f"{b[k]:.4f}" for k in keys] + [f"{s[k]:.4f}" for k in keys]))
+    key, higher = METRICS[base.config.task]
+    diff = smoothed.final(key) - base.final(key)
+    verdict = "better" if (diff > 0) == higher and diff != 0 else "worse" if diff != 0 else "equal"
+    lines.append("")
+    lines.append(f"base lr {base.config.lr:g}, smoothed lr {smoothed.config.lr:g} "
+                 f"({smoothed.config.smoothing}); {base.seconds:.0f} s and {smoothed.seconds:.0f} s")
+    lines.append(f"final {key}: base {base.final(key):.4f}, smoothed {smoothed.final(key):.4f}, "
+                 f"difference {diff:+.4f} (smoothed is {verdict}; one seed: see `gradsmooth compare` for spread)")
+    return "\n".join(lines)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    config, smoothing = _config(args)
+    out = pathlib.Path(args.out)
+    data = _data(config)
+    results: list[RunResult] = []
+    settings = {"config": asdict(config), "smoothing": smoothing, "lrs": args.lrs, "seeds": list(range(args.seeds))}
+
+    def payload(interrupted: bool) -> dict[str, Any]:
+        done = [r for r in results if r.complete]
+        return {"command": "compare", "interrupted": interrupted, "settings": settings, "machine": machine(),
+                "summary": summarize(done) if done else None, "runs": [r.to_json() for r in results]}
+
+    try:
+        compare(config, smoothing, args.lrs, range(args.seeds), data, results,
+                on_result=lambda r: _write(out, payload(False)), progress_for=_progress(args.quiet))
+    except KeyboardInterrupt:
+        path = _write(out, payload(True))
+        _fail(f"interrupted: the results gathered so far are in {path}", 130)
+    summary = summarize(results)
+    print(format_summary(summary))
+    from .experiments.plots import plot_compare
+
+    paths = plot_compare(results, summary, out)
+    path = _write(out, payload(False))
+    print(f"\nwrote {path} and {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        backend_module(args.backend)
+        return _demo(args) if args.command == "demo" else _compare(args)
+    except (BackendMissing, DataError) as err:
+        _fail(f"gradsmooth {args.command}: error: {err}")
