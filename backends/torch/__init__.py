@@ -9,5 +9,6 @@ Works on CPU, CUDA and MPS tensors alike; nothing here is device-specific.
 
 from .blocks import canonical_name, module_sites
 from .optimizer import MODES, GradientSmoothing
+from .pipeline import PipelineStages
 
-__all__ = ["GradientSmoothing", "MODES", "canonical_name", "module_sites"]
+__all__ = ["GradientSmoothing", "MODES", "PipelineStages", "canonical_name", "module_sites"]

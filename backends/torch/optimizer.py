@@ -30,6 +30,12 @@ from gradsmooth.operators import Alpha
 
 from .blocks import module_sites, named_parameters
 from .mixing import band_program, compute_dtype, mix_gradients, mix_updates
+from .pipeline import PipelineStages, exchange_boundaries, mix_stage
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch built without distributed
+    DTensor = ()  # type: ignore[assignment,misc]
 
 __all__ = ["GradientSmoothing", "MODES"]
 
@@ -64,6 +70,11 @@ def _to_device(values: list[float], dtype: torch.dtype, device: torch.device) ->
     return host.to(device, non_blocking=True)
 
 
+def _local(t: Tensor) -> Tensor:
+    """The tensor itself, or a DTensor's local shard (FSDP2): members are smoothed shard by shard."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def _sum(g: Tensor) -> Tensor:
     """``g``'s sum in float32 or wider (float16 would overflow on large finite sums)."""
     if g.is_sparse:
@@ -86,6 +97,12 @@ class GradientSmoothing(Optimizer):
         stacks, exclude: as :func:`gradsmooth.find_blocks` (``stacks`` switches to names).
         check_finite: raise ``FloatingPointError`` on a non-finite gradient, before anything
             changes (one host-device synchronisation per step).
+        pipeline: a :class:`PipelineStages` when this process holds one stage of a pipeline:
+            boundary members are exchanged with the neighbouring stages so the result equals
+            smoothing the whole stack.
+
+    Under FSDP2 (``fully_shard``) the members of a group are DTensors of one shape and one
+    placement, so each rank smooths its own shards with no communication.
 
     ``param_groups`` and ``state`` are the base optimizers' own, so LR schedulers, gradient
     clipping and ``GradScaler`` act on the base. ``plan`` shows what is smoothed.
@@ -107,6 +124,7 @@ class GradientSmoothing(Optimizer):
         stacks: Stacks = None,
         exclude: Exclude = None,
         check_finite: bool = True,
+        pipeline: PipelineStages | None = None,
     ) -> None:
         self._initialized = False
         bases = _as_bases(optimizer)
@@ -119,6 +137,9 @@ class GradientSmoothing(Optimizer):
         self._named = dict(named)
         self._sites = module_sites(model) if isinstance(model, nn.Module) and stacks is None else None
         self._stacks, self._exclude = stacks, exclude
+        if pipeline is not None and not isinstance(pipeline, PipelineStages):
+            raise TypeError(f"pipeline should be a PipelineStages but is: {pipeline!r}")
+        self.pipeline = pipeline
         self._check_ownership()
         self.operator, self.mode, self.check_finite = operator, mode, check_finite
         self._step_count = 0
@@ -211,9 +232,30 @@ class GradientSmoothing(Optimizer):
         else:
             plan = find_blocks(owned, stacks=self._stacks, exclude=self._exclude)
         self._members = [[self._named[name] for name in g.names] for g in plan.groups]
+        for g, members in zip(plan.groups, self._members):
+            self._check_layout(g.names, members)
+        if self.pipeline is not None and len({len(m) for m in self._members}) > 1:
+            raise ValueError("pipeline stages need every role in every block of the stage, but the groups hold "
+                             f"{sorted({len(m) for m in self._members})} members")
         self._snapshots.clear()
         self._active_key = None
         return plan
+
+    def _check_layout(self, names: tuple[str, ...], members: list[Tensor]) -> None:
+        """Members of a group must shard alike: one mesh, one placement, one local shape."""
+        kinds = {isinstance(p, DTensor) for p in members}
+        if kinds == {True}:
+            first = members[0]
+            for name, p in zip(names[1:], members[1:]):
+                if p.device_mesh != first.device_mesh or p.placements != first.placements or \
+                        p.to_local().shape != first.to_local().shape:
+                    raise ValueError(
+                        f"{name!r} is sharded as {p.placements} on {p.device_mesh} but {names[0]!r} as "
+                        f"{first.placements} on {first.device_mesh}: members of a group must be sharded alike "
+                        "(a shard_placement_fn that shards blocks differently cannot be smoothed shard by shard)"
+                    )
+        elif len(kinds) > 1:
+            raise ValueError(f"group {names[0]!r}... mixes DTensor and plain tensor members: shard all blocks alike")
 
     def _active_groups(self) -> list[tuple[int, list[Tensor]]]:
         """Per group, the members that have a gradient at this step (two or more)."""
@@ -243,21 +285,33 @@ class GradientSmoothing(Optimizer):
         return loss
 
     @torch.compiler.disable
-    def _before_base_step(self) -> list[tuple[Any, list[Tensor], Tensor, Tensor | None]]:
+    def _before_base_step(self) -> list[tuple[Any, list[Tensor], list[Tensor], Tensor]]:
         if self.check_finite:
             self._raise_if_not_finite()
-        pending, copies_to, copies_from = [], [], []
-        for gi, members in self._active_groups():
-            band = self.operator.band(len(members), self._step_count)
-            if band.is_identity:
-                continue
+        active = self._active_groups()
+        if self.pipeline is not None:
+            if self._global_band()[0].is_identity:
+                return []
+            missing = [self._name(p) for m in self._members for p in m if p.grad is None]
+            if missing:
+                raise ValueError(f"pipeline stages smooth every block at every step, but {missing[0]!r} has no gradient")
             if self.mode == "gradient":
-                mix_gradients(band_program(band), [p.grad for p in members])
+                self._pipeline_gradients()
+                return []
+            active = list(enumerate(self._members))
+        pending, copies_to, copies_from = [], [], []
+        for gi, members in active:
+            band = self.operator.band(len(members), self._step_count)
+            if band.is_identity and self.pipeline is None:
                 continue
-            before = self._snapshot(gi)[: len(members)]  # (n, numel)
-            copies_to.extend(row.view(p.shape) for row, p in zip(before.unbind(0), members))
-            copies_from.extend(members)
-            pending.append((band_program(band, minus_identity=True), members, before))
+            shards = [_local(p) for p in members]
+            if self.mode == "gradient":
+                mix_gradients(band_program(band), [_local(p.grad) for p in members])
+                continue
+            before = self._snapshot(gi)[: len(members)]  # (n, local numel)
+            copies_to.extend(row.view(t.shape) for row, t in zip(before.unbind(0), shards))
+            copies_from.extend(shards)
+            pending.append((band_program(band, minus_identity=True), members, shards, before))
         if copies_to:
             torch._foreach_copy_(copies_to, copies_from)
         return pending
@@ -266,17 +320,50 @@ class GradientSmoothing(Optimizer):
     def _after_base_step(self, pending: list) -> None:
         if pending:
             decays = self._decays()
-            for program, members, before in pending:
-                d = [decays.get(id(p), 1.0) for p in members]
-                decay = None if all(x == 1.0 for x in d) else _to_device(d, compute_dtype(before.dtype), before.device)
-                mix_updates(program, members, before, decay)
+            if self.pipeline is not None:
+                self._pipeline_updates(pending, decays)
+            else:
+                for program, members, shards, before in pending:
+                    d = [decays.get(id(p), 1.0) for p in members]
+                    decay = None if all(x == 1.0 for x in d) else _to_device(d, compute_dtype(before.dtype), before.device)
+                    mix_updates(program, shards, before, decay)
         self._step_count += 1
+
+    # -- pipeline stages -----------------------------------------------------------------------
+
+    def _global_band(self):
+        stages = self.pipeline
+        band = self.operator.band(stages.num_blocks, self._step_count)
+        return band, stages.first_block, band.radius
+
+    def _pipeline_gradients(self) -> None:
+        band, first, r = self._global_band()
+        groups = self._members
+        grads = [[_local(p.grad).reshape(-1) for p in m] for m in groups]
+        received = exchange_boundaries(self.pipeline, grads, r) if r else [([], [])] * len(grads)
+        for members, flat, got in zip(groups, grads, received):
+            for p, value in zip(members, mix_stage(band, first, flat, got)):
+                _local(p.grad).copy_(value.view(_local(p.grad).shape))
+
+    def _pipeline_updates(self, pending: list, decays: dict[int, float]) -> None:
+        band, first, r = self._global_band()
+        deltas = []
+        for _, members, shards, before in pending:  # before <- delta = p - decay * theta, in place
+            rows = list(before.unbind(0))
+            torch._foreach_mul_(rows, [decays.get(id(p), 1.0) for p in members])
+            torch._foreach_sub_(rows, [s.reshape(-1) for s in shards])
+            torch._foreach_neg_(rows)
+            deltas.append(rows)
+        received = exchange_boundaries(self.pipeline, deltas, r) if r else [([], [])] * len(deltas)
+        for (_, _, shards, _), rows, got in zip(pending, deltas, received):
+            for shard, delta, mixed in zip(shards, rows, mix_stage(band, first, rows, got)):
+                shard.add_(mixed.view(shard.shape)).sub_(delta.view(shard.shape))  # decay * theta + (A delta)_l
 
     def _snapshot(self, gi: int) -> Tensor:
         buf = self._snapshots.get(gi)
         if buf is None:
             members = self._members[gi]
-            p = members[0]
+            p = _local(members[0])
             buf = self._snapshots[gi] = torch.empty((len(members), p.numel()), dtype=p.dtype, device=p.device)
         return buf
 
@@ -292,7 +379,9 @@ class GradientSmoothing(Optimizer):
         for p in params:
             by_device[p.grad.device].append(p)
         for device_params in by_device.values():
-            sums = torch.stack([_sum(p.grad) for p in device_params])
+            sums = torch.stack([_sum(_local(p.grad)) for p in device_params])
+            if any(isinstance(p.grad, DTensor) for p in device_params):
+                torch.distributed.all_reduce(sums)  # every rank takes the same decision
             finite = torch.isfinite(sums)
             if not bool(finite.all()):
                 self._refuse(device_params[int((~finite).nonzero()[0, 0])])
