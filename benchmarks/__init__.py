@@ -1,0 +1,1 @@
+"""asv benchmarks of gradsmooth (run from the repository root: ``asv run --python=same``)."""

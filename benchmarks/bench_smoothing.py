@@ -1,0 +1,103 @@
+"""The smoothing operator alone, on each backend, against the memory-bandwidth floor."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradsmooth import WindowSmoothing, find_blocks, smooth
+
+from .common import BACKENDS, require, side_by_side
+
+MAX_ELEMENTS = 2 * 10**8  # n * elements above this would not fit the 24 GiB machines twice over
+
+
+class Smoothing:
+    """``smooth`` of a stack of n members of ``elements`` float32 each."""
+
+    params = (BACKENDS, [6, 12, 24, 48], [10**5, 10**6, 10**7], [3, 5, 9], ["renormalize", "mirror"])
+    param_names = ["backend", "n", "elements", "window", "boundary"]
+    timeout = 600
+
+    def setup(self, backend, n, elements, window, boundary):
+        require(backend)
+        if n * elements > MAX_ELEMENTS:
+            raise NotImplementedError("too large for this machine")
+        if backend == "numpy-reference" and n * elements > 2 * 10**7:
+            raise NotImplementedError("the reference is the readable oracle, not timed at this size")
+        rng = np.random.default_rng(0)
+        stack = rng.standard_normal((n, elements), dtype=np.float32)
+        self.op = WindowSmoothing(window, boundary=boundary)
+        self.run = _runner(backend, stack, self.op, window, boundary)
+        self.floor = _axpy(backend, stack)
+        self.run()  # first-call costs (namespace look-ups, caches) are not the operator's
+
+    def time_smooth(self, *args):
+        self.run()
+
+    def track_ratio_to_axpy_floor(self, *args):
+        """smoothing time / the time of one in-place axpy over the same members."""
+        t_smooth, t_floor = side_by_side(self.run, self.floor, repeats=3, warmup=1)
+        return t_smooth / t_floor
+
+    track_ratio_to_axpy_floor.unit = "ratio"
+
+
+def _runner(backend, stack, op, window, boundary):
+    n = stack.shape[0]
+    names = [f"h.{i}.w" for i in range(n)]
+    plan = find_blocks({name: stack.shape[1:] for name in names})
+    if backend == "numpy-reference":
+        from gradsmooth.reference import window_smooth
+
+        return lambda: window_smooth(stack, window, boundary=boundary)
+    if backend == "numpy-core":
+        updates = dict(zip(names, list(stack)))
+        return lambda: smooth(updates, plan, op)
+    if backend == "torch":
+        import torch
+
+        from gradsmooth.backends.torch.mixing import band_program, mix_gradients
+
+        members = [torch.from_numpy(row.copy()) for row in stack]
+        program = band_program(op.band(n))
+        return lambda: mix_gradients(program, members)
+    import mlx.core as mx
+
+    members = [mx.array(row) for row in stack]
+    mx.eval(members)
+
+    def run():
+        mx.eval(_mlx_smooth(members, op))
+
+    return run
+
+
+def _mlx_smooth(members, op):
+    from gradsmooth.smoothing import weighted_sum
+
+    return [weighted_sum(members, row) for row in op.band(len(members)).rows]
+
+
+def _axpy(backend, stack):
+    """``y <- y + a x`` over every member: one read of two arrays and one write."""
+    if backend == "torch":
+        import torch
+
+        ys = [torch.from_numpy(row.copy()) for row in stack]
+        xs = [torch.from_numpy(row.copy()) for row in stack]
+        return lambda: torch._foreach_add_(ys, xs, alpha=1e-3)
+    if backend == "mlx":
+        import mlx.core as mx
+
+        ys = [mx.array(row) for row in stack]
+        xs = [mx.array(row) for row in stack]
+        mx.eval(ys, xs)
+        return lambda: mx.eval([y + 1e-3 * x for y, x in zip(ys, xs)])
+    ys = [row.copy() for row in stack]
+    xs = [row.copy() for row in stack]
+
+    def numpy_axpy():  # the same bytes as an axpy, without NumPy's temporary for a * x
+        for y, x in zip(ys, xs):
+            np.add(y, x, out=y)
+
+    return numpy_axpy

@@ -1,0 +1,165 @@
+"""A wrapped optimizer step against the same base step, GPT-2-small block shapes plus an embedding."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .common import block_bytes, gpt2_shapes, require, side_by_side
+
+OPTIMIZERS = ["sgd-momentum", "adamw-fused", "adamw-foreach", "muon+adamw"]
+MODES = ["update", "gradient"]
+
+
+class TorchStep:
+    params = (OPTIMIZERS, MODES)
+    param_names = ["optimizer", "mode"]
+    timeout = 900
+
+    def setup(self, optimizer, mode):
+        require("torch")
+        self.base, self.wrapped = torch_pair(optimizer, mode)
+        self.base.step()  # optimizer state and the wrapper's buffers exist before timing
+        self.wrapped.step()
+
+    def time_base_step(self, optimizer, mode):
+        self.base.step()
+
+    def time_wrapped_step(self, optimizer, mode):
+        self.wrapped.step()
+
+    def track_overhead_ratio(self, optimizer, mode):
+        """wrapped step / base step, measured side by side."""
+        t_base, t_wrapped = side_by_side(self.base.step, self.wrapped.step, repeats=3, warmup=1)
+        return t_wrapped / t_base
+
+    track_overhead_ratio.unit = "ratio"
+
+    def track_extra_memory_fraction(self, optimizer, mode):
+        """Bytes the wrapper holds between steps (update mode's snapshot) / block parameter bytes."""
+        self.wrapped.step()
+        held = sum(b.numel() * b.element_size() for b in self.wrapped.opt._snapshots.values())
+        return held / block_bytes(gpt2_shapes())
+
+    track_extra_memory_fraction.unit = "fraction"
+
+    def peakmem_wrapped_step(self, optimizer, mode):
+        self.wrapped.step()
+
+
+class MLXStep:
+    params = (["adamw", "muon+adamw"], MODES)
+    param_names = ["optimizer", "mode"]
+    timeout = 900
+
+    def setup(self, optimizer, mode):
+        require("mlx")
+        self.base, self.wrapped = mlx_pair(optimizer, mode)
+        self.base()  # compiled and warm before timing
+        self.wrapped()
+
+    def time_base_step(self, optimizer, mode):
+        self.base()
+
+    def time_wrapped_step(self, optimizer, mode):
+        self.wrapped()
+
+    def track_overhead_ratio(self, optimizer, mode):
+        """compiled wrapped step / compiled base step, measured side by side."""
+        t_base, t_wrapped = side_by_side(self.base, self.wrapped, repeats=3, warmup=2)
+        return t_wrapped / t_base
+
+    track_overhead_ratio.unit = "ratio"
+
+
+class _Stepper:
+    """A parameter set with fixed gradients and an optimizer: ``step()`` runs one step."""
+
+    def __init__(self, params, opt):
+        self.params, self.opt = params, opt
+
+    def step(self):
+        self.opt.step()
+
+
+def torch_params(shapes=None, seed=0):
+    import torch
+
+    shapes = shapes or gpt2_shapes()
+    gen = torch.Generator().manual_seed(seed)
+    params = {}
+    for name, shape in shapes.items():
+        p = torch.nn.Parameter(torch.randn(shape, generator=gen) * 0.02)
+        p.grad = torch.randn(shape, generator=gen) * 1e-3
+        params[name] = p
+    return params
+
+
+def torch_base(optimizer, params):
+    import torch
+
+    if optimizer == "sgd-momentum":
+        return torch.optim.SGD(params.values(), lr=1e-3, momentum=0.9)
+    if optimizer.startswith("adamw"):
+        fused = optimizer == "adamw-fused"
+        return torch.optim.AdamW(params.values(), lr=1e-4, weight_decay=0.1, fused=fused, foreach=not fused)
+    mats = [p for n, p in params.items() if n.startswith("h.") and p.ndim == 2]
+    rest = [p for n, p in params.items() if not (n.startswith("h.") and p.ndim == 2)]
+    return [torch.optim.Muon(mats, lr=0.02), torch.optim.AdamW(rest, lr=1e-4, fused=True)]
+
+
+class _Both:
+    def __init__(self, optimizers):
+        self.optimizers = optimizers
+
+    def step(self):
+        for o in self.optimizers:
+            o.step()
+
+
+def torch_pair(optimizer, mode, shapes=None, **smoothing):
+    from gradsmooth.backends.torch import GradientSmoothing
+
+    base_params, wrapped_params = torch_params(shapes), torch_params(shapes)
+    base = torch_base(optimizer, base_params)
+    base = _Both(base) if isinstance(base, list) else base
+    wrapped = GradientSmoothing(torch_base(optimizer, wrapped_params), list(wrapped_params.items()), mode=mode, **smoothing)
+    return _Stepper(base_params, base), _Stepper(wrapped_params, wrapped)
+
+
+def mlx_pair(optimizer, mode, shapes=None):
+    """Compiled base and wrapped steps (fixed gradients), each evaluating its state."""
+    from functools import partial
+
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from mlx.utils import tree_unflatten
+
+    from gradsmooth.backends.mlx import GradientSmoothing
+
+    shapes = shapes or gpt2_shapes()
+    rng = np.random.default_rng(0)
+    init = [(k, (rng.standard_normal(s, dtype=np.float32) * 0.02)) for k, s in shapes.items()]
+    grads = tree_unflatten([(k, mx.array(rng.standard_normal(s, dtype=np.float32) * 1e-3)) for k, s in shapes.items()])
+
+    def make(wrap):
+        if optimizer == "adamw":
+            opt = optim.AdamW(learning_rate=1e-4, weight_decay=0.1)
+        else:
+            opt = optim.MultiOptimizer([optim.Muon(learning_rate=0.02), optim.AdamW(learning_rate=1e-4)],
+                                       [lambda name, g: name.startswith("h.") and g.ndim == 2])
+        opt = GradientSmoothing(opt, mode=mode) if wrap else opt
+        holder = {"params": tree_unflatten([(k, mx.array(v)) for k, v in init])}
+        opt.init(holder["params"])
+        state = [holder, opt.state]
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def step():
+            holder["params"] = opt.apply_gradients(grads, holder["params"])
+
+        def run():
+            step()
+            mx.eval(state)
+
+        return run
+
+    return make(False), make(True)

@@ -1,0 +1,59 @@
+"""Shared pieces of the benchmarks: model shapes, backends, side-by-side timing."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+BACKENDS = ("numpy-core", "numpy-reference", "torch", "mlx")
+
+
+def available(backend: str) -> bool:
+    module = {"torch": "torch", "mlx": "mlx"}.get(backend, "numpy")
+    return importlib.util.find_spec(module) is not None
+
+
+def require(backend: str) -> None:
+    """asv skips a parameter combination whose setup raises NotImplementedError."""
+    if not available(backend):
+        raise NotImplementedError(f"{backend} is not installed")
+
+
+def gpt2_shapes(blocks: int = 12, d: int = 768, vocab: int = 50257) -> dict[str, tuple[int, ...]]:
+    """GPT-2-small block shapes (qkv, attention projection, MLP in/out with biases, two norms)
+    plus the token embedding."""
+    shapes: dict[str, tuple[int, ...]] = {"wte.weight": (vocab, d)}
+    for i in range(blocks):
+        shapes |= {
+            f"h.{i}.ln_1.weight": (d,), f"h.{i}.ln_1.bias": (d,),
+            f"h.{i}.attn.c_attn.weight": (3 * d, d), f"h.{i}.attn.c_attn.bias": (3 * d,),
+            f"h.{i}.attn.c_proj.weight": (d, d), f"h.{i}.attn.c_proj.bias": (d,),
+            f"h.{i}.ln_2.weight": (d,), f"h.{i}.ln_2.bias": (d,),
+            f"h.{i}.mlp.c_fc.weight": (4 * d, d), f"h.{i}.mlp.c_fc.bias": (4 * d,),
+            f"h.{i}.mlp.c_proj.weight": (d, 4 * d), f"h.{i}.mlp.c_proj.bias": (d,),
+        }
+    return shapes
+
+
+def block_bytes(shapes: dict[str, tuple[int, ...]], itemsize: int = 4) -> int:
+    return sum(int(np.prod(s)) * itemsize for k, s in shapes.items() if k.startswith("h."))
+
+
+def side_by_side(a: Callable[[], object], b: Callable[[], object], repeats: int = 5, warmup: int = 2) -> tuple[float, float]:
+    """Median seconds of ``a`` and ``b``, measured alternately in one loop (noise hits both)."""
+    for _ in range(warmup):
+        a()
+        b()
+    ta, tb = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a()
+        ta.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        b()
+        tb.append(time.perf_counter() - start)
+    return statistics.median(ta), statistics.median(tb)

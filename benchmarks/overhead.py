@@ -1,0 +1,201 @@
+"""The overhead report: base step, wrapped step, their ratio, smoothing alone, the bandwidth floor,
+and the wrapper's extra memory, for each backend and mode, measured side by side in one run.
+
+    python -m benchmarks.overhead            # GPT-2-small block shapes (12 blocks, d = 768) + embedding
+    python -m benchmarks.overhead --dim 256  # smaller, quicker
+
+The floor is an in-place axpy over the blocks' parameters (``p <- p + a g``: two arrays read,
+one written). Extra memory, over the blocks' parameter bytes, is what a wrapped run holds and
+peaks at beyond a base run: (peak during three steps after a first one - resident before
+them) + bytes the wrapper holds between steps, wrapped minus base, each in a fresh process
+(Linux /proc for torch, MLX's own peak counter for MLX).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import numpy as np
+
+from .bench_step import mlx_pair, torch_base, torch_pair, torch_params
+from .common import available, block_bytes, gpt2_shapes, side_by_side
+
+
+def _torch_rows(shapes, repeats, optimizer="adamw-fused"):
+    import torch
+
+    from gradsmooth.backends.torch import GradientSmoothing
+
+    rows = []
+    params = torch_params(shapes)
+    blocks = [p for n, p in params.items() if n.startswith("h.")]
+    grads = [p.grad for p in blocks]
+
+    def floor():
+        with torch.no_grad():
+            torch._foreach_add_(blocks, grads, alpha=1e-6)
+
+    class NoStep(torch.optim.Optimizer):
+        """A base that changes nothing: the wrapper's own work alone."""
+
+        def __init__(self, ps):
+            super().__init__(ps, {"lr": 0.0})
+
+        def step(self, closure=None):
+            return None
+
+    for mode in ("update", "gradient"):
+        base, wrapped = torch_pair(optimizer, mode, shapes)
+        t_base, t_wrapped = side_by_side(base.step, wrapped.step, repeats)
+        alone = GradientSmoothing(NoStep(list(params.values())), list(params.items()), mode=mode)
+        t_alone, t_floor = side_by_side(alone.step, floor, repeats)
+        rows.append({"backend": f"torch {optimizer}", "mode": mode, "base_ms": 1e3 * t_base,
+                     "wrapped_ms": 1e3 * t_wrapped, "ratio": t_wrapped / t_base, "smoothing_ms": 1e3 * t_alone,
+                     "floor_ms": 1e3 * t_floor, "smoothing_over_floor": t_alone / t_floor})
+    return rows
+
+
+def _mlx_rows(shapes, repeats):
+    rows = []
+    for mode in ("update", "gradient"):
+        base, wrapped = mlx_pair("adamw", mode, shapes)
+        t_base, t_wrapped = side_by_side(base, wrapped, repeats, warmup=2)
+        rows.append({"backend": "mlx adamw (compiled)", "mode": mode, "base_ms": 1e3 * t_base,
+                     "wrapped_ms": 1e3 * t_wrapped, "ratio": t_wrapped / t_base})
+    return rows
+
+
+def _numpy_rows(shapes, repeats):
+    from gradsmooth import WindowSmoothing, find_blocks, smooth
+
+    rng = np.random.default_rng(0)
+    updates = {k: rng.standard_normal(s, dtype=np.float32) for k, s in shapes.items() if k.startswith("h.")}
+    plan = find_blocks({k: v.shape for k, v in updates.items()})
+    op = WindowSmoothing(3)
+    ys = [v.copy() for v in updates.values()]
+    xs = list(updates.values())
+
+    def floor():
+        for y, x in zip(ys, xs):
+            np.add(y, x, out=y)
+
+    t_alone, t_floor = side_by_side(lambda: smooth(updates, plan, op), floor, repeats)
+    return [{"backend": "numpy core", "mode": "smooth()", "smoothing_ms": 1e3 * t_alone, "floor_ms": 1e3 * t_floor,
+             "smoothing_over_floor": t_alone / t_floor}]
+
+
+def _vm(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in bytes (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{field} is not in /proc/self/status")
+
+
+def _peak_during_steps_child(backend: str, mode: str, wrapped: bool, blocks: int, dim: int) -> int:
+    """In a fresh process: set up and take one step, reset the peak, take three more steps
+    (base or wrapped); return the peak bytes above the resident bytes before them."""
+    code = (
+        "from benchmarks.overhead import _steps_for_memory as run\n"
+        f"print(run({backend!r}, {mode!r}, {wrapped}, {blocks}, {dim}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def _steps_for_memory(backend: str, mode: str, wrapped: bool, blocks: int, dim: int) -> int:
+    shapes = gpt2_shapes(blocks, dim)
+    if backend == "torch":
+        from gradsmooth.backends.torch import GradientSmoothing
+
+        params = torch_params(shapes)
+        opt = torch_base("adamw-fused", params)
+        if wrapped:
+            opt = GradientSmoothing(opt, list(params.items()), mode=mode)
+        opt.step()  # the optimizer's state (and the wrapper's snapshot) exists before the measurement
+        run = opt.step
+    else:  # MLX keeps freed buffers in its own cache, so ask MLX for its peak
+        import mlx.core as mx
+
+        base, wrapped_step = mlx_pair("adamw", mode, shapes)
+        run = wrapped_step if wrapped else base
+        run()  # the optimizer's state exists before the measurement
+        start = mx.get_active_memory()
+        mx.reset_peak_memory()
+        for _ in range(3):
+            run()
+        return mx.get_peak_memory() - start
+    held = sum(b.numel() * b.element_size() for b in getattr(opt, "_snapshots", {}).values())
+    start = _vm("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current resident size
+        f.write("5")
+    for _ in range(3):
+        run()
+    return _vm("VmHWM") - start + held
+
+
+def extra_memory(backend: str, mode: str, blocks: int, dim: int) -> float:
+    """(peak during wrapped steps - peak during base steps) / block parameter bytes."""
+    base = _peak_during_steps_child(backend, mode, False, blocks, dim)
+    wrapped = _peak_during_steps_child(backend, mode, True, blocks, dim)
+    return (wrapped - base) / block_bytes(gpt2_shapes(blocks, dim))
+
+
+def machine() -> str:
+    parts = [f"{os.cpu_count()} cores", platform.machine(), platform.python_version(), f"numpy {np.__version__}"]
+    if available("torch"):
+        import torch
+
+        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    if available("mlx"):
+        import mlx.core as mx
+
+        parts.append(f"mlx {mx.__version__} ({mx.default_device()})")
+    return ", ".join(parts)
+
+
+def table(rows: list[dict]) -> str:
+    cols = [("backend", "backend", "{}"), ("mode", "mode", "{}"), ("base_ms", "base step ms", "{:.1f}"),
+            ("wrapped_ms", "wrapped step ms", "{:.1f}"), ("ratio", "ratio", "{:.2f}"),
+            ("smoothing_ms", "smoothing alone ms", "{:.1f}"), ("floor_ms", "axpy floor ms", "{:.1f}"),
+            ("smoothing_over_floor", "smoothing / floor", "{:.2f}"), ("extra_memory", "extra memory / block bytes", "{:.2f}")]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(c[2].format(r[c[0]]) if c[0] in r else "–" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blocks", type=int, default=12)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-memory", action="store_true", help="skip the extra-memory measurement (subprocesses)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    shapes = gpt2_shapes(args.blocks, args.dim)
+    rows = _numpy_rows(shapes, args.repeats)
+    for backend, make in (("torch", _torch_rows), ("mlx", _mlx_rows)):
+        if available(backend):
+            for row in make(shapes, args.repeats):
+                if not args.no_memory:
+                    row["extra_memory"] = extra_memory(backend, row["mode"], args.blocks, args.dim)
+                rows.append(row)
+    print(f"machine: {machine()}; {args.blocks} blocks, d = {args.dim}, block parameters "
+          f"{block_bytes(shapes) / 2**20:.0f} MiB (float32)\n")
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""The benchmark suite cannot rot: asv finds it, and a few benchmarks run once at small sizes."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import bench_smoothing, bench_step, overhead  # noqa: I001
+from benchmarks.common import BACKENDS, available
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which("asv") is None, reason="asv is not installed")
+def test_asv_check_finds_no_problems():
+    proc = subprocess.run(["asv", "check", "--python=same"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "No problems found" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_smoothing_benchmark_runs_once(backend):
+    if not available(backend):
+        pytest.skip(f"{backend} is not installed")
+    bench = bench_smoothing.Smoothing()
+    params = (backend, 6, 10**4, 3, "mirror")
+    bench.setup(*params)
+    bench.time_smooth(*params)
+    assert bench.track_ratio_to_axpy_floor(*params) > 0
+
+
+def test_step_benchmarks_run_once(monkeypatch):
+    pytest.importorskip("torch")
+    small = bench_step.gpt2_shapes(blocks=3, d=32, vocab=50)
+    monkeypatch.setattr(bench_step, "gpt2_shapes", lambda *a, **k: small)
+    bench = bench_step.TorchStep()
+    for params in (("adamw-fused", "update"), ("muon+adamw", "gradient")):
+        bench.setup(*params)
+        bench.time_wrapped_step(*params)
+        assert bench.track_overhead_ratio(*params) > 0
+    bench.setup("sgd-momentum", "update")
+    assert bench.track_extra_memory_fraction("sgd-momentum", "update") == pytest.approx(1.0)
+    if available("mlx"):
+        mlx_bench = bench_step.MLXStep()
+        mlx_bench.setup("adamw", "update")
+        assert mlx_bench.track_overhead_ratio("adamw", "update") > 0
+
+
+def test_overhead_report_prints_the_table(capsys):
+    pytest.importorskip("torch")
+    assert overhead.main(["--blocks", "3", "--dim", "32", "--repeats", "1", "--no-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "| torch adamw-fused | update |" in out and "| numpy core | smooth() |" in out
+    assert overhead.extra_memory("torch", "gradient", 3, 64) < 1.0
