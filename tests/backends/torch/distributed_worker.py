@@ -117,21 +117,32 @@ def main(scenario, rank, world, init_file, out_file):
             opt = make_opt(model)
             if scenario == "fsdp":
                 train(model, opt, STEPS, rank, world)
-            else:  # fsdp-checkpoint: save at 10, go on; then a fresh model and optimizer resume from the save
-                import torch.distributed.checkpoint as dcp
-                from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+            else:  # fsdp-checkpoint(-full): save at 10, go on; then a fresh model and optimizer resume from the save
+                import copy
 
+                import torch.distributed.checkpoint as dcp
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+                full = scenario.endswith("-full")
+                options = StateDictOptions(full_state_dict=full)
                 train(model, opt, 10, rank, world)
-                model_sd, optim_sd = get_state_dict(model, opt)
-                dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=out_file + ".ckpt")
+                model_sd, optim_sd = get_state_dict(model, opt, options=options)
+                if full:  # the full (unsharded) state dicts, kept as a plain copy
+                    saved = copy.deepcopy({"model": model_sd, "optim": optim_sd})
+                else:
+                    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=out_file + ".ckpt")
                 train(model, opt, 10, rank, world, start=10)
                 out["uninterrupted"] = full_params(model)
                 model2 = fsdp(make_net(), mesh)
                 opt2 = make_opt(model2)
-                model_sd, optim_sd = get_state_dict(model2, opt2)
-                state = {"model": model_sd, "optim": optim_sd}
-                dcp.load(state, checkpoint_id=out_file + ".ckpt")
-                set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
+                if full:
+                    state = saved
+                else:
+                    model_sd, optim_sd = get_state_dict(model2, opt2)
+                    state = {"model": model_sd, "optim": optim_sd}
+                    dcp.load(state, checkpoint_id=out_file + ".ckpt")
+                set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                               options=options)
                 out["step_count"] = opt2._step_count
                 train(model2, opt2, 10, rank, world, start=10)
                 out["resumed"] = full_params(model2)

@@ -56,8 +56,9 @@ def test_fsdp2_smooths_local_shards_and_equals_one_process(tmp_path):
     close(torch.load(f"{out}.0"), single_process())
 
 
-def test_fsdp2_checkpoint_with_dcp_resumes_the_same_trajectory(tmp_path):
-    out = spawn("fsdp-checkpoint", tmp_path)
+@pytest.mark.parametrize("kind", ["sharded", "full"])
+def test_fsdp2_checkpoint_with_dcp_resumes_the_same_trajectory(tmp_path, kind):
+    out = spawn("fsdp-checkpoint" + ("-full" if kind == "full" else ""), tmp_path)
     saved = torch.load(out)
     assert saved["step_count"] == 10
     for k in saved["uninterrupted"]:
