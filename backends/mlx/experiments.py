@@ -14,7 +14,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from gradsmooth.diagnostics import block_update_similarity, representation_similarity
-from gradsmooth.experiments.data import VOCAB
+from gradsmooth.experiments.data import VOCAB, train_batches, val_batches
 from gradsmooth.experiments.runs import RunConfig, RunResult
 
 from .optimizer import GradientSmoothing
@@ -124,26 +124,8 @@ def build_optimizer(config: RunConfig) -> optim.Optimizer:
     return GradientSmoothing(base, **config.smoothing) if config.smoothing else base
 
 
-def _batches(config: RunConfig, data: Any, generator: np.random.Generator):
-    if config.task == "vit":
-        while True:
-            idx = generator.integers(0, len(data.y_train), config.batch_size)
-            yield mx.array(data.x_train[idx]), mx.array(data.y_train[idx])
-    n = len(data.train) - config.context - 1
-    while True:
-        starts = generator.integers(0, n, config.batch_size)
-        chunk = np.stack([data.train[s : s + config.context + 1] for s in starts]).astype(np.int32)
-        yield mx.array(chunk[:, :-1]), mx.array(chunk[:, 1:])
-
-
 def _loss(model: nn.Module, x: mx.array, y: mx.array) -> mx.array:
     return nn.losses.cross_entropy(model(x), y).mean()
-
-
-def _val(config: RunConfig, data: Any, count: int = 16) -> tuple[mx.array, mx.array]:
-    starts = np.linspace(0, len(data.val) - config.context - 2, count * config.batch_size).astype(int)
-    chunk = np.stack([data.val[s : s + config.context + 1] for s in starts]).astype(np.int32)
-    return mx.array(chunk[:, :-1]), mx.array(chunk[:, 1:])
 
 
 def evaluate(model: nn.Module, config: RunConfig, data: Any, val: tuple | None = None) -> dict[str, float]:
@@ -152,7 +134,7 @@ def evaluate(model: nn.Module, config: RunConfig, data: Any, val: tuple | None =
         y = mx.array(data.y_test)
         return {"test_loss": nn.losses.cross_entropy(logits, y).mean().item(),
                 "test_acc": (logits.argmax(axis=1) == y).astype(mx.float32).mean().item()}
-    return {"val_loss": _loss(model, *val).item()}
+    return {"val_loss": float(np.mean([_loss(model, x, y).item() for x, y in val]))}
 
 
 def train(config: RunConfig, data: Any, result: RunResult, progress: Callable[[int], None] | None = None,
@@ -170,13 +152,14 @@ def train(config: RunConfig, data: Any, result: RunResult, progress: Callable[[i
         opt.update(model, grads)
         return loss
 
-    batches = _batches(config, data, np.random.default_rng(config.seed))
-    val = _val(config, data) if config.task == "lm" else None
+    batches = train_batches(config.task, data, config.batch_size, config.context, config.seed)
+    val = [tuple(map(mx.array, b)) for b in val_batches(data, config.batch_size, config.context)] \
+        if config.task == "lm" else None
     running, similarities = [], []
     for i in range(config.steps):
         evaluating = (i + 1) % config.eval_every == 0 or i + 1 == config.steps
         before = dict(tree_flatten(model.parameters())) if diagnose and evaluating else None
-        loss = step(*next(batches))
+        loss = step(*map(mx.array, next(batches)))
         mx.eval(state)
         running.append(loss.item())
         if before is not None:
@@ -191,6 +174,6 @@ def train(config: RunConfig, data: Any, result: RunResult, progress: Callable[[i
     if diagnose:
         result.diagnostics["update_similarity"] = np.mean(similarities, axis=0)
         outputs: list[mx.array] = []
-        model(mx.array(data.x_test[:256]) if config.task == "vit" else val[0][: config.batch_size], outputs=outputs)
+        model(mx.array(data.x_test[:256]) if config.task == "vit" else val[0][0], outputs=outputs)
         result.diagnostics["representation_similarity"] = representation_similarity(
             [np.array(o.reshape(-1, o.shape[-1])) for o in outputs])

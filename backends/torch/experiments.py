@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradsmooth.diagnostics import block_update_similarity, representation_similarity
-from gradsmooth.experiments.data import VOCAB
+from gradsmooth.experiments.data import VOCAB, train_batches, val_batches
 from gradsmooth.experiments.runs import RunConfig, RunResult
 
 from .optimizer import GradientSmoothing
@@ -151,30 +151,9 @@ def _lr_factor(step: int, config: RunConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _batches(config: RunConfig, data: Any, generator: np.random.Generator):
-    if config.task == "vit":
-        n = len(data.y_train)
-        while True:
-            idx = generator.integers(0, n, config.batch_size)
-            yield torch.from_numpy(data.x_train[idx]), torch.from_numpy(data.y_train[idx])
-    else:
-        n = len(data.train) - config.context - 1
-        while True:
-            starts = generator.integers(0, n, config.batch_size)
-            chunk = np.stack([data.train[s : s + config.context + 1] for s in starts]).astype(np.int64)
-            yield torch.from_numpy(chunk[:, :-1]), torch.from_numpy(chunk[:, 1:])
-
-
 def _loss(model: nn.Module, config: RunConfig, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     logits = model(x)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-
-
-def _val_batches(config: RunConfig, data: Any, count: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    starts = np.linspace(0, len(data.val) - config.context - 2, count * config.batch_size).astype(int)
-    chunk = np.stack([data.val[s : s + config.context + 1] for s in starts]).astype(np.int64)
-    x, y = torch.from_numpy(chunk[:, :-1]), torch.from_numpy(chunk[:, 1:])
-    return list(zip(x.split(config.batch_size), y.split(config.batch_size)))
 
 
 @torch.no_grad()
@@ -199,14 +178,15 @@ def train(config: RunConfig, data: Any, result: RunResult, progress: Callable[[i
     opt = build_optimizer(model, config)
     groups = opt.param_groups
     base_lrs = [g["lr"] for g in groups]
-    batches = _batches(config, data, np.random.default_rng(config.seed))
-    val = _val_batches(config, data) if config.task == "lm" else None
+    batches = train_batches(config.task, data, config.batch_size, config.context, config.seed)
+    val = [tuple(map(torch.from_numpy, b)) for b in val_batches(data, config.batch_size, config.context)] \
+        if config.task == "lm" else None
     running, similarities = [], []
     for step in range(config.steps):
         factor = _lr_factor(step, config)
         for g, lr in zip(groups, base_lrs):
             g["lr"] = lr * factor
-        x, y = next(batches)
+        x, y = map(torch.from_numpy, next(batches))
         loss = _loss(model, config, x, y)
         opt.zero_grad()
         loss.backward()

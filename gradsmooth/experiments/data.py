@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DataError", "DigitsData", "TextData", "load_digits_split", "load_text", "VOCAB"]
+__all__ = ["DataError", "DigitsData", "TextData", "load_digits_split", "load_text", "train_batches", "val_batches",
+           "VOCAB"]
 
 VOCAB = 256  # bytes
 
@@ -85,3 +86,26 @@ def load_text(path: str | None, context: int, max_bytes: int = 2_000_000, val_fr
             f"it needs at least {int((context + 1) / val_fraction) + 1} bytes"
         )
     return TextData(arr[: len(arr) - n_val], arr[len(arr) - n_val :], source)
+
+
+def train_batches(task: str, data: DigitsData | TextData, batch_size: int, context: int, seed: int):
+    """Endless (inputs, targets) NumPy batches drawn with ``seed``: the same order for every
+    backend and both arms of a comparison. vit: (b, 8, 8) images and labels; lm: (b, context)
+    byte windows and the next bytes."""
+    rng = np.random.default_rng(seed)
+    if task == "vit":
+        while True:
+            idx = rng.integers(0, len(data.y_train), batch_size)
+            yield data.x_train[idx], data.y_train[idx]
+    n = len(data.train) - context - 1
+    while True:
+        starts = rng.integers(0, n, batch_size)
+        chunk = np.stack([data.train[s : s + context + 1] for s in starts]).astype(np.int64)
+        yield chunk[:, :-1], chunk[:, 1:]
+
+
+def val_batches(data: TextData, batch_size: int, context: int, count: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` fixed validation batches of byte windows spread over the held-out text."""
+    starts = np.linspace(0, len(data.val) - context - 2, count * batch_size).astype(int)
+    chunk = np.stack([data.val[s : s + context + 1] for s in starts]).astype(np.int64)
+    return [(chunk[i : i + batch_size, :-1], chunk[i : i + batch_size, 1:]) for i in range(0, len(chunk), batch_size)]
