@@ -12,7 +12,7 @@ wrapper's state is ``{"step": array, "base": base.state}``, arrays only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import mlx.core as mx

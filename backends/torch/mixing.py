@@ -99,14 +99,11 @@ def chunk_columns(n: int, numel: int, device: torch.device) -> list[tuple[int, i
     return [(lo, min(lo + c, numel)) for lo in range(0, numel, c)]
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.view(-1) if t.is_contiguous() else t.reshape(-1)
-
-
-def _write(targets: list[torch.Tensor], flats: list[torch.Tensor], rows: torch.Tensor, lo: int, hi: int) -> None:
-    """Copy ``rows[l]`` into ``targets[l]`` at columns ``lo:hi`` (rounding once to their dtype)."""
+def _write(targets: list[torch.Tensor], flats: list[torch.Tensor] | None, rows: torch.Tensor, lo: int, hi: int) -> None:
+    """Copy ``rows[l]`` into ``targets[l]`` at columns ``lo:hi`` (rounding once to their dtype);
+    ``flats`` is None for non-contiguous members, which come as one chunk."""
     rows = rows.to(targets[0].dtype)
-    if all(t.is_contiguous() for t in targets):
+    if flats is not None:
         torch._foreach_copy_([f[lo:hi] for f in flats], list(rows.unbind(0)))
     else:  # non-contiguous members come as one chunk: whole tensors
         for t, row in zip(targets, rows.unbind(0)):
@@ -128,13 +125,12 @@ def _workspace(n: int, c: int, like: torch.Tensor, count: int) -> list[torch.Ten
 
 def mix_gradients(program: BandProgram, grads: list[torch.Tensor]) -> None:
     """In place: ``g_l <- sum_j A[l, j] g_j`` for the group's gradients."""
-    flats = [_flat(g) for g in grads]
-    chunks = _chunks(grads, flats)
+    flats, chunks, views = _layout(grads)
     G, T = _workspace(len(grads), chunks[0][1] - chunks[0][0], grads[0], 2)
     for lo, hi in chunks:
         k = hi - lo
         X = _gather(flats, lo, hi, G[:, :k])  # (n, c)
-        _write(grads, flats, _apply(program, X, T[:, :k]), lo, hi)
+        _write(grads, views, _apply(program, X, T[:, :k]), lo, hi)
 
 
 def mix_updates(program: BandProgram, params: list[torch.Tensor], before: torch.Tensor, decay: torch.Tensor | None) -> None:
@@ -146,8 +142,7 @@ def mix_updates(program: BandProgram, params: list[torch.Tensor], before: torch.
     is ``decay * theta + sum_j A[l, j] delta_j``: decoupled decay per layer, the rest of the
     step mixed along depth.
     """
-    flats = [_flat(p) for p in params]
-    chunks = _chunks(params, flats)
+    flats, chunks, views = _layout(params)
     P, X, T = _workspace(len(params), chunks[0][1] - chunks[0][0], params[0], 3)
     for lo, hi in chunks:
         k = hi - lo
@@ -159,11 +154,14 @@ def mix_updates(program: BandProgram, params: list[torch.Tensor], before: torch.
             Xk = torch.sub(Pk, S, out=X[:, :k])  # delta
         else:
             Xk = torch.addcmul(Pk, S, decay, value=-1.0, out=X[:, :k])  # delta
-        _write(params, flats, _apply(program, Xk, T[:, :k], base=Pk), lo, hi)
+        _write(params, views, _apply(program, Xk, T[:, :k], base=Pk), lo, hi)
 
 
-def _chunks(tensors: list[torch.Tensor], flats: list[torch.Tensor]) -> list[tuple[int, int]]:
+def _layout(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[tuple[int, int]], list[torch.Tensor] | None]:
+    """Flat views (copies where a member is not contiguous), the column chunks, and the flat
+    views to write through (None when not every member is contiguous: one whole chunk then)."""
+    contiguous = all(t.is_contiguous() for t in tensors)
+    flats = [t.view(-1) if contiguous else t.reshape(-1) for t in tensors]
     numel = flats[0].numel()
-    if not all(t.is_contiguous() for t in tensors):
-        return [(0, numel)]
-    return chunk_columns(len(tensors), numel, tensors[0].device)
+    chunks = chunk_columns(len(tensors), numel, tensors[0].device) if contiguous else [(0, numel)]
+    return flats, chunks, flats if contiguous else None

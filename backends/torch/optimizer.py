@@ -301,8 +301,9 @@ class GradientSmoothing(Optimizer):
             active = list(enumerate(self._members))
         pending, copies_to, copies_from = [], [], []
         for gi, members in active:
-            band = self.operator.band(len(members), self._step_count)
-            if band.is_identity and self.pipeline is None:
+            # a pipeline stage mixes with the global band after the exchange (_pipeline_updates)
+            band = None if self.pipeline is not None else self.operator.band(len(members), self._step_count)
+            if band is not None and band.is_identity:
                 continue
             shards = [_local(p) for p in members]
             if self.mode == "gradient":
@@ -311,7 +312,8 @@ class GradientSmoothing(Optimizer):
             before = self._snapshot(gi)[: len(members)]  # (n, local numel)
             copies_to.extend(row.view(t.shape) for row, t in zip(before.unbind(0), shards))
             copies_from.extend(shards)
-            pending.append((band_program(band, minus_identity=True), members, shards, before))
+            program = None if band is None else band_program(band, minus_identity=True)
+            pending.append((program, members, shards, before))
         if copies_to:
             torch._foreach_copy_(copies_to, copies_from)
         return pending
