@@ -61,6 +61,17 @@ def _runner(backend, stack, op, window, boundary):
         members = [torch.from_numpy(row.copy()) for row in stack]
         program = band_program(op.band(n))
         return lambda: mix_gradients(program, members)
+    if backend == "torch-fused":
+        import torch
+
+        from gradsmooth.backends.torch.fused import band_pattern, fused_kernel
+
+        members = [torch.from_numpy(row.copy()) for row in stack]
+        pattern, values = band_pattern(op.band(n))
+        kernel = fused_kernel(pattern, "gradient")
+        kernel.prepare(members[0].dtype, members[0].device)
+        weights = torch.tensor(values, dtype=members[0].dtype)
+        return lambda: kernel(members, weights)
     import mlx.core as mx
 
     members = [mx.array(row) for row in stack]
@@ -80,7 +91,7 @@ def _mlx_smooth(members, op):
 
 def _axpy(backend, stack):
     """``y <- y + a x`` over every member: one read of two arrays and one write."""
-    if backend == "torch":
+    if backend.startswith("torch"):
         import torch
 
         ys = [torch.from_numpy(row.copy()) for row in stack]

@@ -11,30 +11,32 @@ MODES = ["update", "gradient"]
 
 
 class TorchStep:
-    params = (OPTIMIZERS, MODES)
-    param_names = ["optimizer", "mode"]
+    """``kernels``: the eager chunked kernels (default) or ``fused=True`` (compiled in setup)."""
+
+    params = (OPTIMIZERS, MODES, ["eager", "fused"])
+    param_names = ["optimizer", "mode", "kernels"]
     timeout = 900
 
-    def setup(self, optimizer, mode):
+    def setup(self, optimizer, mode, kernels):
         require("torch")
-        self.base, self.wrapped = torch_pair(optimizer, mode)
-        self.base.step()  # optimizer state and the wrapper's buffers exist before timing
+        self.base, self.wrapped = torch_pair(optimizer, mode, fused=kernels == "fused")
+        self.base.step()  # optimizer state, the wrapper's buffers and its kernels exist before timing
         self.wrapped.step()
 
-    def time_base_step(self, optimizer, mode):
+    def time_base_step(self, optimizer, mode, kernels):
         self.base.step()
 
-    def time_wrapped_step(self, optimizer, mode):
+    def time_wrapped_step(self, optimizer, mode, kernels):
         self.wrapped.step()
 
-    def track_overhead_ratio(self, optimizer, mode):
+    def track_overhead_ratio(self, optimizer, mode, kernels):
         """wrapped step / base step, measured side by side."""
         t_base, t_wrapped = side_by_side(self.base.step, self.wrapped.step, repeats=3, warmup=1)
         return t_wrapped / t_base
 
     track_overhead_ratio.unit = "ratio"
 
-    def track_extra_memory_fraction(self, optimizer, mode):
+    def track_extra_memory_fraction(self, optimizer, mode, kernels):
         """Bytes the wrapper holds between steps (update mode's snapshot) / block parameter bytes."""
         self.wrapped.step()
         held = sum(b.numel() * b.element_size() for b in self.wrapped.opt._snapshots.values())
@@ -42,7 +44,7 @@ class TorchStep:
 
     track_extra_memory_fraction.unit = "fraction"
 
-    def peakmem_wrapped_step(self, optimizer, mode):
+    def peakmem_wrapped_step(self, optimizer, mode, kernels):
         self.wrapped.step()
 
 

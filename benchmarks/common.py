@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-BACKENDS = ("numpy-core", "numpy-reference", "torch", "mlx")
+BACKENDS = ("numpy-core", "numpy-reference", "torch", "torch-fused", "mlx")
 
 
 def available(backend: str) -> bool:
-    module = {"torch": "torch", "mlx": "mlx"}.get(backend, "numpy")
+    module = {"torch": "torch", "torch-fused": "torch", "mlx": "mlx"}.get(backend, "numpy")
     return importlib.util.find_spec(module) is not None
 
 

@@ -26,6 +26,13 @@ from .bench_step import mlx_pair, torch_base, torch_pair, torch_params
 from .common import available, block_bytes, gpt2_shapes, side_by_side
 
 
+TORCH_VARIANTS = (  # label, GradientSmoothing keywords
+    ("eager kernels", {}),
+    ("fused=True", {"fused": True}),
+    ("fused=True, check_finite=False", {"fused": True, "check_finite": False}),
+)
+
+
 def _torch_rows(shapes, repeats, optimizer="adamw-fused"):
     import torch
 
@@ -50,13 +57,16 @@ def _torch_rows(shapes, repeats, optimizer="adamw-fused"):
             return None
 
     for mode in ("update", "gradient"):
-        base, wrapped = torch_pair(optimizer, mode, shapes)
-        t_base, t_wrapped = side_by_side(base.step, wrapped.step, repeats)
-        alone = GradientSmoothing(NoStep(list(params.values())), list(params.items()), mode=mode)
-        t_alone, t_floor = side_by_side(alone.step, floor, repeats)
-        rows.append({"backend": f"torch {optimizer}", "mode": mode, "base_ms": 1e3 * t_base,
-                     "wrapped_ms": 1e3 * t_wrapped, "ratio": t_wrapped / t_base, "smoothing_ms": 1e3 * t_alone,
-                     "floor_ms": 1e3 * t_floor, "smoothing_over_floor": t_alone / t_floor})
+        for label, kw in TORCH_VARIANTS:
+            base, wrapped = torch_pair(optimizer, mode, shapes, **kw)
+            wrapped.step()  # fused kernels compile here, not in the timing
+            t_base, t_wrapped = side_by_side(base.step, wrapped.step, repeats)
+            alone = GradientSmoothing(NoStep(list(params.values())), list(params.items()), mode=mode, **kw)
+            alone.step()
+            t_alone, t_floor = side_by_side(alone.step, floor, repeats)
+            rows.append({"backend": f"torch {optimizer}, {label}", "mode": mode, "settings": kw, "base_ms": 1e3 * t_base,
+                         "wrapped_ms": 1e3 * t_wrapped, "ratio": t_wrapped / t_base, "smoothing_ms": 1e3 * t_alone,
+                         "floor_ms": 1e3 * t_floor, "smoothing_over_floor": t_alone / t_floor})
     return rows
 
 
@@ -84,9 +94,15 @@ def _numpy_rows(shapes, repeats):
         for y, x in zip(ys, xs):
             np.add(y, x, out=y)
 
+    def allocate():  # what a function returning new arrays pays: fresh outputs, all alive at once
+        return [np.multiply(x, 1.0) for x in xs]
+
     t_alone, t_floor = side_by_side(lambda: smooth(updates, plan, op), floor, repeats)
+    t_alloc, t_floor2 = side_by_side(allocate, floor, repeats)
     return [{"backend": "numpy core", "mode": "smooth()", "smoothing_ms": 1e3 * t_alone, "floor_ms": 1e3 * t_floor,
-             "smoothing_over_floor": t_alone / t_floor}]
+             "smoothing_over_floor": t_alone / t_floor},
+            {"backend": "numpy: new outputs alone (x * 1.0)", "mode": "–", "smoothing_ms": 1e3 * t_alloc,
+             "floor_ms": 1e3 * t_floor2, "smoothing_over_floor": t_alloc / t_floor2}]
 
 
 def _vm(field: str) -> int:
@@ -98,19 +114,19 @@ def _vm(field: str) -> int:
     raise OSError(f"{field} is not in /proc/self/status")
 
 
-def _peak_during_steps_child(backend: str, mode: str, wrapped: bool, blocks: int, dim: int) -> int:
+def _peak_during_steps_child(backend: str, mode: str, wrapped: bool, blocks: int, dim: int, settings: dict) -> int:
     """In a fresh process: set up and take one step, reset the peak, take three more steps
     (base or wrapped); return the peak bytes above the resident bytes before them."""
     code = (
         "from benchmarks.overhead import _steps_for_memory as run\n"
-        f"print(run({backend!r}, {mode!r}, {wrapped}, {blocks}, {dim}))"
+        f"print(run({backend!r}, {mode!r}, {wrapped}, {blocks}, {dim}, {settings!r}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def _steps_for_memory(backend: str, mode: str, wrapped: bool, blocks: int, dim: int) -> int:
+def _steps_for_memory(backend: str, mode: str, wrapped: bool, blocks: int, dim: int, settings: dict | None = None) -> int:
     shapes = gpt2_shapes(blocks, dim)
     if backend == "torch":
         from gradsmooth.backends.torch import GradientSmoothing
@@ -118,7 +134,7 @@ def _steps_for_memory(backend: str, mode: str, wrapped: bool, blocks: int, dim: 
         params = torch_params(shapes)
         opt = torch_base("adamw-fused", params)
         if wrapped:
-            opt = GradientSmoothing(opt, list(params.items()), mode=mode)
+            opt = GradientSmoothing(opt, list(params.items()), mode=mode, **(settings or {}))
         opt.step()  # the optimizer's state (and the wrapper's snapshot) exists before the measurement
         run = opt.step
     else:  # MLX keeps freed buffers in its own cache, so ask MLX for its peak
@@ -141,10 +157,10 @@ def _steps_for_memory(backend: str, mode: str, wrapped: bool, blocks: int, dim: 
     return _vm("VmHWM") - start + held
 
 
-def extra_memory(backend: str, mode: str, blocks: int, dim: int) -> float:
+def extra_memory(backend: str, mode: str, blocks: int, dim: int, settings: dict | None = None) -> float:
     """(peak during wrapped steps - peak during base steps) / block parameter bytes."""
-    base = _peak_during_steps_child(backend, mode, False, blocks, dim)
-    wrapped = _peak_during_steps_child(backend, mode, True, blocks, dim)
+    base = _peak_during_steps_child(backend, mode, False, blocks, dim, {})
+    wrapped = _peak_during_steps_child(backend, mode, True, blocks, dim, settings or {})
     return (wrapped - base) / block_bytes(gpt2_shapes(blocks, dim))
 
 
@@ -176,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", type=int, default=12)
     parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-memory", action="store_true", help="skip the extra-memory measurement (subprocesses)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
@@ -186,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if available(backend):
             for row in make(shapes, args.repeats):
                 if not args.no_memory:
-                    row["extra_memory"] = extra_memory(backend, row["mode"], args.blocks, args.dim)
+                    row["extra_memory"] = extra_memory(backend, row["mode"], args.blocks, args.dim, row.get("settings"))
                 rows.append(row)
     print(f"machine: {machine()}; {args.blocks} blocks, d = {args.dim}, block parameters "
           f"{block_bytes(shapes) / 2**20:.0f} MiB (float32)\n")

@@ -30,15 +30,15 @@ def test_smoothing_benchmark_runs_once(backend):
 
 def test_step_benchmarks_run_once(monkeypatch):
     pytest.importorskip("torch")
-    small = bench_step.gpt2_shapes(blocks=3, d=32, vocab=50)
+    small = bench_step.gpt2_shapes(blocks=3, d=256, vocab=50)  # MLP weights large enough to be fused
     monkeypatch.setattr(bench_step, "gpt2_shapes", lambda *a, **k: small)
     bench = bench_step.TorchStep()
-    for params in (("adamw-fused", "update"), ("muon+adamw", "gradient")):
+    for params in (("adamw-fused", "update", "fused"), ("muon+adamw", "gradient", "eager")):
         bench.setup(*params)
         bench.time_wrapped_step(*params)
         assert bench.track_overhead_ratio(*params) > 0
-    bench.setup("sgd-momentum", "update")
-    assert bench.track_extra_memory_fraction("sgd-momentum", "update") == pytest.approx(1.0)
+    bench.setup("sgd-momentum", "update", "eager")
+    assert bench.track_extra_memory_fraction("sgd-momentum", "update", "eager") == pytest.approx(1.0)
     if available("mlx"):
         mlx_bench = bench_step.MLXStep()
         mlx_bench.setup("adamw", "update")
@@ -49,5 +49,7 @@ def test_overhead_report_prints_the_table(capsys):
     pytest.importorskip("torch")
     assert overhead.main(["--blocks", "3", "--dim", "32", "--repeats", "1", "--no-memory"]) == 0
     out = capsys.readouterr().out
-    assert "| torch adamw-fused | update |" in out and "| numpy core | smooth() |" in out
+    for label, _ in overhead.TORCH_VARIANTS:
+        assert f"| torch adamw-fused, {label} | update |" in out and f"| torch adamw-fused, {label} | gradient |" in out
+    assert "| numpy core | smooth() |" in out
     assert overhead.extra_memory("torch", "gradient", 3, 64) < 1.0

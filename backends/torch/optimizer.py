@@ -24,11 +24,12 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from gradsmooth import MODES, BlockPlan, DepthOperator, check_mode, find_blocks, make_operator
+from gradsmooth import MODES, Band, BlockPlan, DepthOperator, check_mode, find_blocks, make_operator
 from gradsmooth.blocks import Exclude, Stacks
 from gradsmooth.operators import Alpha
 
 from .blocks import module_sites, named_parameters
+from .fused import FUSED_MIN_ELEMENTS, band_pattern, fused_kernel
 from .mixing import band_program, compute_dtype, mix_gradients, mix_updates
 from .pipeline import PipelineStages, exchange_boundaries, mix_stage
 
@@ -64,10 +65,15 @@ def _decay(base: Optimizer, group: dict[str, Any]) -> float:
     return 1.0 - float(group["lr"]) * float(wd)
 
 
-def _to_device(values: list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``values`` as an (n, 1) tensor on ``device``, copied without a host synchronisation."""
-    host = torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda").unsqueeze(1)
+def _to_device(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``values`` as a 1-D tensor on ``device``, copied without a host synchronisation."""
+    host = torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda")
     return host.to(device, non_blocking=True)
+
+
+def _versions(tensors: list[Tensor]) -> tuple[tuple[int, int, int], ...]:
+    """What identifies the values of ``tensors`` without reading them: object, storage, version."""
+    return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
 
 
 def _local(t: Tensor) -> Tensor:
@@ -97,6 +103,13 @@ class GradientSmoothing(Optimizer):
         stacks, exclude: as :func:`gradsmooth.find_blocks` (``stacks`` switches to names).
         check_finite: raise ``FloatingPointError`` on a non-finite gradient, before anything
             changes (one host-device synchronisation per step).
+        fused: mix each group with one compiled kernel (``torch.compile``: inductor's C++ on a
+            CPU, Triton on CUDA) instead of the eager chunked kernels; the first step with a
+            new band pattern compiles (seconds; cached on disk by inductor). In update mode
+            the kernel also writes the next step's snapshot, so no copy is taken before the
+            base step while every member's version counter and storage are unchanged since
+            that write. In-place changes that bypass version counters (through ``p.data``)
+            are then not seen: make them through ``torch.no_grad()`` instead.
         pipeline: a :class:`PipelineStages` when this process holds one stage of a pipeline:
             boundary members are exchanged with the neighbouring stages so the result equals
             smoothing the whole stack.
@@ -124,6 +137,7 @@ class GradientSmoothing(Optimizer):
         stacks: Stacks = None,
         exclude: Exclude = None,
         check_finite: bool = True,
+        fused: bool = False,
         pipeline: PipelineStages | None = None,
     ) -> None:
         self._initialized = False
@@ -139,6 +153,12 @@ class GradientSmoothing(Optimizer):
         self._stacks, self._exclude = stacks, exclude
         if pipeline is not None and not isinstance(pipeline, PipelineStages):
             raise TypeError(f"pipeline should be a PipelineStages but is: {pipeline!r}")
+        if not isinstance(fused, bool):
+            raise TypeError(f"fused should be True or False but is: {fused!r}")
+        if fused and pipeline is not None:
+            raise ValueError("fused=True is not available with pipeline stages: pass fused=False")
+        self.fused = fused
+        self._carried: dict[int, tuple] = {}
         self.pipeline = pipeline
         self._check_ownership()
         self.operator, self.mode, self.check_finite = operator, mode, check_finite
@@ -147,7 +167,7 @@ class GradientSmoothing(Optimizer):
         self._active_key: tuple | None = None
         self._active: list[tuple[int, list[Tensor]]] = []
         self.plan = self._make_plan()
-        self.settings = {"mode": mode, "operator": repr(operator), "check_finite": check_finite}
+        self.settings = {"mode": mode, "operator": repr(operator), "check_finite": check_finite, "fused": fused}
         # the bases' defaults (schedulers such as OneCycleLR read them), the first base's first
         defaults = {k: v for b in reversed(bases) for k, v in b.defaults.items()}
         super().__init__([p for b in bases for g in b.param_groups for p in g["params"]], defaults)
@@ -238,6 +258,7 @@ class GradientSmoothing(Optimizer):
             raise ValueError("pipeline stages need every role in every block of the stage, but the groups hold "
                              f"{sorted({len(m) for m in self._members})} members")
         self._snapshots.clear()
+        self._carried.clear()
         self._active_key = None
         return plan
 
@@ -285,7 +306,11 @@ class GradientSmoothing(Optimizer):
         return loss
 
     @torch.compiler.disable
-    def _before_base_step(self) -> list[tuple[Any, list[Tensor], list[Tensor], Tensor]]:
+    def _before_base_step(self) -> list[tuple[Any, ...]]:
+        """Check, plan every group's work (compiling fused kernels), then change things: the
+        gradient mixing (gradient mode) or the snapshots (update mode). Returns what the
+        update mode does after the base step."""
+        carried, self._carried = self._carried, {}  # valid again only once this step's kernels wrote them
         if self.check_finite:
             self._raise_if_not_finite()
         active = self._active_groups()
@@ -299,24 +324,48 @@ class GradientSmoothing(Optimizer):
                 self._pipeline_gradients()
                 return []
             active = list(enumerate(self._members))
-        pending, copies_to, copies_from = [], [], []
+        work = []
         for gi, members in active:
             # a pipeline stage mixes with the global band after the exchange (_pipeline_updates)
             band = None if self.pipeline is not None else self.operator.band(len(members), self._step_count)
             if band is not None and band.is_identity:
                 continue
             shards = [_local(p) for p in members]
+            targets = [_local(p.grad) for p in members] if self.mode == "gradient" else shards
+            work.append((gi, band, members, shards, self._kernel(band, targets)))
+        pending, copies_to, copies_from = [], [], []
+        for gi, band, members, shards, kernel in work:
             if self.mode == "gradient":
-                mix_gradients(band_program(band), [_local(p.grad) for p in members])
+                grads = [_local(p.grad) for p in members]
+                if kernel is None:
+                    mix_gradients(band_program(band), grads)
+                else:
+                    kernel([g.view(-1) for g in grads], self._weights(band, False, grads[0]))
                 continue
             before = self._snapshot(gi)[: len(members)]  # (n, local numel)
-            copies_to.extend(row.view(t.shape) for row, t in zip(before.unbind(0), shards))
-            copies_from.extend(shards)
-            program = None if band is None else band_program(band, minus_identity=True)
-            pending.append((program, members, shards, before))
+            if kernel is None or carried.get(gi) != _versions(shards):
+                copies_to.extend(row.view(t.shape) for row, t in zip(before.unbind(0), shards))
+                copies_from.extend(shards)
+            program = None if band is None or kernel is not None else band_program(band, minus_identity=True)
+            pending.append((gi, band, program, kernel, members, shards, before))
         if copies_to:
             torch._foreach_copy_(copies_to, copies_from)
         return pending
+
+    def _kernel(self, band: Band | None, targets: list[Tensor]):
+        """The compiled kernel for ``band`` (prepared for the targets' dtype and device), or None
+        where the eager kernels run: ``fused=False``, pipeline stages, non-contiguous members, and
+        small members (a compiled call's fixed cost, about half a millisecond, exceeds the work)."""
+        if not self.fused or band is None or targets[0].numel() < FUSED_MIN_ELEMENTS or \
+                not all(t.is_contiguous() for t in targets):
+            return None
+        kernel = fused_kernel(band_pattern(band, self.mode == "update")[0], self.mode)
+        kernel.prepare(targets[0].dtype, targets[0].device)
+        return kernel
+
+    @staticmethod
+    def _weights(band: Band, minus_identity: bool, like: Tensor) -> Tensor:
+        return _to_device(band_pattern(band, minus_identity)[1], compute_dtype(like.dtype), like.device)
 
     @torch.compiler.disable
     def _after_base_step(self, pending: list) -> None:
@@ -325,9 +374,15 @@ class GradientSmoothing(Optimizer):
             if self.pipeline is not None:
                 self._pipeline_updates(pending, decays)
             else:
-                for program, members, shards, before in pending:
+                for gi, band, program, kernel, members, shards, before in pending:
                     d = [decays.get(id(p), 1.0) for p in members]
-                    decay = None if all(x == 1.0 for x in d) else _to_device(d, compute_dtype(before.dtype), before.device)
+                    cdtype = compute_dtype(before.dtype)
+                    if kernel is not None:
+                        kernel([t.view(-1) for t in shards], list(before.unbind(0)), self._weights(band, True, before),
+                               _to_device(d, cdtype, before.device))
+                        self._carried[gi] = _versions(shards)
+                        continue
+                    decay = None if all(x == 1.0 for x in d) else _to_device(d, cdtype, before.device).unsqueeze(1)
                     mix_updates(program, shards, before, decay)
         self._step_count += 1
 
@@ -350,14 +405,14 @@ class GradientSmoothing(Optimizer):
     def _pipeline_updates(self, pending: list, decays: dict[int, float]) -> None:
         band, first, r = self._global_band()
         deltas = []
-        for _, members, shards, before in pending:  # before <- delta = p - decay * theta, in place
+        for *_, members, shards, before in pending:  # before <- delta = p - decay * theta, in place
             rows = list(before.unbind(0))
             torch._foreach_mul_(rows, [decays.get(id(p), 1.0) for p in members])
             torch._foreach_sub_(rows, [s.reshape(-1) for s in shards])
             torch._foreach_neg_(rows)
             deltas.append(rows)
         received = exchange_boundaries(self.pipeline, deltas, r) if r else [([], [])] * len(deltas)
-        for (_, _, shards, _), rows, got in zip(pending, deltas, received):
+        for (*_, shards, _), rows, got in zip(pending, deltas, received):
             for shard, delta, mixed in zip(shards, rows, mix_stage(band, first, rows, got)):
                 shard.add_(mixed.view(shard.shape)).sub_(delta.view(shard.shape))  # decay * theta + (A delta)_l
 

@@ -1,0 +1,149 @@
+"""fused=True: the compiled band kernels against the NumPy reference oracle and the eager kernels."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import gradsmooth.backends.torch.optimizer as optimizer_module
+from gradsmooth import WindowSmoothing
+from gradsmooth.backends.torch import GradientSmoothing
+from gradsmooth.backends.torch.fused import FUSED_MIN_ELEMENTS, FusedKernel, band_pattern, kernel_source
+from gradsmooth.reference import AdamW, Smoothed
+from tests.backends.torch.test_exactness import BASES as EXACT_BASES
+from tests.backends.torch.test_exactness import drive, float64_device
+
+
+@pytest.fixture
+def fuse_all(monkeypatch):
+    """The tiny test model's members are far below the size where fusing pays: fuse them anyway."""
+    monkeypatch.setattr(optimizer_module, "FUSED_MIN_ELEMENTS", 0)
+
+
+def test_band_pattern_lists_each_rows_members_and_weights():
+    band = WindowSmoothing(3).band(4)
+    pattern, values = band_pattern(band)
+    assert pattern == ((0, 1), (0, 1, 2), (1, 2, 3), (2, 3))
+    np.testing.assert_allclose(values, [1 / 2, 1 / 2] + [1 / 3] * 6 + [1 / 2, 1 / 2])
+    pattern, values = band_pattern(band, minus_identity=True)
+    assert pattern == ((0, 1), (0, 1, 2), (1, 2, 3), (2, 3))
+    np.testing.assert_allclose(values[:2], [1 / 2 - 1, 1 / 2])
+
+
+def test_kernel_source_reads_each_member_once_and_writes_each_once():
+    pattern = band_pattern(WindowSmoothing(3).band(5), minus_identity=True)[0]
+    src = kernel_source(pattern, "update")
+    for j in range(5):
+        assert src.count(f"x{j} = ") == 1 and src.count(f"p[{j}].copy_(") == 1 and src.count(f"s[{j}].copy_(") == 1
+    src = kernel_source(band_pattern(WindowSmoothing(3).band(5))[0], "gradient")
+    assert "s[" not in src and all(src.count(f"p[{j}].copy_(") == 1 for j in range(5))
+
+
+BASES = {  # fused AdamW moves parameters without bumping their version counters
+    "sgd-momentum": EXACT_BASES["sgd-momentum"],
+    "adamw-fused": (lambda m: torch.optim.AdamW(m.parameters(), lr=0.01, weight_decay=0.1, fused=True),
+                    EXACT_BASES["adamw"][1]),
+}
+
+
+@pytest.mark.parametrize("mode", ["update", "gradient"])
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_fused_matches_reference_float64(tiny_net, device, fuse_all, base, mode):
+    # a member is dropped every tenth step (another pattern); alpha is 0 every third step, when
+    # no kernel writes the snapshot and fused AdamW moves the parameters without bumping their
+    # version counters: the next step must take a fresh snapshot
+    device = float64_device(device)
+    model = tiny_net(device=device)
+    make_torch, make_ref = BASES[base]
+    alpha = lambda t: 0.0 if t % 3 == 1 else 0.8  # noqa: E731
+    opt = GradientSmoothing(make_torch(model), model, window=3, alpha=alpha, mode=mode, fused=True)
+    reference = Smoothed(make_ref(), [g.names for g in opt.plan.groups], mode=mode, window=3, alpha=alpha)
+    for t, got, expected in drive(model, opt, reference, steps=12, device=device):
+        for k in expected:
+            np.testing.assert_allclose(got[k], expected[k], rtol=1e-12, atol=1e-13, err_msg=f"{k} at step {t}")
+
+
+def test_fused_matches_reference_with_a_wide_mirror_window(tiny_net, fuse_all):
+    model = tiny_net()
+    opt = GradientSmoothing(torch.optim.AdamW(model.parameters(), lr=0.01), model, window=5, kernel="triangular",
+                            boundary="mirror", fused=True)
+    reference = Smoothed(AdamW(lr=0.01), [g.names for g in opt.plan.groups], window=5, kernel="triangular",
+                         boundary="mirror")
+    for t, got, expected in drive(model, opt, reference, steps=6):
+        for k in expected:
+            np.testing.assert_allclose(got[k], expected[k], rtol=1e-12, atol=1e-13, err_msg=f"{k} at step {t}")
+
+
+def test_in_place_changes_between_steps_are_seen(tiny_net, fuse_all):
+    # the snapshot the kernel carried over is stale once a member changes: a version counter says so
+    models = [tiny_net(), tiny_net()]
+    opts = [GradientSmoothing(torch.optim.AdamW(m.parameters(), lr=0.01, fused=True), m, fused=f)
+            for m, f in zip(models, (False, True))]
+    x = torch.randn(8, 5, dtype=torch.float64)
+    for step in range(4):
+        for m, o in zip(models, opts):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            o.step()
+            if step == 1:
+                with torch.no_grad():
+                    m.blocks[3].attn.weight.mul_(0.5)
+                    m.load_state_dict({k: v * 1.01 for k, v in m.state_dict().items() if "mlp" in k}, strict=False)
+    for (k, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13, msg=k)
+
+
+@pytest.mark.parametrize("mode", ["update", "gradient"])
+def test_low_precision_members_match_the_eager_kernels(tiny_net, device, fuse_all, mode):
+    # one step from the same state: both mix in float32 and round once to bfloat16
+    models = [tiny_net(dtype=torch.bfloat16, device=device) for _ in range(2)]
+    opts = [GradientSmoothing(torch.optim.SGD(m.parameters(), lr=0.1), m, mode=mode, fused=f)
+            for m, f in zip(models, (False, True))]
+    for m, o in zip(models, opts):
+        gen = torch.Generator().manual_seed(0)
+        for p in m.parameters():
+            p.grad = torch.randn(p.shape, generator=gen).to(device=device, dtype=torch.bfloat16)
+        o.step()
+    for (k, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+@pytest.mark.parametrize("mode", ["update", "gradient"])
+def test_a_kernel_that_cannot_compile_changes_nothing(tiny_net, fuse_all, monkeypatch, mode):
+    def fail(self, dtype, device):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(FusedKernel, "prepare", fail)
+    model = tiny_net()
+    opt = GradientSmoothing(torch.optim.AdamW(model.parameters(), lr=0.01), model, mode=mode, fused=True)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    params = copy.deepcopy(list(model.parameters()))
+    grads = [p.grad.clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        opt.step()
+    assert opt.state == {} or all(not s for s in opt.state.values())
+    for p, before, g in zip(model.parameters(), params, grads):
+        assert torch.equal(p, before) and torch.equal(p.grad, g)
+
+
+def test_small_members_and_non_contiguous_members_use_the_eager_kernels(tiny_net):
+    model = tiny_net()
+    opt = GradientSmoothing(torch.optim.SGD(model.parameters(), lr=0.1), model, fused=True)
+    band = WindowSmoothing(3).band(6)
+    assert opt._kernel(band, [torch.zeros(8) for _ in range(6)]) is None  # below FUSED_MIN_ELEMENTS
+    big = [torch.zeros(FUSED_MIN_ELEMENTS // 4, 8).t() for _ in range(6)]
+    assert opt._kernel(band, big) is None  # not contiguous
+    assert opt._kernel(band, [b.contiguous() for b in big]) is not None
+
+
+def test_fused_argument_errors(tiny_net):
+    model = tiny_net()
+    with pytest.raises(TypeError, match="fused should be True or False but is: 'yes'"):
+        GradientSmoothing(torch.optim.SGD(model.parameters(), lr=0.1), model, fused="yes")
+    from gradsmooth.backends.torch import PipelineStages
+
+    with pytest.raises(ValueError, match="fused=True is not available with pipeline stages"):
+        GradientSmoothing(torch.optim.SGD(model.parameters(), lr=0.1), model, fused=True,
+                          pipeline=PipelineStages(num_blocks=12, first_block=0))
