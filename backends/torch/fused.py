@@ -73,7 +73,7 @@ def kernel_source(pattern: Pattern, mode: str) -> str:
         if mode == "update":
             lines.append(f"    y{l} = " + " + ".join([f"p[{l}].to(w.dtype)", *terms]))
         else:
-            lines.append(f"    y{l} = " + (" + ".join(terms) if terms else f"0.0 * x{l}"))
+            lines.append(f"    y{l} = " + (" + ".join(terms) if terms else f"p[{l}].new_zeros(p[{l}].shape, dtype=w.dtype)"))
     for l in range(n):
         lines.append(f"    p[{l}].copy_(y{l})")
         if mode == "update":
