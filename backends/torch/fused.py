@@ -108,13 +108,14 @@ class FusedKernel:
         w = torch.zeros(sum(map(len, self.pattern)), dtype=cdtype, device=device)
         if self.mode == "update":
             s = [torch.zeros(8, dtype=dtype, device=device) for _ in range(n)]
-            self._compiled(p, s, w, torch.ones(n, dtype=cdtype, device=device))
+            self(p, s, w, torch.ones(n, dtype=cdtype, device=device))
         else:
-            self._compiled(p, w)
+            self(p, w)
         self._ready.add(key)
 
     def __call__(self, *args: object) -> None:
-        self._compiled(*args)
+        with torch.no_grad():  # one grad mode for every call: the compiled code is guarded on it
+            self._compiled(*args)
 
 
 _KERNELS: dict[tuple[Pattern, str], FusedKernel] = {}
