@@ -65,12 +65,13 @@ def _runner(backend, stack, op, window, boundary):
         import torch
 
         from gradsmooth.backends.torch.fused import band_pattern, fused_kernel
+        from gradsmooth.backends.torch.mixing import device_weights
 
         members = [torch.from_numpy(row.copy()) for row in stack]
         pattern, values = band_pattern(op.band(n))
         kernel = fused_kernel(pattern, "gradient")
         kernel.prepare(members[0].dtype, members[0].device)
-        weights = torch.tensor(values, dtype=members[0].dtype)
+        weights = device_weights(values, members[0].dtype, members[0].device).view(-1)
         return lambda: kernel(members, weights)
     import mlx.core as mx
 

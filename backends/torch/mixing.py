@@ -18,7 +18,8 @@ import torch
 
 from gradsmooth import Band
 
-__all__ = ["BandProgram", "band_program", "chunk_columns", "compute_dtype", "mix_gradients", "mix_updates"]
+__all__ = ["BandProgram", "band_program", "chunk_columns", "compute_dtype", "device_weights", "mix_gradients",
+           "mix_updates"]
 
 # elements of one gathered (n, c) block: about 2 MiB of float32 on a CPU, more on a GPU
 _BLOCK_ELEMENTS = {"cpu": 1 << 19}
@@ -60,7 +61,8 @@ def band_program(band: Band, minus_identity: bool = False) -> BandProgram:
 _WEIGHTS: dict[tuple, torch.Tensor] = {}
 
 
-def _weights(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def device_weights(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``values`` as a cached (rows, 1) tensor on ``device`` (a band's weights change only with alpha)."""
     key = (values, dtype, device)
     w = _WEIGHTS.get(key)
     if w is None:
@@ -73,7 +75,7 @@ def _weights(values: tuple[float, ...], dtype: torch.dtype, device: torch.device
 def _apply(program: BandProgram, X: torch.Tensor, out: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
     """``out = base + sum_o w_o * shift_o(X)`` for ``X`` of shape (n, c) (``base`` None: zero)."""
     (o, lo, hi, values), *rest = program.terms
-    w = _weights(values, X.dtype, X.device)
+    w = device_weights(values, X.dtype, X.device)
     if lo == 0 and hi == program.n:
         if base is None:
             torch.mul(X[lo + o : hi + o], w, out=out)
@@ -83,7 +85,7 @@ def _apply(program: BandProgram, X: torch.Tensor, out: torch.Tensor, base: torch
         out.copy_(base) if base is not None else out.zero_()
         rest = program.terms
     for o, lo, hi, values in rest:
-        out[lo:hi].addcmul_(X[lo + o : hi + o], _weights(values, X.dtype, X.device))
+        out[lo:hi].addcmul_(X[lo + o : hi + o], device_weights(values, X.dtype, X.device))
     return out
 
 

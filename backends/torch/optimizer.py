@@ -29,8 +29,8 @@ from gradsmooth.blocks import Exclude, Stacks
 from gradsmooth.operators import Alpha
 
 from .blocks import module_sites, named_parameters
-from .fused import FUSED_MIN_ELEMENTS, band_pattern, fused_kernel
-from .mixing import band_program, compute_dtype, mix_gradients, mix_updates
+from .fused import FUSED_MIN_ELEMENTS, FusedKernel, band_pattern, fused_kernel
+from .mixing import band_program, compute_dtype, device_weights, mix_gradients, mix_updates
 from .pipeline import PipelineStages, exchange_boundaries, mix_stage
 
 try:
@@ -332,40 +332,39 @@ class GradientSmoothing(Optimizer):
                 continue
             shards = [_local(p) for p in members]
             targets = [_local(p.grad) for p in members] if self.mode == "gradient" else shards
-            work.append((gi, band, members, shards, self._kernel(band, targets)))
+            work.append((gi, band, members, shards, targets, self._fused(band, targets)))
         pending, copies_to, copies_from = [], [], []
-        for gi, band, members, shards, kernel in work:
+        for gi, band, members, shards, grads, fused in work:
             if self.mode == "gradient":
-                grads = [_local(p.grad) for p in members]
-                if kernel is None:
+                if fused is None:
                     mix_gradients(band_program(band), grads)
                 else:
-                    kernel([g.view(-1) for g in grads], self._weights(band, False, grads[0]))
+                    kernel, weights = fused
+                    kernel([g.view(-1) for g in grads], weights)
                 continue
             before = self._snapshot(gi)[: len(members)]  # (n, local numel)
-            if kernel is None or carried.get(gi) != _versions(shards):
+            if fused is None or carried.get(gi) != _versions(shards):
                 copies_to.extend(row.view(t.shape) for row, t in zip(before.unbind(0), shards))
                 copies_from.extend(shards)
-            program = None if band is None or kernel is not None else band_program(band, minus_identity=True)
-            pending.append((gi, band, program, kernel, members, shards, before))
+            program = None if band is None or fused is not None else band_program(band, minus_identity=True)
+            pending.append((gi, program, fused, members, shards, before))
         if copies_to:
             torch._foreach_copy_(copies_to, copies_from)
         return pending
 
-    def _kernel(self, band: Band | None, targets: list[Tensor]):
-        """The compiled kernel for ``band`` (prepared for the targets' dtype and device), or None
-        where the eager kernels run: ``fused=False``, pipeline stages, non-contiguous members, and
-        small members (a compiled call's fixed cost, about half a millisecond, exceeds the work)."""
+    def _fused(self, band: Band | None, targets: list[Tensor]) -> tuple[FusedKernel, Tensor] | None:
+        """The compiled kernel for ``band`` (prepared for the targets' dtype and device) and its
+        weights (``A``'s band, or ``A - I``'s in update mode), or None where the eager kernels run:
+        ``fused=False``, pipeline stages, non-contiguous members, and small members (a compiled
+        call's fixed cost, about half a millisecond, exceeds the work)."""
         if not self.fused or band is None or targets[0].numel() < FUSED_MIN_ELEMENTS or \
                 not all(t.is_contiguous() for t in targets):
             return None
-        kernel = fused_kernel(band_pattern(band, self.mode == "update")[0], self.mode)
+        pattern, values = band_pattern(band, self.mode == "update")
+        kernel = fused_kernel(pattern, self.mode)
         kernel.prepare(targets[0].dtype, targets[0].device)
-        return kernel
-
-    @staticmethod
-    def _weights(band: Band, minus_identity: bool, like: Tensor) -> Tensor:
-        return _to_device(band_pattern(band, minus_identity)[1], compute_dtype(like.dtype), like.device)
+        cdtype = compute_dtype(targets[0].dtype)
+        return kernel, device_weights(values, cdtype, targets[0].device).view(-1)
 
     @torch.compiler.disable
     def _after_base_step(self, pending: list) -> None:
@@ -374,11 +373,12 @@ class GradientSmoothing(Optimizer):
             if self.pipeline is not None:
                 self._pipeline_updates(pending, decays)
             else:
-                for gi, band, program, kernel, members, shards, before in pending:
+                for gi, program, fused, members, shards, before in pending:
                     d = [decays.get(id(p), 1.0) for p in members]
                     cdtype = compute_dtype(before.dtype)
-                    if kernel is not None:
-                        kernel([t.view(-1) for t in shards], list(before.unbind(0)), self._weights(band, True, before),
+                    if fused is not None:
+                        kernel, weights = fused
+                        kernel([t.view(-1) for t in shards], list(before.unbind(0)), weights,
                                _to_device(d, cdtype, before.device))
                         self._carried[gi] = _versions(shards)
                         continue

@@ -30,6 +30,13 @@ def drive(model, opt, reference, steps=STEPS, seed=0, device="cpu"):
         yield t, {k: p.detach().cpu().double().numpy() for k, p in named.items()}, params
 
 
+def assert_tracks(model, opt, reference, steps=STEPS, device="cpu"):
+    """Every parameter equals the float64 reference after every step."""
+    for t, got, expected in drive(model, opt, reference, steps=steps, device=device):
+        for k in expected:
+            np.testing.assert_allclose(got[k], expected[k], rtol=1e-12, atol=1e-13, err_msg=f"{k} at step {t}")
+
+
 def float64_device(device):
     if device.type == "mps":
         pytest.skip("MPS has no float64")
@@ -58,9 +65,7 @@ def test_matches_reference_float64(tiny_net, device, base, mode, boundary):
     opt = GradientSmoothing(make_torch(model), model, window=3, boundary=boundary, mode=mode)
     groups = [g.names for g in opt.plan.groups]
     reference = Smoothed(make_ref(), groups, mode=mode, window=3, boundary=boundary)
-    for t, got, expected in drive(model, opt, reference, device=device):
-        for k in expected:
-            np.testing.assert_allclose(got[k], expected[k], rtol=1e-12, atol=1e-13, err_msg=f"{k} at step {t}")
+    assert_tracks(model, opt, reference, device=device)
 
 
 def test_matches_reference_with_a_wide_triangular_window_and_alpha_schedule(tiny_net):
@@ -70,9 +75,7 @@ def test_matches_reference_with_a_wide_triangular_window_and_alpha_schedule(tiny
                             boundary="mirror", alpha=alpha)
     reference = Smoothed(AdamW(lr=0.01), [g.names for g in opt.plan.groups], window=5, kernel="triangular",
                          boundary="mirror", alpha=alpha)
-    for t, got, expected in drive(model, opt, reference, steps=30):
-        for k in expected:
-            np.testing.assert_allclose(got[k], expected[k], rtol=1e-12, atol=1e-13, err_msg=f"{k} at step {t}")
+    assert_tracks(model, opt, reference, steps=30)
 
 
 @pytest.mark.parametrize("mode", ["update", "gradient"])

@@ -12,7 +12,7 @@ from gradsmooth.backends.torch import GradientSmoothing
 from gradsmooth.backends.torch.fused import FUSED_MIN_ELEMENTS, FusedKernel, band_pattern, kernel_source
 from gradsmooth.reference import AdamW, Smoothed
 from tests.backends.torch.test_exactness import BASES as EXACT_BASES
-from tests.backends.torch.test_exactness import drive, float64_device
+from tests.backends.torch.test_exactness import assert_tracks, float64_device
 
 
 @pytest.fixture
@@ -59,9 +59,7 @@ def test_fused_matches_reference_float64(tiny_net, device, fuse_all, base, mode)
     alpha = lambda t: 0.0 if t % 3 == 1 else 0.8  # noqa: E731
     opt = GradientSmoothing(make_torch(model), model, window=3, alpha=alpha, mode=mode, fused=True)
     reference = Smoothed(make_ref(), [g.names for g in opt.plan.groups], mode=mode, window=3, alpha=alpha)
-    for t, got, expected in drive(model, opt, reference, steps=12, device=device):
-        for k in expected:
-            np.testing.assert_allclose(got[k], expected[k], rtol=1e-12, atol=1e-13, err_msg=f"{k} at step {t}")
+    assert_tracks(model, opt, reference, steps=12, device=device)
 
 
 def test_fused_matches_reference_with_a_wide_mirror_window(tiny_net, fuse_all):
@@ -70,9 +68,7 @@ def test_fused_matches_reference_with_a_wide_mirror_window(tiny_net, fuse_all):
                             boundary="mirror", fused=True)
     reference = Smoothed(AdamW(lr=0.01), [g.names for g in opt.plan.groups], window=5, kernel="triangular",
                          boundary="mirror")
-    for t, got, expected in drive(model, opt, reference, steps=6):
-        for k in expected:
-            np.testing.assert_allclose(got[k], expected[k], rtol=1e-12, atol=1e-13, err_msg=f"{k} at step {t}")
+    assert_tracks(model, opt, reference, steps=6)
 
 
 def test_in_place_changes_between_steps_are_seen(tiny_net, fuse_all):
@@ -132,10 +128,10 @@ def test_small_members_and_non_contiguous_members_use_the_eager_kernels(tiny_net
     model = tiny_net()
     opt = GradientSmoothing(torch.optim.SGD(model.parameters(), lr=0.1), model, fused=True)
     band = WindowSmoothing(3).band(6)
-    assert opt._kernel(band, [torch.zeros(8) for _ in range(6)]) is None  # below FUSED_MIN_ELEMENTS
+    assert opt._fused(band, [torch.zeros(8) for _ in range(6)]) is None  # below FUSED_MIN_ELEMENTS
     big = [torch.zeros(FUSED_MIN_ELEMENTS // 4, 8).t() for _ in range(6)]
-    assert opt._kernel(band, big) is None  # not contiguous
-    assert opt._kernel(band, [b.contiguous() for b in big]) is not None
+    assert opt._fused(band, big) is None  # not contiguous
+    assert opt._fused(band, [b.contiguous() for b in big]) is not None
 
 
 def test_fused_argument_errors(tiny_net):
