@@ -102,7 +102,9 @@ class GradientSmoothing(Optimizer):
         operator: any :class:`gradsmooth.DepthOperator`, in place of the window arguments.
         stacks, exclude: as :func:`gradsmooth.find_blocks` (``stacks`` switches to names).
         check_finite: raise ``FloatingPointError`` on a non-finite gradient, before anything
-            changes (one host-device synchronisation per step).
+            changes. Off by default, as in torch.optim: it reads every gradient once more and
+            synchronises with the device once per step (under ``GradScaler`` the scaler
+            already skips steps with non-finite gradients).
         fused: mix each group with one compiled kernel (``torch.compile``: inductor's C++ on a
             CPU, Triton on CUDA) instead of the eager chunked kernels; the first step with a
             new band pattern compiles (seconds; cached on disk by inductor). In update mode
@@ -136,7 +138,7 @@ class GradientSmoothing(Optimizer):
         operator: DepthOperator | None = None,
         stacks: Stacks = None,
         exclude: Exclude = None,
-        check_finite: bool = True,
+        check_finite: bool = False,
         fused: bool = False,
         pipeline: PipelineStages | None = None,
     ) -> None:
@@ -340,7 +342,7 @@ class GradientSmoothing(Optimizer):
                     mix_gradients(band_program(band), grads)
                 else:
                     kernel, weights = fused
-                    kernel([g.view(-1) for g in grads], weights)
+                    kernel([g.detach().view(-1) for g in grads], weights)
                 continue
             before = self._snapshot(gi)[: len(members)]  # (n, local numel)
             if fused is None or carried.get(gi) != _versions(shards):
@@ -378,7 +380,7 @@ class GradientSmoothing(Optimizer):
                     cdtype = compute_dtype(before.dtype)
                     if fused is not None:
                         kernel, weights = fused
-                        kernel([t.view(-1) for t in shards], list(before.unbind(0)), weights,
+                        kernel([t.detach().view(-1) for t in shards], list(before.unbind(0)), weights,
                                _to_device(d, cdtype, before.device))
                         self._carried[gi] = _versions(shards)
                         continue

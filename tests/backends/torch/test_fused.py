@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import gradsmooth.backends.torch.fused as fused_module
 import gradsmooth.backends.torch.optimizer as optimizer_module
 from gradsmooth import WindowSmoothing
 from gradsmooth.backends.torch import GradientSmoothing
@@ -122,6 +123,25 @@ def test_a_kernel_that_cannot_compile_changes_nothing(tiny_net, fuse_all, monkey
     assert opt.state == {} or all(not s for s in opt.state.values())
     for p, before, g in zip(model.parameters(), params, grads):
         assert torch.equal(p, before) and torch.equal(p.grad, g)
+
+
+@pytest.mark.parametrize("mode", ["update", "gradient"])
+def test_kernels_compile_before_anything_changes_and_never_again(tiny_net, fuse_all, monkeypatch, mode):
+    # the real members (views of parameters that require grad, gradients that are views into one
+    # bucket at an offset) must pass the guards of the kernel compiled on scratch tensors: a
+    # recompile inside a step would run after the base step changed the parameters
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    monkeypatch.setattr(fused_module, "_KERNELS", {})  # fresh kernels: their first compile is in prepare
+    model = tiny_net()
+    opt = GradientSmoothing(torch.optim.AdamW(model.parameters(), lr=0.01, fused=True), model, mode=mode, fused=True)
+    params = list(model.parameters())
+    bucket = torch.zeros(3 + sum(p.numel() for p in params), dtype=params[0].dtype)
+    for _ in range(3):
+        at = 3
+        for p in params:
+            p.grad = bucket[at:at + p.numel()].view_as(p).normal_()
+            at += p.numel()
+        opt.step()
 
 
 def test_small_members_and_non_contiguous_members_use_the_eager_kernels(tiny_net):
