@@ -125,14 +125,15 @@ def test_a_kernel_that_cannot_compile_changes_nothing(tiny_net, fuse_all, monkey
         assert torch.equal(p, before) and torch.equal(p.grad, g)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("mode", ["update", "gradient"])
-def test_kernels_compile_before_anything_changes_and_never_again(tiny_net, fuse_all, monkeypatch, mode):
+def test_kernels_compile_before_anything_changes_and_never_again(tiny_net, fuse_all, monkeypatch, mode, dtype):
     # the real members (views of parameters that require grad, gradients that are views into one
     # bucket at an offset) must pass the guards of the kernel compiled on scratch tensors: a
     # recompile inside a step would run after the base step changed the parameters
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     monkeypatch.setattr(fused_module, "_KERNELS", {})  # fresh kernels: their first compile is in prepare
-    model = tiny_net()
+    model = tiny_net(dtype=dtype)
     opt = GradientSmoothing(torch.optim.AdamW(model.parameters(), lr=0.01, fused=True), model, mode=mode, fused=True)
     params = list(model.parameters())
     bucket = torch.zeros(3 + sum(p.numel() for p in params), dtype=params[0].dtype)
