@@ -6,7 +6,7 @@ import numpy as np
 
 from gradsmooth import WindowSmoothing, find_blocks, smooth
 
-from .common import BACKENDS, require, side_by_side
+from .common import BACKENDS, require, side_by_side, synchronizer, torch_device
 
 MAX_ELEMENTS = 2 * 10**8  # n * elements above this would not fit the 24 GiB machines twice over
 
@@ -54,25 +54,21 @@ def _runner(backend, stack, op, window, boundary):
         updates = dict(zip(names, list(stack)))
         return lambda: smooth(updates, plan, op)
     if backend == "torch":
-        import torch
-
         from gradsmooth.backends.torch.mixing import band_program, mix_gradients
 
-        members = [torch.from_numpy(row.copy()) for row in stack]
+        members, sync = _torch_members(stack)
         program = band_program(op.band(n))
-        return lambda: mix_gradients(program, members)
+        return lambda: (mix_gradients(program, members), sync())
     if backend == "torch-fused":
-        import torch
-
         from gradsmooth.backends.torch.fused import band_pattern, fused_kernel
         from gradsmooth.backends.torch.mixing import device_weights
 
-        members = [torch.from_numpy(row.copy()) for row in stack]
+        members, sync = _torch_members(stack)
         pattern, values = band_pattern(op.band(n))
         kernel = fused_kernel(pattern, "gradient")
         kernel.prepare(members[0].dtype, members[0].device)
         weights = device_weights(values, members[0].dtype, members[0].device).view(-1)
-        return lambda: kernel(members, weights)
+        return lambda: (kernel(members, weights), sync())
     import mlx.core as mx
 
     members = [mx.array(row) for row in stack]
@@ -82,6 +78,14 @@ def _runner(backend, stack, op, window, boundary):
         mx.eval(_mlx_smooth(members, op))
 
     return run
+
+
+def _torch_members(stack):
+    """The stack's rows as separate torch tensors on the benchmark device, and its synchronizer."""
+    import torch
+
+    device = torch_device()
+    return [torch.from_numpy(row.copy()).to(device) for row in stack], synchronizer(device)
 
 
 def _mlx_smooth(members, op):
@@ -95,9 +99,8 @@ def _axpy(backend, stack):
     if backend.startswith("torch"):
         import torch
 
-        ys = [torch.from_numpy(row.copy()) for row in stack]
-        xs = [torch.from_numpy(row.copy()) for row in stack]
-        return lambda: torch._foreach_add_(ys, xs, alpha=1e-3)
+        (ys, sync), (xs, _) = _torch_members(stack), _torch_members(stack)
+        return lambda: (torch._foreach_add_(ys, xs, alpha=1e-3), sync())
     if backend == "mlx":
         import mlx.core as mx
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import block_bytes, gpt2_shapes, require, side_by_side
+from .common import block_bytes, gpt2_shapes, require, side_by_side, skip_slow_on_cpu, synchronizer, torch_device
 
 OPTIMIZERS = ["sgd-momentum", "adamw-fused", "adamw-foreach", "muon+adamw"]
 MODES = ["update", "gradient"]
@@ -19,6 +19,7 @@ class TorchStep:
 
     def setup(self, optimizer, mode, kernels):
         require("torch")
+        skip_slow_on_cpu(optimizer, torch_device() == "cpu")
         self.base, self.wrapped = torch_pair(optimizer, mode, fused=kernels == "fused")
         self.base.step()  # optimizer state, the wrapper's buffers and its kernels exist before timing
         self.wrapped.step()
@@ -55,6 +56,9 @@ class MLXStep:
 
     def setup(self, optimizer, mode):
         require("mlx")
+        import mlx.core as mx
+
+        skip_slow_on_cpu(optimizer, mx.default_device() == mx.cpu)
         self.base, self.wrapped = mlx_pair(optimizer, mode)
         self.base()  # compiled and warm before timing
         self.wrapped()
@@ -73,25 +77,29 @@ class MLXStep:
     track_overhead_ratio.unit = "ratio"
 
 
-class _Stepper:
-    """A parameter set with fixed gradients and an optimizer: ``step()`` runs one step."""
+class Stepper:
+    """A parameter set with fixed gradients and an optimizer: ``step()`` runs one step and
+    waits for the device (CUDA runs asynchronously)."""
 
     def __init__(self, params, opt):
         self.params, self.opt = params, opt
+        self._sync = synchronizer(next(iter(params.values())).device)
 
     def step(self):
         self.opt.step()
+        self._sync()
 
 
-def torch_params(shapes=None, seed=0):
+def torch_params(shapes=None, seed=0, device=None):
     import torch
 
     shapes = shapes or gpt2_shapes()
+    device = device or torch_device()
     gen = torch.Generator().manual_seed(seed)
     params = {}
     for name, shape in shapes.items():
-        p = torch.nn.Parameter(torch.randn(shape, generator=gen) * 0.02)
-        p.grad = torch.randn(shape, generator=gen) * 1e-3
+        p = torch.nn.Parameter((torch.randn(shape, generator=gen) * 0.02).to(device))
+        p.grad = (torch.randn(shape, generator=gen) * 1e-3).to(device)
         params[name] = p
     return params
 
@@ -125,7 +133,7 @@ def torch_pair(optimizer, mode, shapes=None, **smoothing):
     base = torch_base(optimizer, base_params)
     base = _Both(base) if isinstance(base, list) else base
     wrapped = GradientSmoothing(torch_base(optimizer, wrapped_params), list(wrapped_params.items()), mode=mode, **smoothing)
-    return _Stepper(base_params, base), _Stepper(wrapped_params, wrapped)
+    return Stepper(base_params, base), Stepper(wrapped_params, wrapped)
 
 
 def mlx_pair(optimizer, mode, shapes=None):

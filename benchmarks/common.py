@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -21,6 +22,28 @@ def require(backend: str) -> None:
     """asv skips a parameter combination whose setup raises NotImplementedError."""
     if not available(backend):
         raise NotImplementedError(f"{backend} is not installed")
+
+
+def torch_device() -> str:
+    """Where the torch benchmarks run: the GPU when there is one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronizer(device):
+    """A callable that waits for ``device``'s queued work (nothing to wait for on a CPU)."""
+    import torch
+
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+
+def skip_slow_on_cpu(optimizer: str, on_cpu: bool) -> None:
+    """Muon's Newton–Schulz iteration takes minutes per GPT-2-size step on a CPU (24 s for one
+    3072 x 768 matrix with torch on 2 cores): asv skips those combinations there unless
+    ``GRADSMOOTH_BENCH_CPU_MUON=1``."""
+    if on_cpu and optimizer.startswith("muon") and os.environ.get("GRADSMOOTH_BENCH_CPU_MUON") != "1":
+        raise NotImplementedError("Muon takes minutes per step on a CPU: set GRADSMOOTH_BENCH_CPU_MUON=1 to run it")
 
 
 def gpt2_shapes(blocks: int = 12, d: int = 768, vocab: int = 50257) -> dict[str, tuple[int, ...]]:

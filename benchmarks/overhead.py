@@ -23,8 +23,8 @@ import sys
 
 import numpy as np
 
-from .bench_step import mlx_pair, torch_base, torch_pair, torch_params
-from .common import available, block_bytes, gpt2_shapes, side_by_side
+from .bench_step import Stepper, mlx_pair, torch_base, torch_pair, torch_params
+from .common import available, block_bytes, gpt2_shapes, side_by_side, synchronizer
 
 
 TORCH_VARIANTS = (  # label, GradientSmoothing keywords
@@ -46,9 +46,11 @@ def _torch_rows(shapes, repeats, optimizer="adamw-fused"):
     # which no training step does (the base step runs after the wrapper's check)
     blocks = [p.detach().clone() for n, p in params.items() if n.startswith("h.")]
     grads = [p.grad for n, p in params.items() if n.startswith("h.")]
+    sync = synchronizer(blocks[0].device)
 
     def floor():
         torch._foreach_add_(blocks, grads, alpha=1e-6)
+        sync()
 
     class NoStep(torch.optim.Optimizer):
         """A base that changes nothing: the wrapper's own work alone."""
@@ -64,7 +66,7 @@ def _torch_rows(shapes, repeats, optimizer="adamw-fused"):
             base, wrapped = torch_pair(optimizer, mode, shapes, **kw)
             wrapped.step()  # fused kernels compile here, not in the timing
             t_base, t_wrapped = side_by_side(base.step, wrapped.step, repeats)
-            alone = GradientSmoothing(NoStep(list(params.values())), list(params.items()), mode=mode, **kw)
+            alone = Stepper(params, GradientSmoothing(NoStep(list(params.values())), list(params.items()), mode=mode, **kw))
             alone.step()
             t_alone, t_floor = side_by_side(alone.step, floor, repeats)
             rows.append({"backend": f"torch {optimizer}, {label}", "mode": mode, "settings": kw, "base_ms": 1e3 * t_base,
@@ -140,6 +142,17 @@ def _steps_for_memory(backend: str, mode: str, wrapped: bool, blocks: int, dim: 
             opt = GradientSmoothing(opt, list(params.items()), mode=mode, **(settings or {}))
         opt.step()  # the optimizer's state (and the wrapper's snapshot) exists before the measurement
         run = opt.step
+        held = sum(b.numel() * b.element_size() for b in getattr(opt, "_snapshots", {}).values())
+        if next(iter(params.values())).is_cuda:  # GPU memory: ask the caching allocator
+            import torch
+
+            torch.cuda.synchronize()
+            start = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            for _ in range(3):
+                run()
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - start + held
     else:  # MLX keeps freed buffers in its own cache, so ask MLX for its peak
         import mlx.core as mx
 
@@ -151,7 +164,6 @@ def _steps_for_memory(backend: str, mode: str, wrapped: bool, blocks: int, dim: 
         for _ in range(3):
             run()
         return mx.get_peak_memory() - start
-    held = sum(b.numel() * b.element_size() for b in getattr(opt, "_snapshots", {}).values())
     start = _vm("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current resident size
         f.write("5")
@@ -173,6 +185,8 @@ def machine() -> str:
         import torch
 
         parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+        if torch.cuda.is_available():
+            parts.append(f"torch on {torch.cuda.get_device_name()}")
     if available("mlx"):
         import mlx.core as mx
 

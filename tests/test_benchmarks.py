@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from benchmarks import bench_smoothing, bench_step, overhead  # noqa: I001
-from benchmarks.common import BACKENDS, available
+from benchmarks.common import BACKENDS, available, skip_slow_on_cpu
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -32,6 +32,7 @@ def test_step_benchmarks_run_once(monkeypatch):
     pytest.importorskip("torch")
     small = bench_step.gpt2_shapes(blocks=3, d=256, vocab=50)  # MLP weights large enough to be fused
     monkeypatch.setattr(bench_step, "gpt2_shapes", lambda *a, **k: small)
+    monkeypatch.setenv("GRADSMOOTH_BENCH_CPU_MUON", "1")  # small shapes: Muon is quick here
     bench = bench_step.TorchStep()
     for params in (("adamw-fused", "update", "fused"), ("muon+adamw", "gradient", "eager")):
         bench.setup(*params)
@@ -43,6 +44,20 @@ def test_step_benchmarks_run_once(monkeypatch):
         mlx_bench = bench_step.MLXStep()
         mlx_bench.setup("adamw", "update")
         assert mlx_bench.track_overhead_ratio("adamw", "update") > 0
+
+
+def test_muon_steps_are_skipped_on_a_cpu_unless_asked_for(monkeypatch):
+    monkeypatch.delenv("GRADSMOOTH_BENCH_CPU_MUON", raising=False)
+    with pytest.raises(NotImplementedError, match="GRADSMOOTH_BENCH_CPU_MUON=1"):
+        skip_slow_on_cpu("muon+adamw", on_cpu=True)
+    skip_slow_on_cpu("muon+adamw", on_cpu=False)
+    skip_slow_on_cpu("adamw-fused", on_cpu=True)
+    monkeypatch.setenv("GRADSMOOTH_BENCH_CPU_MUON", "1")
+    skip_slow_on_cpu("muon+adamw", on_cpu=True)
+    if available("torch") and bench_step.torch_device() == "cpu":
+        monkeypatch.delenv("GRADSMOOTH_BENCH_CPU_MUON")
+        with pytest.raises(NotImplementedError):  # asv reports the combination as skipped
+            bench_step.TorchStep().setup("muon+adamw", "update", "eager")
 
 
 def test_overhead_report_prints_the_table(capsys):
