@@ -113,9 +113,14 @@ class FusedKernel:
             self(p, w)
         self._ready.add(key)
 
-    def __call__(self, *args: object) -> None:
-        with torch.no_grad():  # one grad mode for every call: the compiled code is guarded on it
-            self._compiled(*args)
+    def __call__(self, members: list[torch.Tensor], *args: object) -> None:
+        """Mix ``members`` (contiguous, one shape) in place; ``args``: the snapshot rows, weights
+        and decay factors (update) or the weights (gradient)."""
+        # flat, detached and under no_grad, as the scratch tensors prepare() compiled on: members
+        # that require grad (parameters) would fail a guard and compile again inside the step
+        flat = [t.detach().view(-1) for t in members]
+        with torch.no_grad():
+            self._compiled(flat, *args)
 
 
 _KERNELS: dict[tuple[Pattern, str], FusedKernel] = {}

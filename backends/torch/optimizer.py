@@ -342,7 +342,7 @@ class GradientSmoothing(Optimizer):
                     mix_gradients(band_program(band), grads)
                 else:
                     kernel, weights = fused
-                    kernel([g.detach().view(-1) for g in grads], weights)
+                    kernel(grads, weights)
                 continue
             before = self._snapshot(gi)[: len(members)]  # (n, local numel)
             if fused is None or carried.get(gi) != _versions(shards):
@@ -380,7 +380,7 @@ class GradientSmoothing(Optimizer):
                     cdtype = compute_dtype(before.dtype)
                     if fused is not None:
                         kernel, weights = fused
-                        kernel([t.detach().view(-1) for t in shards], list(before.unbind(0)), weights,
+                        kernel(shards, list(before.unbind(0)), weights,
                                _to_device(d, cdtype, before.device))
                         self._carried[gi] = _versions(shards)
                         continue
