@@ -9,11 +9,14 @@ and every parameter outside a stack, are left out of smoothing (``BlockPlan.ungr
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Union
+
+from .operators import DepthOperator, check_operator
 
 __all__ = ["BlockGroup", "BlockPlan", "find_blocks", "Stacks", "Exclude"]
 
@@ -45,10 +48,42 @@ class BlockGroup(NamedTuple):
 
 @dataclass(frozen=True)
 class BlockPlan:
-    """What will be smoothed: ``groups`` (each of two or more members) and ``ungrouped`` names."""
+    """What will be smoothed: ``groups`` (each of two or more members) and ``ungrouped`` names.
+
+    ``operator`` (set by :meth:`with_operator`, not part of equality) lets the printed plan
+    mark the groups the operator moves in lockstep.
+    """
 
     groups: tuple[BlockGroup, ...]
     ungrouped: tuple[str, ...]
+    operator: DepthOperator | None = field(default=None, compare=False, repr=False)
+
+    def with_operator(self, operator: DepthOperator) -> BlockPlan:
+        """The same plan, knowing the operator that will smooth it.
+
+        Its printout marks each group whose members all get the same update: the rows of
+        ``(1 - alpha) I + alpha A`` for the group's n members (of ``A`` for an alpha schedule)
+        are all equal, so ``U~_l = sum_j A[0, j] U_j`` for every l (n <= r + 1 with a uniform window and
+        ``renormalize``: two LoRA layers with ``window=3`` move in lockstep).
+        """
+        return replace(self, operator=check_operator(operator))
+
+    def _lockstep(self, group: BlockGroup) -> bool:
+        """Whether the plan's operator gives every member of ``group`` the same update (all rows
+        of ``(1 - alpha) I + alpha A`` equal; for an alpha schedule, of ``A``); False without an
+        operator, or if the operator cannot serve the group (the error is raised when it smooths)."""
+        if self.operator is None or len(group.names) < 2:
+            return False
+        try:
+            n = len(group.names)
+            scheduled = callable(getattr(self.operator, "alpha", None))  # a schedule reaches alpha = 1 (say)
+            rows = (self.operator.depth_band(n) if scheduled else self.operator.band(n, 0)).dense()
+        except (TypeError, ValueError):
+            return False
+        first = rows[0]
+        return all(
+            all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15) for a, b in zip(row, first)) for row in rows[1:]
+        )
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -72,7 +107,7 @@ class BlockPlan:
                 groups.append(g._replace(names=tuple(g.names[i] for i in keep), depths=tuple(g.depths[i] for i in keep)))
             else:
                 ungrouped.extend(g.names[i] for i in keep)
-        return BlockPlan(tuple(groups), tuple(sorted(ungrouped)))
+        return BlockPlan(tuple(groups), tuple(sorted(ungrouped)), self.operator)
 
     def __str__(self) -> str:
         n_members = sum(len(g.names) for g in self.groups)
@@ -87,10 +122,19 @@ class BlockPlan:
             rows.append((g.stack or "(top)", g.role or "(self)", str(len(g.names)), _ranges(g.depths), str(g.shape), dtype))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [head] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        for i, g in enumerate(self.groups, start=2):
+            if self._lockstep(g):
+                lines[i] += f"  (every member gets the same update: {self._reach(len(g.names))})"
         if self.ungrouped:
             shown = ", ".join(self.ungrouped[:12]) + (", ..." if len(self.ungrouped) > 12 else "")
             lines.append(f"  not smoothed: {shown}")
         return "\n".join(lines)
+
+    def _reach(self, n: int) -> str:
+        radius = getattr(self.operator, "radius", None)
+        if isinstance(radius, int) and n <= radius + 1:
+            return f"window reaches all {n} members"
+        return f"every row of the operator is the same for {n} members"
 
 
 def _count(n: int, noun: str) -> str:
@@ -172,13 +216,38 @@ def _site_after_prefix(name: str, prefix: str) -> _Site | None:
     return None
 
 
-def _given(names: Iterable[str], stacks: Stacks) -> dict[str, _Site]:
-    """Each name's depth site under user-given stacks (prefixes or one regex)."""
+# Characters that say a stacks string was meant as a regex, not a prefix ("." is a prefix's separator).
+_REGEX_CHARS = frozenset("\\()[]{}*+?|^$")
+
+
+def _examples(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:3])
+    return f"; the names look like: {shown}" + (", ..." if len(names) > 3 else "") if names else "; there are no names"
+
+
+def _raw(text: str) -> str:
+    """``text`` as a raw string literal where it can be one (backslashes shown once), else its repr."""
+    return f"r'{text}'" if "'" not in text and not text.endswith("\\") else repr(text)
+
+
+def _given(names: Iterable[str], stacks: Stacks, excluded: Iterable[str] = ()) -> dict[str, _Site]:
+    """Each name's depth site under user-given stacks (prefixes or one regex).
+
+    An entry that gives no name a depth site is refused (a typo, or a regex passed as a
+    plain string, would otherwise smooth nothing silently), unless it matches an
+    ``excluded`` name only: then the user took that stack out on purpose.
+    """
+    names, excluded = list(names), list(excluded)
     out = {}
     if isinstance(stacks, re.Pattern):
         if stacks.groups < 1:
             raise ValueError(f"stacks regex should capture the depth index in a group but is: {stacks.pattern!r}")
         key = "depth" if "depth" in stacks.groupindex else 1
+        if not any(stacks.match(name) for name in names + excluded):
+            raise ValueError(
+                f"stacks regex {stacks.pattern!r} matches no parameter name (it is matched at the start of "
+                f"each name){_examples(names)}"
+            )
         for name in names:
             m = stacks.match(name)
             if m is None or m.group(key) is None:
@@ -197,6 +266,21 @@ def _given(names: Iterable[str], stacks: Stacks) -> dict[str, _Site]:
     for p in prefixes:
         if not isinstance(p, str):
             raise TypeError(f"stacks should be a prefix, a list of prefixes or a compiled regex but holds: {p!r}")
+    if not prefixes:
+        raise ValueError(f"stacks should hold at least one prefix but is: {stacks!r}")
+    for p in prefixes:
+        stripped = p.rstrip(".")
+        if any(_site_after_prefix(name, stripped) is not None for name in names + excluded):
+            continue
+        if _REGEX_CHARS.intersection(p):
+            raise ValueError(
+                f"stacks entry {_raw(p)} matches no parameter name: a string is a prefix, not a regex; "
+                f"to use a regex pass stacks=re.compile({_raw(p)}){_examples(names)}"
+            )
+        raise ValueError(
+            f"stacks entry {p!r} matches no parameter name: a prefix should be followed by the depth index "
+            f"(as 'model.layers' in 'model.layers.0.mlp.weight'){_examples(names)}"
+        )
     prefixes = sorted({p.rstrip(".") for p in prefixes}, key=len, reverse=True)
     for name in names:
         for p in prefixes:
@@ -274,7 +358,10 @@ def find_blocks(
             raise ValueError(f"pass stacks or sites, not both; stacks is: {stacks!r}")
         sites = {name: _Site(*sites[name]) for name in candidates if name in sites}
     else:
-        sites = _detect(candidates) if stacks is None else _given(candidates, stacks)
+        if stacks is None:
+            sites = _detect(candidates)
+        else:
+            sites = _given(candidates, stacks, excluded=sorted(name for name in info if excluded(name)))
 
     members: dict[tuple, list[tuple[int, str]]] = defaultdict(list)
     for name, site in sites.items():
@@ -284,6 +371,12 @@ def find_blocks(
     groups, ungrouped = [], [name for name in info if name not in sites]
     for (stack, role, shape, dtype), found in members.items():
         found.sort()
+        for (d0, n0), (d1, n1) in zip(found, found[1:]):
+            if d0 == d1:
+                raise ValueError(
+                    f"parameters {n0!r} and {n1!r} both sit at depth {d0} of stack {stack!r} (role {role!r}): "
+                    "a group holds one member per depth; rename one, or pass stacks= or exclude="
+                )
         if len(found) < 2:
             ungrouped.extend(name for _, name in found)
             continue

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import numbers
+import os
 import pathlib
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any, NoReturn
 
+from . import __version__
 from .experiments.data import DataError, load_digits_split, load_text
 from .experiments.runs import METRICS, BackendMissing, RunConfig, RunResult, backend_module, compare, format_summary
 from .experiments.runs import machine, run, summarize
@@ -21,6 +26,12 @@ from .modes import MODES
 from .operators import make_operator
 
 __all__ = ["main", "TASK_DEFAULTS", "DEMO_LRS"]
+
+# the help's description: plain text (the module docstring above is reStructuredText)
+DESCRIPTION = """The gradsmooth command: demo and compare train small models with and without
+Gradient Smoothing, each at its own tuned learning rate, and show the difference.
+
+Frameworks are imported only when a run needs one (--backend torch or mlx)."""
 
 # per task: the run length and batch that fit the demo's budget on a 2-core CPU
 TASK_DEFAULTS = {
@@ -64,16 +75,66 @@ def _lrs(text: str) -> list[float]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"learning rates should be comma-separated numbers but are: {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"learning rates should be positive but are: {text!r}")
+    bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"learning rates should be finite and positive but {bad[0]:g} is not: {text!r}")
     return values
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"should be a positive integer but is: {text}")
+def _number(text: str, ok: Callable[[float], bool], what: str) -> float:
+    """``text`` as a float for which ``ok`` holds (NaN when it is no number: ``ok`` refuses it)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"should be {what} but is: {text!r}")
     return value
+
+
+def _lr(text: str) -> float:
+    return _number(text, lambda v: math.isfinite(v) and v > 0, "a finite positive number")
+
+
+def _fraction(text: str) -> float:
+    return _number(text, lambda v: 0 <= v <= 1, "a number in [0, 1]")  # False for NaN
+
+
+def _integer(text: str, least: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"should be {what} but is: {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1, "a positive integer")
+
+
+def _natural(text: str) -> int:
+    return _integer(text, 0, "an integer >= 0")
+
+
+def _odd(text: str) -> int:
+    value = _integer(text, 1, "an odd integer >= 1")
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"should be an odd integer >= 1 but is: {text!r}")
+    return value
+
+
+def _demo_lr_help(arm: int) -> str:
+    """The demo's default learning rates of one arm (0 base, 1 smoothed), per optimizer and task."""
+    parts = []
+    for opt in ("adamw", "sgd", "muon"):
+        by_task = {task: DEMO_LRS[(task, opt)][arm] for task in TASK_DEFAULTS}
+        values = set(by_task.values())
+        parts.append(f"{opt} {values.pop():g}" if len(values) == 1
+                     else f"{opt} " + ", ".join(f"{lr:g} ({task})" for task, lr in by_task.items()))
+    return "default: the best of the README's compare sweeps: " + "; ".join(parts)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -84,13 +145,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=("sgd", "adamw", "muon"), default="adamw",
                    help="base optimizer; muon is Muon for the blocks' matrices + AdamW at lr/10 for the rest "
                         "(default: %(default)s)")
-    p.add_argument("--window", type=int, default=3, help="window width, odd (default: %(default)s)")
+    p.add_argument("--window", type=_odd, default=3, help="window width, odd (default: %(default)s)")
     p.add_argument("--kernel", type=_kernel, default="uniform",
                    help="uniform, triangular, gaussian, or comma-separated symmetric weights (default: %(default)s)")
     p.add_argument("--boundary", choices=BOUNDARIES, default="renormalize", help="(default: %(default)s)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
                    help="divide the kernel by its sum (default: normalize)")
-    p.add_argument("--alpha", type=float, default=1.0, help="strength in [0, 1] (default: %(default)s)")
+    p.add_argument("--alpha", type=_fraction, default=1.0, help="strength in [0, 1] (default: %(default)s)")
     p.add_argument("--mode", choices=MODES, default="update", help="smooth the update or the gradient (default: %(default)s)")
     p.add_argument("--steps", type=_positive, default=None, help="training steps (default: vit 600, lm 300)")
     p.add_argument("--batch-size", type=_positive, default=None, help="(default: vit 32, lm 16)")
@@ -101,16 +162,17 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gradsmooth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="gradsmooth", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"gradsmooth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = sub.add_parser("demo", help="base vs smoothed at their tuned learning rates: table and PNG",
                           description="Train the task with the base optimizer and with Gradient Smoothing, each at "
                                       "its own tuned learning rate, same seed and data order; print checkpoints and "
                                       "the final difference; write curves and depth-structure heatmaps.")
     _common(demo)
-    demo.add_argument("--lr-base", type=float, default=None, help="(default: the README sweep's best)")
-    demo.add_argument("--lr-smoothed", type=float, default=None, help="(default: the README sweep's best)")
-    demo.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    demo.add_argument("--lr-base", type=_lr, default=None, help=f"base learning rate ({_demo_lr_help(0)})")
+    demo.add_argument("--lr-smoothed", type=_lr, default=None, help=f"smoothed learning rate ({_demo_lr_help(1)})")
+    demo.add_argument("--seed", type=_natural, default=0, help="(default: %(default)s)")
     demo.add_argument("--out", default="gradsmooth-demo", help="output folder (default: %(default)s)")
     cmp = sub.add_parser("compare", help="sweep learning rates and seeds for base and smoothed; best vs best",
                          description="Run base and smoothed at every learning rate for every seed; report mean ± std "
@@ -122,9 +184,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_kernel_window(command: str, kernel: str | list[float], window: int) -> None:
+    """An explicit --kernel needs one weight per block of the window: advice in the CLI's terms."""
+    if isinstance(kernel, str) or len(kernel) == window:
+        return
+    given = ",".join(f"{w:g}" for w in kernel)
+    if len(kernel) % 2 == 0:
+        _fail(f"gradsmooth {command}: error: --kernel {given} has {len(kernel)} weights: an explicit kernel needs an "
+              f"odd number of symmetric weights, one per block of the window, and --window set to that number "
+              f"(e.g. --kernel 0.5,1,0.5 --window 3)")
+    _fail(f"gradsmooth {command}: error: --kernel {given} has {len(kernel)} weights but --window is {window}: "
+          f"pass --window {len(kernel)} with it")
+
+
+def _check_out(command: str, out: pathlib.Path) -> None:
+    """--out is a folder this process can create and write in: checked before any training."""
+    if out.exists() and not out.is_dir():
+        _fail(f"gradsmooth {command}: error: --out {str(out)!r} is an existing file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        _fail(f"gradsmooth {command}: error: --out {str(out)!r} cannot be created: {err.strerror or err}")
+    probe = out / f".gradsmooth-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        _fail(f"gradsmooth {command}: error: --out {str(out)!r} is not writable: {err.strerror or err}")
+
+
 def _config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
     smoothing = dict(window=args.window, kernel=args.kernel, boundary=args.boundary, normalize=args.normalize,
                      alpha=args.alpha, mode=args.mode)
+    _check_kernel_window(args.command, args.kernel, args.window)
     try:
         make_operator(**{k: v for k, v in smoothing.items() if k != "mode"})
     except (TypeError, ValueError) as err:
@@ -161,38 +253,59 @@ def _progress(quiet: bool):
     return make
 
 
+def _strict(value: Any) -> Any:
+    """``value`` with every NaN or infinity made None (JSON null) and NumPy scalars made Python's."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return float(value) if math.isfinite(value) else None
+
+
 def _write(out: pathlib.Path, payload: dict[str, Any]) -> pathlib.Path:
+    """results.json in strict JSON: a NaN or infinite number (a diverged run, a missing arm) is null."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    path.write_text(json.dumps(payload, indent=1, default=str))
+    path.write_text(json.dumps(_strict(payload), indent=1, default=str, allow_nan=False))
     return path
+
+
+def _interrupted(out: pathlib.Path, payload: dict[str, Any]) -> NoReturn:
+    """Ctrl-C: keep what was gathered, say where, on a line of its own (not after the progress bar or ^C)."""
+    path = _write(out, payload)
+    sys.stderr.write("\n")
+    _fail(f"interrupted: the results gathered so far are in {path}", 130)
 
 
 def _demo(args: argparse.Namespace) -> int:
     config, smoothing = _config(args)
     lr_base, lr_smoothed = DEMO_LRS[(config.task, config.optimizer)]
-    arms = [replace(config, lr=args.lr_base or lr_base, seed=args.seed),
-            replace(config, lr=args.lr_smoothed or lr_smoothed, seed=args.seed, smoothing=smoothing)]
+    arms = [replace(config, lr=lr_base if args.lr_base is None else args.lr_base, seed=args.seed),
+            replace(config, lr=lr_smoothed if args.lr_smoothed is None else args.lr_smoothed, seed=args.seed,
+                    smoothing=smoothing)]
     out = pathlib.Path(args.out)
     data = _data(config)
+    _check_out(args.command, out)
     results: list[RunResult] = []
     progress = _progress(args.quiet)
     try:
         for cfg in arms:
             run(cfg, data, progress=progress(cfg), diagnose=True, into=results)
     except KeyboardInterrupt:
-        path = _write(out, {"command": "demo", "interrupted": True, "machine": machine(),
-                            "runs": [r.to_json() for r in results]})
-        _fail(f"interrupted: the results gathered so far are in {path}", 130)
+        _interrupted(out, {"command": "demo", "interrupted": True, "machine": machine(),
+                           "runs": [r.to_json() for r in results]})
     base, smoothed = results
+    path = _write(out, {"command": "demo", "machine": machine(), "runs": [r.to_json() for r in results]})
     print(_demo_table(base, smoothed))
     from .experiments.plots import plot_curves, plot_depth_structure
 
-    out.mkdir(parents=True, exist_ok=True)
     plot_curves([base], [smoothed], out / "curves.png",
                 title=f"{config.task}: {config.optimizer} vs {config.optimizer} + Gradient Smoothing")
     plot_depth_structure(base, smoothed, out / "depth_structure.png")
-    path = _write(out, {"command": "demo", "machine": machine(), "runs": [r.to_json() for r in results]})
     print(f"\nwrote {out / 'curves.png'}, {out / 'depth_structure.png'} and {path}")
     return 0
 
@@ -218,6 +331,7 @@ def _compare(args: argparse.Namespace) -> int:
     config, smoothing = _config(args)
     out = pathlib.Path(args.out)
     data = _data(config)
+    _check_out(args.command, out)
     results: list[RunResult] = []
     settings = {"config": asdict(config), "smoothing": smoothing, "lrs": args.lrs, "seeds": list(range(args.seeds))}
 
@@ -230,8 +344,7 @@ def _compare(args: argparse.Namespace) -> int:
         compare(config, smoothing, args.lrs, range(args.seeds), data, results,
                 on_result=lambda r: _write(out, payload(False)), progress_for=_progress(args.quiet))
     except KeyboardInterrupt:
-        path = _write(out, payload(True))
-        _fail(f"interrupted: the results gathered so far are in {path}", 130)
+        _interrupted(out, payload(True))
     summary = summarize(results)
     print(format_summary(summary))
     from .experiments.plots import plot_compare

@@ -37,7 +37,10 @@ def kernel_weights(window: int, kernel: str | Sequence[float], sigma: float | No
     - ``uniform``:    k(delta) = 1
     - ``triangular``: k(delta) = r + 1 - |delta|
     - ``gaussian``:   k(delta) = exp(-delta^2 / (2 sigma^2)), sigma defaults to max(r/2, 0.5)
-    - a sequence:     the ``window`` given weights, symmetric and positive.
+    - a sequence:     the ``window`` given weights, symmetric, positive and finite, with a finite sum.
+
+    A ``sigma`` so small that a gaussian weight is 0 (it underflows, or ``2 sigma^2`` does)
+    is refused: every weight the band divides or uses must be a positive finite number.
     """
     window = check_window(window)
     r = (window - 1) // 2
@@ -52,18 +55,49 @@ def kernel_weights(window: int, kernel: str | Sequence[float], sigma: float | No
         if kernel == "triangular":
             return tuple(float(r + 1 - abs(d)) for d in offsets)
         s = default_sigma(window) if sigma is None else _check_sigma(sigma)
-        return tuple(math.exp(-(d * d) / (2.0 * s * s)) for d in offsets)
+        return _gaussian(s, r, sigma)
     if sigma is not None:
         raise ValueError(f"sigma applies only to kernel='gaussian' but an explicit kernel was given and sigma is: {sigma!r}")
-    return _check_explicit(kernel, window)
+    weights = _check_explicit(kernel, window)
+    try:
+        math.fsum(weights)
+    except OverflowError:
+        raise ValueError(
+            f"kernel weights should have a finite sum (they are normalised by it) but kernel is: {list(weights)}"
+        ) from None
+    return weights
+
+
+def _gaussian(s: float, r: int, sigma: object) -> tuple[float, ...]:
+    """``exp(-delta^2 / (2 s^2))`` for delta = -r..r, refusing an ``s`` so small that a weight is 0.
+
+    Every weight must stay positive even after normalising by the sum (at most ``2r + 1``),
+    or the window would silently drop neighbours (or divide by zero).
+    """
+    denom = 2.0 * s * s
+    weights = []
+    for d in range(-r, r + 1):
+        w = math.exp(-(d * d) / denom) if denom > 0.0 else (1.0 if d == 0 else 0.0)
+        weights.append(w)
+    total = math.fsum(weights)
+    if not all(math.isfinite(w) and w / total > 0.0 for w in weights):
+        raise ValueError(
+            f"sigma should be a positive number large enough that every gaussian weight "
+            f"exp(-delta^2 / (2 sigma^2)) for |delta| <= {r} is nonzero but is: {sigma!r}"
+        )
+    return tuple(weights)
 
 
 def _check_sigma(sigma: object) -> float:
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
         raise TypeError(f"sigma should be a positive number but is: {sigma!r}")
-    if not (math.isfinite(sigma) and sigma > 0):
+    try:
+        value = float(sigma)
+    except OverflowError:
+        value = math.inf
+    if not (math.isfinite(value) and value > 0):
         raise ValueError(f"sigma should be a positive number but is: {sigma!r}")
-    return float(sigma)
+    return value
 
 
 def _check_explicit(kernel: object, window: int) -> tuple[float, ...]:
@@ -74,13 +108,18 @@ def _check_explicit(kernel: object, window: int) -> tuple[float, ...]:
     for w in weights:
         if isinstance(w, bool) or not isinstance(w, numbers.Real):
             raise TypeError(f"kernel weights should be positive numbers but kernel is: {kernel!r}")
-    weights = tuple(float(w) for w in weights)
+    try:
+        weights = tuple(float(w) for w in weights)
+    except OverflowError:
+        raise ValueError(f"kernel weights should be finite numbers but kernel is: {kernel!r}") from None
     if len(weights) != window:
         raise ValueError(
             f"kernel should have window={window} weights but has {len(weights)}: {list(weights)}; "
             f"pass window={len(weights)} with it"
         )
-    if not all(math.isfinite(w) and w > 0 for w in weights):
+    if not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"kernel weights should be finite numbers but kernel is: {list(weights)}")
+    if not all(w > 0 for w in weights):
         raise ValueError(f"kernel weights should be positive but kernel is: {list(weights)}")
     if weights != weights[::-1]:
         raise ValueError(f"kernel should be symmetric (k(-d) == k(d)) but is: {list(weights)}")

@@ -20,7 +20,7 @@ import numpy as np
 
 from .kernels import BOUNDARIES, check_window, kernel_weights, pad_index
 
-__all__ = ["Band", "DepthOperator", "WindowSmoothing", "MatrixOperator", "Alpha", "make_operator"]
+__all__ = ["Band", "DepthOperator", "WindowSmoothing", "MatrixOperator", "Alpha", "check_operator", "make_operator"]
 
 Alpha = Union[float, Callable[[int], float]]
 Row = tuple[tuple[int, float], ...]
@@ -113,14 +113,32 @@ class DepthOperator(ABC):
         """The operator's matrix A for ``n`` members, before ``alpha`` is applied."""
 
     def alpha_at(self, step: int = 0) -> float:
-        """The strength used at ``step`` (the number of steps taken before this one)."""
+        """The strength used at ``step`` (the number of steps taken before this one), a float in [0, 1].
+
+        A schedule ``alpha(step)`` may return a Python or NumPy real number, or a real
+        single-element array (an MLX or torch scalar): it is read with ``float``. A value
+        outside [0, 1] or NaN raises ValueError; a string, bool, complex number or anything
+        ``float`` cannot read raises TypeError.
+        """
         if not callable(self.alpha):
             return self.alpha
         value = self.alpha(step)
+        what = f"alpha(step) should return a number in [0, 1] but alpha({step}) returned: {value!r}"
+        dtype = str(getattr(value, "dtype", ""))
+        if (
+            isinstance(value, (str, bytes, bool, complex))
+            or (isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real))
+            or "bool" in dtype
+            or "complex" in dtype
+        ):
+            raise TypeError(what)
         try:
-            return float(_check_alpha(float(value)))
-        except (TypeError, ValueError):
-            raise ValueError(f"alpha(step) should return a number in [0, 1] but alpha({step}) returned: {value!r}") from None
+            alpha = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise TypeError(what) from None
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(what)
+        return alpha
 
     def band(self, n: int, step: int = 0) -> Band:
         """The band of ``(1 - alpha) I + alpha A`` for ``n`` members at ``step``."""
@@ -181,6 +199,15 @@ class WindowSmoothing(DepthOperator):
             raise ValueError(f"boundary should be one of {BOUNDARIES} but is: {boundary!r}")
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize should be True or False but is: {normalize!r}")
+        if normalize:
+            # Every band entry is k(delta) / (a sum of weights) <= 1 (or the weights
+            # themselves, normalize=False), finite since sum(k) is: refuse one that is 0.
+            total = math.fsum(self.weights)
+            if not all(w / total > 0.0 for w in self.weights):
+                raise ValueError(
+                    f"kernel weights should stay positive when normalised (k / sum(k)) but kernel is: "
+                    f"{list(self.weights)}"
+                )
         self.boundary = boundary
         self.sigma = sigma
         self.normalize = normalize
@@ -238,8 +265,17 @@ class MatrixOperator(DepthOperator):
     def _as_matrix(value: Any, n: int | None) -> np.ndarray:
         what = "matrix" if n is None else f"matrix(n={n})"
         try:
-            m = np.asarray(value, dtype=np.float64)
+            raw = np.asarray(value)
         except (TypeError, ValueError) as err:
+            raise TypeError(f"{what} should be a square array of numbers but is: {value!r} ({err})") from None
+        kind = raw.dtype.kind
+        if kind == "c":
+            raise TypeError(f"{what} should be a real array but has dtype {raw.dtype}: depth weights are real numbers")
+        if kind not in "biufO" or (kind == "O" and not all(isinstance(x, numbers.Real) for x in raw.flat)):
+            raise TypeError(f"{what} should be a square array of real numbers but has dtype {raw.dtype}: {value!r}")
+        try:
+            m = np.asarray(raw, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError) as err:
             raise TypeError(f"{what} should be a square array of numbers but is: {value!r} ({err})") from None
         if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 1:
             raise ValueError(f"{what} should be a square n x n array but has shape {m.shape}")
@@ -267,6 +303,16 @@ class MatrixOperator(DepthOperator):
         return f"MatrixOperator({what!r}, alpha={self.alpha!r})"
 
 
+def check_operator(operator: object, name: str = "operator") -> DepthOperator:
+    """``operator`` after checking it is a :class:`DepthOperator` (TypeError naming ``name`` otherwise)."""
+    if not isinstance(operator, DepthOperator):
+        raise TypeError(
+            f"{name} should be a gradsmooth DepthOperator (WindowSmoothing, MatrixOperator) but is: "
+            f"{type(operator).__name__}"
+        )
+    return operator
+
+
 def make_operator(operator: DepthOperator | None = None, **window: Any) -> DepthOperator:
     """``operator`` itself, or a :class:`WindowSmoothing` of the ``window`` arguments.
 
@@ -275,8 +321,7 @@ def make_operator(operator: DepthOperator | None = None, **window: Any) -> Depth
     """
     if operator is None:
         return WindowSmoothing(**window)
-    if not isinstance(operator, DepthOperator):
-        raise TypeError(f"operator should be a gradsmooth DepthOperator but is: {operator!r}")
+    check_operator(operator)
     defaults = inspect.signature(WindowSmoothing.__init__).parameters
     changed = {k: v for k, v in window.items() if v is not defaults[k].default and v != defaults[k].default}
     if changed:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from .blocks import BlockPlan
 from .namespace import array_namespace, is_floating
-from .operators import DepthOperator, Row
+from .operators import DepthOperator, Row, check_operator
 
 __all__ = ["smooth", "smooth_stack", "weighted_sum", "check_updates"]
 
@@ -31,16 +31,24 @@ def weighted_sum(members: Sequence[A], row: Row) -> A:
     return acc
 
 
+def _check_plan(plan: object) -> None:
+    if not isinstance(plan, BlockPlan):
+        raise TypeError(f"plan should be a gradsmooth BlockPlan (from find_blocks) but is: {type(plan).__name__}")
+
+
 def check_updates(updates: Mapping[str, Any], plan: BlockPlan) -> None:
     """Raise if ``updates`` lacks a planned name, or a member's shape or dtype is not its group's."""
     if not isinstance(updates, Mapping):
         raise TypeError(f"updates should be a mapping name -> array but is: {type(updates).__name__}")
+    _check_plan(plan)
     for group in plan.groups:
         dtype = None
         for name in group.names:
             if name not in updates:
                 raise ValueError(f"updates has no entry for planned parameter {name!r} (group {group.role!r})")
             x = updates[name]
+            if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+                raise TypeError(f"updates[{name!r}] should be an array but is: {type(x).__name__}")
             if tuple(x.shape) != group.shape:
                 raise ValueError(f"updates[{name!r}] should have shape {group.shape} (the plan's) but has {tuple(x.shape)}")
             if dtype is None:
@@ -60,8 +68,10 @@ def smooth(updates: Mapping[str, A], plan: BlockPlan, op: DepthOperator, step: i
     ``updates`` maps names to arrays of any Array API namespace. Returns a new dict:
     grouped names get ``U~_l = sum_j A[l, j] U_j`` (``A`` the operator at ``step``),
     every other name passes through as the same object. Inputs are never mutated.
+    Arguments of the wrong type raise TypeError naming the argument and the type it got.
     """
     check_updates(updates, plan)
+    check_operator(op, "op")
     out = dict(updates)
     for group in plan.groups:
         members = [updates[name] for name in group.names]
@@ -73,7 +83,11 @@ def smooth(updates: Mapping[str, A], plan: BlockPlan, op: DepthOperator, step: i
 
 def smooth_stack(stack: A, op: DepthOperator, step: int = 0) -> A:
     """The same smoothing on a pre-stacked ``(n, ...)`` array: row ``l`` becomes ``sum_j A[l, j] stack[j]``."""
-    xp = array_namespace(stack)
+    check_operator(op, "op")
+    try:
+        xp = array_namespace(stack)
+    except TypeError:
+        raise TypeError(f"stack should be an (n, ...) array of an Array API namespace but is: {type(stack).__name__}") from None
     if stack.ndim < 1 or stack.shape[0] < 1:
         raise ValueError(f"stack should have shape (n, ...) with n >= 1 but has shape {tuple(stack.shape)}")
     if not is_floating(stack):

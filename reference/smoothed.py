@@ -38,12 +38,15 @@ class Smoothed:
 
     ``window``, ``kernel``, ``boundary``, ``sigma``, ``normalize`` are those of
     ``window_smooth``; ``alpha`` is a number or a function of the step count ``t``
-    (steps taken before this one).
+    (steps taken before this one). ``decoupled=False`` treats the base's decoupled decay
+    as part of its step (``delta + (decay - 1) * theta`` is smoothed), as a wrapper told
+    ``decoupled_decay=False`` does.
     """
 
     def __init__(self, base, groups, mode="update", window=3, kernel="uniform", boundary="renormalize",
-                 alpha=1.0, sigma=None, normalize=True):
+                 alpha=1.0, sigma=None, normalize=True, decoupled=True):
         self.base, self.groups, self.mode = base, [list(g) for g in groups], mode
+        self.decoupled = decoupled
         self.window = dict(window=window, kernel=kernel, boundary=boundary, sigma=sigma, normalize=normalize)
         self.alpha = alpha
         self.t = 0
@@ -58,6 +61,8 @@ class Smoothed:
         for name, param in params.items():
             if grads.get(name) is not None:
                 decays[name], deltas[name] = self.base.update(name, param, grads[name])
+                if not self.decoupled:  # the decay is part of the step: smoothed with it
+                    decays[name], deltas[name] = 1.0, deltas[name] + (decays[name] - 1.0) * param
         deltas = smooth_groups(deltas, self.groups, alpha=alpha, **self.window)
         new = dict(params)
         for name in deltas:

@@ -213,3 +213,89 @@ def test_sites_given_directly():
     assert plan.ungrouped == ("a.z.w", "emb")
     with pytest.raises(ValueError, match="pass stacks or sites, not both"):
         find_blocks(shapes, stacks="a", sites=sites)
+
+
+@pytest.mark.parametrize(
+    "shapes, names",
+    [
+        ({"layers.0.w": (2,), "layers.1.w": (2,), "layers.01.w": (2,)}, ("layers.01.w", "layers.1.w")),
+        ({"enc.layer_3.w": (2,), "enc.layer_03.w": (2,), "enc.layer_4.w": (2,)}, ("enc.layer_03.w", "enc.layer_3.w")),
+    ],
+)
+def test_two_names_at_one_depth_are_refused(shapes, names):
+    with pytest.raises(ValueError, match=rf"parameters '{names[0]}' and '{names[1]}' both sit at depth \d+ of stack"):
+        find_blocks(shapes)
+
+
+def test_two_names_at_one_depth_from_a_regex_are_refused():
+    shapes = {f"h.{i}.{part}.w": (2,) for i in range(3) for part in ("attn", "mlp")}
+    with pytest.raises(ValueError, match=r"'h.0.attn.w' and 'h.0.mlp.w' both sit at depth 0 of stack 'h' \(role 'w'\)"):
+        find_blocks(shapes, stacks=re.compile(r"h\.(\d+)\.(?:attn|mlp)"))
+
+
+@pytest.mark.parametrize(
+    "stacks, match",
+    [
+        ([r"layers\.(\d+)"], r"stacks entry r'layers\\\.\(\\d\+\)' matches no parameter name: .* stacks=re\.compile\(r'layers"),
+        (r"model\.layers\.\d+", r"a string is a prefix, not a regex; to use a regex pass stacks=re\.compile"),
+        (["model.layers", "vision.blocks"], r"stacks entry 'vision.blocks' matches no parameter name: a prefix should be"),
+        ("model.layer", r"stacks entry 'model.layer' matches no parameter name.*the names look like: "),
+        ([], r"stacks should hold at least one prefix but is: \[\]"),
+        (re.compile(r"decoder\.(\d+)"), r"stacks regex 'decoder\\\\.\(\\\\d\+\)' matches no parameter name"),
+    ],
+    ids=["regex-in-list", "regex-str", "one-of-two", "typo", "empty", "compiled"],
+)
+def test_stacks_entry_that_matches_nothing_is_refused(stacks, match):
+    with pytest.raises(ValueError, match=match):
+        find_blocks(llama(3), stacks=stacks)
+
+
+def test_stacks_entry_whose_blocks_are_all_excluded_is_accepted():
+    shapes = llama(3) | {f"vision.blocks.{i}.w": (2,) for i in range(3)}
+    plan = find_blocks(shapes, stacks=["model.layers", "vision.blocks"], exclude="vision")
+    assert plan.stacks == ("model.layers",)
+
+
+# -- the plan and its operator: short groups -----------------------------------------------------
+
+
+def lora(n_short=2, n_long=6):
+    shapes = {f"base.layers.{i}.lora_A.weight": (4, 8) for i in range(n_short)}
+    return shapes | {f"model.layers.{i}.w": (3,) for i in range(n_long)}
+
+
+def marked(text):
+    return [line.split()[0] for line in text.splitlines() if "every member gets the same update" in line]
+
+
+def test_with_operator_marks_groups_whose_members_all_get_the_same_update():
+    from gradsmooth import MatrixOperator, WindowSmoothing
+
+    plan = find_blocks(lora())
+    text = str(plan.with_operator(WindowSmoothing(3)))
+    assert marked(text) == ["base.layers"]
+    assert "(every member gets the same update: window reaches all 2 members)" in text
+    assert str(plan) == text.replace("  (every member gets the same update: window reaches all 2 members)", "")
+    assert marked(str(find_blocks(lora(3, 6)).with_operator(WindowSmoothing(5)))) == ["base.layers"]
+    # n > r + 1, a non-uniform kernel, a padding boundary, or alpha < 1: members differ
+    for op in (WindowSmoothing(3, "triangular"), WindowSmoothing(3, boundary="nearest"), WindowSmoothing(3, alpha=0.5)):
+        assert marked(str(plan.with_operator(op))) == []
+    assert marked(str(find_blocks(lora(3, 6)).with_operator(WindowSmoothing(3)))) == []
+    # the generic criterion: all rows of the band equal
+    text = str(plan.with_operator(MatrixOperator(lambda n: np.full((n, n), 1 / n))))
+    assert marked(text) == ["base.layers", "model.layers"] and "every row of the operator is the same" in text
+
+
+def test_with_operator_keeps_the_plan_and_never_breaks_printing():
+    from gradsmooth import MatrixOperator, WindowSmoothing
+
+    plan = find_blocks(lora())
+    op = WindowSmoothing(3)
+    with_op = plan.with_operator(op)
+    assert with_op == plan and with_op.groups == plan.groups and with_op.ungrouped == plan.ungrouped
+    assert with_op.operator is op and plan.operator is None
+    assert with_op.restrict(plan.names).operator is op
+    # an operator that cannot serve a group marks nothing (smoothing raises, not printing)
+    assert marked(str(plan.with_operator(MatrixOperator(np.full((6, 6), 1 / 6))))) == ["model.layers"]
+    with pytest.raises(TypeError, match="operator should be a gradsmooth DepthOperator .* but is: ndarray"):
+        plan.with_operator(np.eye(2))

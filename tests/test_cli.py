@@ -1,6 +1,9 @@
 """The gradsmooth command: demo and compare end to end on tiny budgets, help, errors, Ctrl-C."""
 
 import json
+import math
+import os
+import re
 import subprocess
 import sys
 
@@ -50,6 +53,14 @@ def test_help_explains_every_option_with_its_default(capsys):
     assert text.count("default") >= 14
 
 
+def _no_training(monkeypatch):
+    def train(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(cli, "run", train)
+    monkeypatch.setattr(cli, "compare", train)
+
+
 def run_cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "gradsmooth", *args], capture_output=True, text=True, cwd=cwd)
 
@@ -61,9 +72,10 @@ def run_cli(*args, cwd):
         (["--task", "lm", "--data", "empty.txt"], "is empty"),
         (["--task", "lm", "--data", "short.txt"], "too short for the context length 64"),
         (["--boundary", "wrap"], "invalid choice: 'wrap'"),
-        (["--window", "4"], "window should be an odd integer >= 1 but is: 4"),
+        (["--window", "4"], "argument --window: should be an odd integer >= 1 but is: '4'"),
         (["--kernel", "1,2,3"], "kernel should be symmetric"),
         (["--lrs", "0.1,x"], "learning rates should be comma-separated numbers"),
+        (["--task", "lm", "--data", "."], "data file '.' is a directory, not a file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, args, message):
@@ -75,6 +87,142 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, ar
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["compare", "--lrs", "nan"], "argument --lrs: learning rates should be finite and positive but nan is not"),
+        (["compare", "--lrs", "1e-3,inf"], "argument --lrs: learning rates should be finite and positive but inf is"),
+        (["compare", "--lrs=-1e-3"], "argument --lrs: learning rates should be finite and positive but -0.001 is not"),
+        (["demo", "--lr-base", "inf"], "argument --lr-base: should be a finite positive number but is: 'inf'"),
+        (["demo", "--lr-smoothed", "nan"], "argument --lr-smoothed: should be a finite positive number but is: 'nan'"),
+        (["demo", "--lr-base", "0"], "argument --lr-base: should be a finite positive number but is: '0'"),
+        (["compare", "--alpha", "nan"], "argument --alpha: should be a number in [0, 1] but is: 'nan'"),
+        (["compare", "--steps", "abc"], "argument --steps: should be a positive integer but is: 'abc'"),
+        (["compare", "--seeds", "0"], "argument --seeds: should be a positive integer but is: '0'"),
+        (["demo", "--seed", "-1"], "argument --seed: should be an integer >= 0 but is: '-1'"),
+        (["compare", "--window", "abc"], "argument --window: should be an odd integer >= 1 but is: 'abc'"),
+        (["compare", "--kernel", "0.5,1"], "--kernel 0.5,1 has 2 weights: an explicit kernel needs an odd number of "
+                                           "symmetric weights, one per block of the window, and --window set to that"),
+        (["compare", "--kernel", "1,2,1,2,1"], "--kernel 1,2,1,2,1 has 5 weights but --window is 3: pass --window 5"),
+    ],
+)
+def test_bad_values_name_the_option_and_the_value(monkeypatch, capsys, args, message):
+    _no_training(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*args, "--quiet"])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert "invalid" not in lines[0] and "_positive" not in lines[0]
+
+
+@pytest.mark.parametrize("command", ["demo", "compare"])
+def test_out_that_is_a_file_is_refused_before_training(tmp_path, monkeypatch, capsys, command):
+    _no_training(monkeypatch)
+    (tmp_path / "f").write_text("keep me")
+    for out, why in ((tmp_path / "f", "is an existing file, not a folder"),
+                     (tmp_path / "f" / "sub", "cannot be created: Not a directory")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([command, *TINY, "--out", str(out)])
+        assert exit_.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [f"gradsmooth {command}: error: --out {str(out)!r} {why}"]
+    assert (tmp_path / "f").read_text() == "keep me"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write anywhere")
+def test_out_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    _no_training(monkeypatch)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        for out, why in ((locked, "is not writable: Permission denied"),
+                         (locked / "sub", "cannot be created: Permission denied")):
+            with pytest.raises(SystemExit) as exit_:
+                cli.main(["compare", *TINY, "--out", str(out)])
+            assert exit_.value.code == 2
+            assert capsys.readouterr().err.strip() == f"gradsmooth compare: error: --out {str(out)!r} {why}"
+    finally:
+        locked.chmod(0o700)
+
+
+def test_out_is_probed_and_left_clean(tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    with pytest.raises(AssertionError, match="training started"):
+        cli.main(["compare", *TINY, "--out", str(tmp_path / "new" / "folder")])
+    assert list((tmp_path / "new" / "folder").iterdir()) == []
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == "gradsmooth 0.1.0\n"
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["compare"]])
+def test_help_is_plain_text(capsys, command):
+    with pytest.raises(SystemExit):
+        cli.main([*command, "--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and "`" not in text
+    if command == ["demo"]:
+        flat = " ".join(text.split())
+        assert "README sweep's best)" not in flat
+        assert "--lr-base LR_BASE base learning rate (default: the best of the README's compare sweeps: adamw 0.003; " \
+               "sgd 0.1 (vit), 0.3 (lm); muon 0.02)" in flat
+
+
+def test_results_json_is_strict():
+    import numpy as np
+
+    value = {"a": math.nan, "b": [math.inf, -math.inf, 1.5, np.float32(2.5), (np.int64(3), True)], "c": None}
+    text = json.dumps(cli._strict(value), allow_nan=False)
+    assert json.loads(text) == {"a": None, "b": [None, None, 1.5, 2.5, [3, True]], "c": None}
+
+
+def _strict_json(text):
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("command", ["demo", "compare"])
+def test_ctrl_c_writes_strict_json_and_its_message_on_its_own_line(tmp_path, monkeypatch, capsys, command):
+    real = cli._progress
+
+    def progress(quiet):  # the real progress bars, and a Ctrl-C in the second run's second step
+        make = real(quiet)
+
+        def make_tick(config):
+            tick = make(config)
+
+            def interrupting(step):
+                tick(step)
+                if config.label == "smoothed" and step == 1:
+                    raise KeyboardInterrupt
+
+            return interrupting
+
+        return make_tick
+
+    monkeypatch.setattr(cli, "_progress", progress)
+    args = ["--steps", "4", "--eval-every", "2", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, *args] if command == "demo" else [command, "--lrs", "1e-3", "--seeds", "1", *args])
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err
+    assert "it/s]" in err or "%|" in err  # the bar was drawn
+    message = f"interrupted: the results gathered so far are in {tmp_path / 'results.json'}"
+    assert message in re.split(r"[\r\n]", err)  # not glued to the bar's line
+    result = _strict_json((tmp_path / "results.json").read_text())
+    assert result["interrupted"] and [r["complete"] for r in result["runs"]] == [True, False]
+    if command == "compare":  # no complete smoothed run: its mean and best are null, not NaN
+        summary = result["summary"]
+        assert summary["rows"][0]["smoothed"] == [None, None] and summary["best"]["smoothed"] is None
 
 
 def test_python_dash_m_gradsmooth_is_the_command(tmp_path):

@@ -206,3 +206,31 @@ def test_bad_stack_is_refused():
         smooth_stack(np.float64(1.0), WindowSmoothing())
     with pytest.raises(TypeError, match="stack should be a floating-point array"):
         smooth_stack(np.ones((3, 2), dtype=np.int32), WindowSmoothing())
+
+
+PLAN, OP = object(), object()  # stand-ins for the right plan and operator
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((list(make_updates().values()), PLAN, OP), "updates should be a mapping name -> array but is: list"),
+        ((make_updates(), {"groups": ()}, OP), r"plan should be a gradsmooth BlockPlan \(from find_blocks\) but is: dict"),
+        ((make_updates(), PLAN, np.eye(4)), "op should be a gradsmooth DepthOperator .* but is: ndarray"),
+        ((make_updates(), PLAN, "uniform"), "op should be a gradsmooth DepthOperator .* but is: str"),
+        (({**make_updates(), "layers.1.w": [[1.0] * 3] * 2}, PLAN, OP), r"updates\['layers.1.w'\] should be an array but is: list"),
+    ],
+    ids=["updates", "plan", "op-array", "op-str", "member"],
+)
+def test_arguments_of_the_wrong_type_name_the_argument_and_the_type(args, match):
+    plan = find_blocks({k: v.shape for k, v in make_updates().items()})
+    args = tuple(plan if a is PLAN else WindowSmoothing() if a is OP else a for a in args)
+    with pytest.raises(TypeError, match=match):
+        smooth(*args)
+
+
+def test_smooth_stack_arguments_of_the_wrong_type_name_the_argument_and_the_type():
+    with pytest.raises(TypeError, match="op should be a gradsmooth DepthOperator .* but is: ndarray"):
+        smooth_stack(np.ones((3, 2)), np.eye(3))
+    with pytest.raises(TypeError, match=r"stack should be an \(n, ...\) array .* but is: list"):
+        smooth_stack([[1.0, 2.0], [3.0, 4.0]], WindowSmoothing())

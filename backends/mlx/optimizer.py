@@ -2,9 +2,11 @@
 
 ``mode="update"`` (default): the base computes its new parameters ``decay * theta + delta``;
 ``delta = new - decay * theta`` is mixed along depth and ``decay * theta`` added back, so
-decoupled weight decay (AdamW, Lion: ``decay = 1 - lr * weight_decay``) stays per layer.
-MLX's SGD and Muon apply *coupled* L2 decay (added to the gradient): it is part of delta and
-is smoothed with it. ``mode="gradient"``: the gradients are mixed before the base step.
+decoupled weight decay (``decay = 1 - lr * weight_decay``) stays per layer. Which optimizers
+decay decoupled is decided by :func:`gradsmooth.decay.classify_decay` (MLX's AdamW and Lion;
+SGD, Muon, Adam, ... apply *coupled* L2 decay, which is part of delta and smoothed with it),
+or declared with ``decoupled_decay``. ``mode="gradient"``: the gradients are mixed before the
+base step.
 
 Everything is array arithmetic on the trees, so a step compiles with ``mx.compile``; the
 wrapper's state is ``{"step": array, "base": base.state}``, arrays only.
@@ -12,8 +14,10 @@ wrapper's state is ``{"step": array, "base": base.state}``, arrays only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import numbers
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Union
 
 import mlx.core as mx
 import mlx.optimizers as optim
@@ -21,13 +25,35 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from gradsmooth import MODES, BlockPlan, DepthOperator, check_mode, find_blocks, make_operator
 from gradsmooth.blocks import Exclude, Stacks
+from gradsmooth.decay import check_decoupled_decay, classify_decay, decay_warning
 from gradsmooth.operators import Alpha
 from gradsmooth.smoothing import weighted_sum
 
 from .blocks import tree_sites
 
-__all__ = ["GradientSmoothing", "MODES"]
+__all__ = ["ALPHA_PROBES", "GradientSmoothing", "MODES"]
 
+#: ``decoupled_decay`` for MLX: None (classify), a bool, or ``fn(optimizer) -> bool``: MLX
+#: optimizers have no param groups, so the function receives each optimizer that steps parameters.
+MLXDecoupledDecay = Union[None, bool, Callable[[optim.Optimizer], bool]]
+
+#: Steps at which a schedule ``alpha`` is evaluated and checked at construction: under
+#: ``mx.compile`` the value at the traced step cannot be read (class docstring).
+ALPHA_PROBES: tuple[int, ...] = (0, 1, 2, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
+
+_LOW_PRECISION = (mx.bfloat16, mx.float16)
+
+
+# -- weight decay -------------------------------------------------------------------------------
+
+
+def _stepping(base: optim.Optimizer) -> Iterator[optim.Optimizer]:
+    """The optimizers that step parameters: the base, or the members of a MultiOptimizer (nested too)."""
+    if isinstance(base, optim.MultiOptimizer):
+        for member in base.optimizers:
+            yield from _stepping(member)
+    else:
+        yield base
 
 
 def _owner(base: optim.Optimizer, name: str, grad: mx.array) -> optim.Optimizer:
@@ -37,13 +63,115 @@ def _owner(base: optim.Optimizer, name: str, grad: mx.array) -> optim.Optimizer:
     return base
 
 
-def _decayed(owner: optim.Optimizer, param: mx.array) -> mx.array | None:
-    """``(1 - lr * weight_decay) * param`` exactly as ``owner`` computes it, or None (no decoupled decay)."""
-    wd = getattr(owner, "weight_decay", 0.0)
-    if not wd or not isinstance(owner, (optim.AdamW, optim.Lion)):
+def _class_name(obj: object) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _declared(opt: optim.Optimizer, decoupled_decay: MLXDecoupledDecay) -> bool | None:
+    """The user's ``decoupled_decay`` for ``opt``; a function is called with the optimizer itself."""
+    if not callable(decoupled_decay):
+        return decoupled_decay
+    answer = decoupled_decay(opt)
+    if not isinstance(answer, bool):
+        raise TypeError(
+            f"decoupled_decay(optimizer) should return True or False but returned: {answer!r} for {_class_name(opt)}"
+        )
+    return answer
+
+
+def _is_number(x: object) -> bool:
+    return (isinstance(x, numbers.Real) and not isinstance(x, bool)) or (isinstance(x, mx.array) and x.size == 1)
+
+
+def _nonzero(x: object) -> bool:
+    if isinstance(x, mx.array):
+        return bool(mx.any(x != 0).item())
+    return bool(x)
+
+
+def _learning_rate(opt: optim.Optimizer) -> object:
+    try:
+        return opt.learning_rate
+    except (AttributeError, KeyError):  # mlx's property reads state["learning_rate"]
         return None
-    lr = owner.learning_rate.astype(param.dtype)
+
+
+def _check_decoupled_hyperparameters(opt: optim.Optimizer) -> None:
+    """Refuse a decoupled optimizer without the ``learning_rate`` and ``weight_decay`` its decay is computed from."""
+    lr, wd = _learning_rate(opt), getattr(opt, "weight_decay", None)
+    if not (_is_number(lr) and _is_number(wd)):
+        raise ValueError(
+            f"{_class_name(opt)} decays decoupled (decoupled_decay or its class), but gradsmooth computes that decay "
+            f"as (1 - learning_rate * weight_decay) * param and it has learning_rate={lr!r}, weight_decay={wd!r}: "
+            "declare it coupled (decoupled_decay=False or a function of the optimizer) or give it both as numbers"
+        )
+
+
+def _classify(opt: optim.Optimizer, decoupled_decay: MLXDecoupledDecay) -> bool:
+    """Whether ``opt`` decays decoupled; one that cannot be told with a nonzero ``weight_decay`` is
+    warned about (once: this runs at construction) and treated as coupled."""
+    kind = classify_decay(opt, {}, _declared(opt, decoupled_decay))
+    if kind is None:
+        if _nonzero(getattr(opt, "weight_decay", 0.0)):
+            warnings.warn(decay_warning(opt), UserWarning, stacklevel=3)  # the caller of GradientSmoothing()
+        return False
+    if kind:
+        _check_decoupled_hyperparameters(opt)
+    return kind
+
+
+def _decayed(owner: optim.Optimizer, param: mx.array, grad: mx.array) -> mx.array | None:
+    """``param * (1 - lr * weight_decay)`` as MLX's AdamW and Lion compute it (lr in the gradient's
+    dtype), for a decoupled ``owner``; None when its weight decay is zero."""
+    wd = owner.weight_decay
+    if not isinstance(wd, mx.array) and not wd:
+        return None
+    lr = owner.learning_rate
+    lr = (lr if isinstance(lr, mx.array) else mx.array(lr)).astype(grad.dtype)
     return param * (1 - lr * wd)
+
+
+# -- alpha and the step ----------------------------------------------------------------------------
+
+
+def _item(x: mx.array) -> float | int | None:
+    """The value of a one-element array, or None while mx.compile traces it (it has no value yet)."""
+    try:
+        return x.item()
+    except ValueError:  # "[eval] Attempting to eval an array during function transformations"
+        return None
+
+
+def _checked_alpha_array(value: mx.array, step: int | None) -> mx.array:
+    """A schedule's ``mx.array`` value as a scalar, refused unless one real number in [0, 1].
+
+    Shape and dtype are checked even while mx.compile traces; the value only where it can be read.
+    """
+    at = f"alpha({step})" if step is not None else "alpha(step) (the step traced by mx.compile)"
+    if value.dtype == mx.bool_ or mx.issubdtype(value.dtype, mx.complexfloating):
+        raise TypeError(f"alpha(step) should return a real number but {at} returned an mx.array of dtype {value.dtype}")
+    if value.size != 1:
+        raise ValueError(f"alpha(step) should return one number but {at} returned an mx.array of shape {value.shape}")
+    number = _item(value)
+    if number is not None and not 0.0 <= number <= 1.0:  # NaN fails both
+        raise ValueError(
+            f"alpha(step) should return a number in [0, 1] but {at} returned: {number!r} "
+            f"(an mx.array of dtype {value.dtype})"
+        )
+    return value.reshape(())
+
+
+def _checked_step(step: object) -> int:
+    """``state["step"]`` as a Python int, refused unless a non-negative integer (a one-element array or an int)."""
+    value: object = None
+    if isinstance(step, mx.array) and step.size == 1 and step.dtype != mx.bool_:
+        value = _item(step)
+    elif isinstance(step, numbers.Integral) and not isinstance(step, bool):
+        value = int(step)
+    if not isinstance(value, (int, float)) or not float(value).is_integer() or value < 0:
+        raise ValueError(f"state['step'] should be a non-negative integer (the steps taken) but is: {step!r}")
+    return int(value)
 
 
 class GradientSmoothing(optim.Optimizer):
@@ -57,8 +185,38 @@ class GradientSmoothing(optim.Optimizer):
         operator: any :class:`gradsmooth.DepthOperator`, in place of the window arguments.
         stacks, exclude: as :func:`gradsmooth.find_blocks`; by default stacks are the lists
             of blocks in the parameter tree.
-        check_finite: raise ``FloatingPointError`` on a non-finite gradient before anything
-            changes. It evaluates the gradients, so it works eagerly, not under ``mx.compile``.
+        check_finite: ``True`` raises ``FloatingPointError`` on a non-finite gradient before
+            anything changes (each element is tested: finite values near the float32 maximum
+            pass). It evaluates the gradients, so it works eagerly, not under ``mx.compile``.
+        decoupled_decay: whether each optimizer that steps parameters (the base, or each member
+            of a ``MultiOptimizer``) applies its weight decay decoupled (kept per layer, never
+            mixed) or coupled (L2 in the gradient, smoothed with it). ``None`` classifies it
+            (:func:`gradsmooth.decay.classify_decay`: MLX's AdamW and Lion are decoupled, its
+            other optimizers coupled); an optimizer that cannot be classified and has a nonzero
+            ``weight_decay`` is warned about once, here, and treated as coupled. ``True`` or
+            ``False`` declares it for all; a function is called once per optimizer, **with the
+            optimizer instance** (MLX optimizers have no param groups), and returns a bool. A
+            decoupled optimizer's decay is computed as ``param * (1 - learning_rate * weight_decay)``,
+            so it needs both attributes (ValueError here otherwise).
+
+    What is checked, and when (a refused step changes nothing):
+
+    - Eagerly (no ``mx.compile``, or a compiled function whose inputs do not hold
+      ``opt.state``): every step checks ``alpha(step)`` before anything changes: a value
+      outside [0, 1] or NaN raises ValueError naming the step and the value. The core checks
+      a function's Python numbers (:meth:`DepthOperator.alpha_at`), this class its ``mx.array``
+      values.
+    - Under ``mx.compile`` the step is traced, so ``alpha(step)`` has no value while tracing
+      and the compiled step never returns to Python: only its shape and dtype (one real
+      number) are checked, once, when tracing. Its value is not: a schedule that leaves
+      [0, 1] at some step is applied as given there (``alpha = 2`` applies ``2A - I``). To
+      catch most such schedules, ``alpha`` is evaluated and checked here at the steps
+      :data:`ALPHA_PROBES` (0, 1, 2, 10, ..., 10**6), and at the restored step whenever
+      ``opt.state`` is set. ``check_finite=True`` raises ValueError while tracing. An error
+      raised while tracing leaves the compiled function's inputs (model and optimizer state)
+      holding MLX's placeholders (MLX does not restore them): reload them before going on.
+    - Parameters and the base's state keep their dtype: with an ``mx.array`` alpha, bfloat16
+      and float16 members are mixed in float32 and rounded once to their dtype.
     """
 
     def __init__(
@@ -76,14 +234,22 @@ class GradientSmoothing(optim.Optimizer):
         stacks: Stacks = None,
         exclude: Exclude = None,
         check_finite: bool = False,
+        decoupled_decay: MLXDecoupledDecay = None,
     ) -> None:
         if not isinstance(optimizer, optim.Optimizer) or isinstance(optimizer, GradientSmoothing):
             raise TypeError(f"optimizer should be an mlx.optimizers.Optimizer but is: {optimizer!r}")
         check_mode(mode)
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite should be True or False but is: {check_finite!r}")
+        check_decoupled_decay(decoupled_decay)
         operator = make_operator(operator, window=window, kernel=kernel, boundary=boundary, alpha=alpha, sigma=sigma,
                                  normalize=normalize)
         super().__init__()
         self.base, self.operator, self.mode, self.check_finite = optimizer, operator, mode, check_finite
+        self._probe_alpha(ALPHA_PROBES)
+        self._decoupled: dict[int, bool] = {}
+        for member in _stepping(optimizer):  # a loop, not a comprehension: the warning's stacklevel
+            self._decoupled[id(member)] = _classify(member, decoupled_decay)
         self._stacks, self._exclude = stacks, exclude
         self._plan: BlockPlan | None = None
         self._plan_key: tuple | None = None
@@ -101,8 +267,12 @@ class GradientSmoothing(optim.Optimizer):
         if not isinstance(state, dict) or set(state) != {"step", "base"}:
             keys = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"state should be a dict with keys 'step' and 'base' (from opt.state) but has: {keys}")
-        self.base.state = state["base"]
-        self._state["step"] = state["step"]  # in place: mx.compile holds this dict
+        step = _checked_step(state["step"])
+        if not isinstance(state["base"], dict):
+            raise ValueError(f"state['base'] should be a dict (the base optimizer's state) but is: {state['base']!r}")
+        self._probe_alpha((step,))
+        self.base.state = state["base"]  # MLX's MultiOptimizer checks its states before it sets any
+        self._state["step"] = mx.array(step, mx.uint64)  # in place: mx.compile holds this dict
         self._state["base"] = self.base.state
 
     @property
@@ -125,48 +295,75 @@ class GradientSmoothing(optim.Optimizer):
         if key != self._plan_key:
             shapes = dict(flat)
             if self._stacks is None:
-                self._plan = find_blocks(shapes, exclude=self._exclude, sites=tree_sites(tree))
+                plan = find_blocks(shapes, exclude=self._exclude, sites=tree_sites(tree))
             else:
-                self._plan = find_blocks(shapes, stacks=self._stacks, exclude=self._exclude)
+                plan = find_blocks(shapes, stacks=self._stacks, exclude=self._exclude)
+            self._plan = plan.with_operator(self.operator)
             self._plan_key = key
         return self._plan
 
     def init(self, parameters: dict) -> None:
+        self._planned(parameters, tree_flatten(parameters))  # may raise: before the base's state changes
         self.base.init(parameters)
         self._state["base"] = self.base.state
-        self._planned(parameters, tree_flatten(parameters))
         self._initialized = True
+
+    # -- alpha -------------------------------------------------------------------------------
+
+    def _alpha(self, step: mx.array) -> float | mx.array:
+        """``alpha`` at ``step`` (steps taken before this one), checked where it can be (class docstring)."""
+        op = self.operator
+        if not callable(op.alpha):
+            return op.alpha  # a number: checked by the core at construction
+        t = _item(step)
+        value = op.alpha(step)
+        if isinstance(value, mx.array):
+            return _checked_alpha_array(value, None if t is None else int(t))
+        if t is not None:
+            return op.alpha_at(int(t))  # the core checks a Python number (calling alpha(t) again)
+        try:  # traced step: the core needs the step's value; the number is checked as an array
+            as_array = mx.array(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"alpha(step) should return a number or an mx.array but returned: {value!r}") from None
+        _checked_alpha_array(as_array, None)
+        return value
+
+    def _probe_alpha(self, steps: Iterable[int]) -> None:
+        for t in steps:
+            self._alpha(mx.array(t, mx.uint64))
 
     # -- the step ----------------------------------------------------------------------------
 
     def _check(self, grads: list[tuple[str, mx.array]], params: dict[str, Any]) -> None:
         for name, g in grads:
+            if not isinstance(g, mx.array):
+                raise TypeError(f"gradient of {name!r} should be an mx.array but is: {type(g).__name__}")
             p = params.get(name)
             if p is None:
                 raise ValueError(f"gradients hold {name!r}, which parameters do not: the trees do not match")
             if tuple(p.shape) != tuple(g.shape):
                 raise ValueError(f"gradient of {name!r} has shape {tuple(g.shape)} but the parameter has {tuple(p.shape)}")
         if self.check_finite:
-            try:
-                finite = [bool(mx.all(mx.isfinite(g)).item()) for _, g in grads]
-            except ValueError as err:
-                raise ValueError(f"check_finite evaluates the gradients; it cannot run under mx.compile ({err})") from None
-            for (name, _), ok in zip(grads, finite):
-                if not ok:
-                    raise FloatingPointError(
-                        f"gradient of {name!r} is not finite at step {int(self._state['step'].item())}; nothing was changed"
-                    )
+            self._check_finite(grads)
 
-    def _mix(self, flat: dict[str, mx.array], plan: BlockPlan, step: mx.array) -> dict[str, mx.array]:
-        """Each group's members replaced by ``sum_j [(1 - alpha) I + alpha A][l, j] U_j``."""
+    def _check_finite(self, grads: list[tuple[str, mx.array]]) -> None:
+        try:  # per element: a sum could overflow to inf on finite values
+            finite = [bool(mx.all(mx.isfinite(g)).item()) for _, g in grads]
+        except ValueError as err:
+            raise ValueError(f"check_finite evaluates the gradients; it cannot run under mx.compile ({err})") from None
+        for (name, _), ok in zip(grads, finite):
+            if not ok:
+                raise FloatingPointError(
+                    f"gradient of {name!r} is not finite at step {int(self._state['step'].item())}; nothing was changed"
+                )
+
+    def _mix(self, flat: dict[str, mx.array], plan: BlockPlan, alpha: float | mx.array) -> dict[str, mx.array]:
+        """Each group's members replaced by ``sum_j [(1 - alpha) I + alpha A][l, j] U_j``, in their dtype."""
         op, out = self.operator, dict(flat)
         for group in plan.groups:
             members = [flat[name] for name in group.names]
-            if callable(op.alpha):  # a schedule: alpha is an array of the step
-                alpha = op.alpha(step)
-                band = op.depth_band(len(members))
-                for name, u, row in zip(group.names, members, band.rows):
-                    out[name] = u + alpha * (weighted_sum(members, row) - u)
+            if callable(op.alpha):  # a schedule: alpha is its value at this step
+                out.update(_mix_scheduled(group.names, members, op.depth_band(len(members)).rows, alpha))
                 continue
             band = op.band(len(members))
             if not band.is_identity:
@@ -181,26 +378,41 @@ class GradientSmoothing(optim.Optimizer):
         self._check(flat_g, flat_p)
         plan = self._planned(gradients, flat_g)
         step = self._state["step"]
+        alpha = self._alpha(step)  # may raise: before anything changes
         if self.mode == "gradient":
-            new = self.base.apply_gradients(tree_unflatten(list(self._mix(dict(flat_g), plan, step).items())), parameters)
+            mixed = self._mix(dict(flat_g), plan, alpha)
+            new = self.base.apply_gradients(tree_unflatten(list(mixed.items())), parameters)
         else:
             new = self.base.apply_gradients(gradients, parameters)
             if plan.groups:
-                new = self._smooth_updates(new, dict(flat_g), flat_p, plan, step)
+                new = self._smooth_updates(new, dict(flat_g), flat_p, plan, alpha)
         self._state["base"] = self.base.state
         self._state["step"] = step + 1
         return new
 
-    def _smooth_updates(self, new: dict, grads: dict, params: dict, plan: BlockPlan, step: mx.array) -> dict:
+    def _smooth_updates(self, new: dict, grads: dict, params: dict, plan: BlockPlan, alpha: float | mx.array) -> dict:
         flat_new = dict(tree_flatten(new))
         decayed = {}
         deltas = {}
         for name in plan.names:
-            d = _decayed(_owner(self.base, name, grads[name]), params[name])
+            owner = _owner(self.base, name, grads[name])
+            d = _decayed(owner, params[name], grads[name]) if self._decoupled[id(owner)] else None
             decayed[name] = params[name] if d is None else d
             deltas[name] = flat_new[name] - decayed[name]
-        mixed = self._mix(deltas, plan, step)
+        mixed = self._mix(deltas, plan, alpha)
         for name in plan.names:
             if mixed[name] is not deltas[name]:
-                flat_new[name] = decayed[name] + mixed[name]
+                flat_new[name] = _as(decayed[name] + mixed[name], flat_new[name].dtype)
         return tree_unflatten(list(flat_new.items()))
+
+
+def _as(x: mx.array, dtype: mx.Dtype) -> mx.array:
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
+def _mix_scheduled(names: Sequence[str], members: list[mx.array], rows: Sequence, alpha: float | mx.array) -> dict:
+    """``u + alpha * (A u - u)`` per member, in float32 for bfloat16 and float16 members (alpha is
+    float32), rounded once to the members' dtype: a schedule never changes a parameter's dtype."""
+    dtype = members[0].dtype
+    work = [m.astype(mx.float32) for m in members] if dtype in _LOW_PRECISION else members
+    return {name: _as(u + alpha * (weighted_sum(work, row) - u), dtype) for name, u, row in zip(names, work, rows)}

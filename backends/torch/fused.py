@@ -19,6 +19,7 @@ Low-precision members are mixed in float32 and rounded once on the write.
 from __future__ import annotations
 
 from collections.abc import Callable
+import warnings
 from functools import lru_cache
 
 import torch
@@ -92,36 +93,106 @@ class FusedKernel:
         # a code object of its own per pattern: torch.compile caches per code object, so patterns
         # never share (or exhaust) one cache; the source is generated above from integers only
         exec(compile(kernel_source(pattern, mode), filename, "exec"), namespace)  # noqa: S102
+        self._code = namespace["mix"].__code__
         # dynamic sizes: one kernel for every group of the pattern; dynamic_threads keeps the
         # C++ loop parallel (without it inductor sees no size and emits a serial loop)
         self._compiled = torch.compile(namespace["mix"], dynamic=True, fullgraph=True,
                                        options={"cpp.dynamic_threads": True})
         self._ready: set[tuple[torch.dtype, torch.device]] = set()
+        self._failed: set[tuple[torch.dtype, torch.device]] = set()
+
+    def ready(self, dtype: torch.dtype, device: torch.device) -> bool:
+        """Whether the kernel runs for ``dtype`` on ``device``: :meth:`prepare` it (compiling
+        on first use), or False, with one warning, where compiling failed (no C++ compiler,
+        no Triton, ...): the caller runs the eager kernels instead."""
+        if (dtype, device) in self._failed:
+            return False
+        try:
+            self.prepare(dtype, device)
+        except Exception as error:  # any compile failure: the eager kernels give the same result
+            self.give_up(dtype, device, error)
+            return False
+        return True
+
+    def give_up(self, dtype: torch.dtype, device: torch.device, error: BaseException) -> None:
+        """Run the eager kernels for ``dtype`` on ``device`` from now on, and say so once."""
+        self._failed.add((dtype, device))
+        warnings.warn(
+            f"gradsmooth: the fused {self.mode} kernel for {len(self.pattern)} members ({dtype} on {device}) "
+            f"cannot run ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            "the eager kernels run instead (same result, slower)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def prepare(self, dtype: torch.dtype, device: torch.device) -> None:
-        """Compile for members of ``dtype`` on ``device`` by running on small scratch tensors."""
+        """Compile for members of ``dtype`` on ``device`` by running on small scratch tensors
+        (again after ``torch._dynamo.reset()``). Call it before anything changes: it can fail."""
         key = (dtype, device)
-        if key in self._ready:
+        if key in self._ready and self._compiled_code_exists():
             return
         n, cdtype = len(self.pattern), compute_dtype(dtype)
         p = [torch.zeros(8, dtype=dtype, device=device) for _ in range(n)]
         w = torch.zeros(sum(map(len, self.pattern)), dtype=cdtype, device=device)
         if self.mode == "update":
             s = [torch.zeros(8, dtype=dtype, device=device) for _ in range(n)]
-            self(p, s, w, torch.ones(n, dtype=cdtype, device=device))
+            self._run(p, s, w, torch.ones(n, dtype=cdtype, device=device))
         else:
-            self(p, w)
+            self._run(p, w)
         self._ready.add(key)
 
-    def __call__(self, members: list[torch.Tensor], *args: object) -> None:
-        """Mix ``members`` (contiguous, one shape) in place; ``args``: the snapshot rows, weights
-        and decay factors (update) or the weights (gradient)."""
-        # flat, detached and under no_grad, as the scratch tensors prepare() compiled on: members
-        # that require grad (parameters) would fail a guard and compile again inside the step
-        flat = [t.detach().view(-1) for t in members]
+    def _run(self, members: list[torch.Tensor], *args: object) -> None:
+        flat = [_plain(t) for t in members]
+        args = tuple([_plain(t) for t in a] if isinstance(a, list) else a for a in args)
         with torch.no_grad():
             self._compiled(flat, *args)
 
+    def bind(self, members: list[torch.Tensor], *args: object) -> Callable[[], None]:
+        """The call ``self(members, *args)`` made ready now, before anything changes (its tensor
+        objects are made here), to run later with nothing left to allocate: mix ``members``
+        (contiguous, one shape) in place; ``args`` are the snapshot rows, weights and decay
+        factors (update) or the weights (gradient).
+
+        The call never compiles: arguments that fail the guards of the kernel :meth:`prepare`
+        compiled make it raise ``RuntimeError`` before it writes anything (the caller then
+        runs the eager kernels), and so does a call after ``torch._dynamo.reset()``."""
+        flat = [_plain(t) for t in members]
+        plain = tuple([_plain(t) for t in a] if isinstance(a, list) else a for a in args)
+
+        def run() -> None:
+            if not self._compiled_code_exists():
+                raise RuntimeError("the fused kernel's compiled code is gone (torch._dynamo.reset()?): not "
+                                   "compiling inside a step")
+            if any(f.untyped_storage().data_ptr() != t.untyped_storage().data_ptr() for f, t in zip(flat, members)):
+                raise RuntimeError("a member's storage was replaced (p.data = ...) after the kernel was bound")
+            with torch.no_grad(), torch.compiler.set_stance("fail_on_recompile"):
+                self._compiled(flat, *plain)
+            torch.autograd.graph.increment_version(members)  # the writes went through other tensor objects
+
+        return run
+
+    def __call__(self, members: list[torch.Tensor], *args: object) -> None:
+        """Bind and run at once (see :meth:`bind`)."""
+        self.bind(members, *args)()
+
+    def _compiled_code_exists(self) -> bool:
+        """Whether dynamo still holds compiled code for this kernel (``torch._dynamo.reset()``
+        drops it; a first compile is not a recompile, so the stance alone would not stop it)."""
+        return _cache_entries is None or bool(_cache_entries(self._code))
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """A flat tensor over ``t``'s memory that is no view, needs no grad and aliases no other
+    argument's tensor object: every call then meets the guards of the kernel compiled on
+    scratch tensors, whatever ``t`` is (a parameter, a view into a gradient bucket, a row of
+    the snapshot). Writes through it do not bump ``t``'s version counter."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),))
+
+
+try:  # dynamo's compiled entries of a code object (private; without it the stance alone guards)
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list as _cache_entries
+except ImportError:  # pragma: no cover
+    _cache_entries = None
 
 _KERNELS: dict[tuple[Pattern, str], FusedKernel] = {}
 

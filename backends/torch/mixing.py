@@ -18,8 +18,8 @@ import torch
 
 from gradsmooth import Band
 
-__all__ = ["BandProgram", "band_program", "chunk_columns", "compute_dtype", "device_weights", "mix_gradients",
-           "mix_updates"]
+__all__ = ["BandProgram", "Workspace", "band_program", "chunk_columns", "compute_dtype", "device_weights",
+           "mix_gradients", "mix_updates", "warm_weights", "workspace"]
 
 # elements of one gathered (n, c) block: about 2 MiB of float32 on a CPU, more on a GPU
 _BLOCK_ELEMENTS = {"cpu": 1 << 19}
@@ -72,6 +72,12 @@ def device_weights(values: tuple[float, ...], dtype: torch.dtype, device: torch.
     return w
 
 
+def warm_weights(program: BandProgram, dtype: torch.dtype, device: torch.device) -> None:
+    """Put ``program``'s weights on ``device`` now (before anything changes), not inside a step."""
+    for *_, values in program.terms:
+        device_weights(values, dtype, device)
+
+
 def _apply(program: BandProgram, X: torch.Tensor, out: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
     """``out = base + sum_o w_o * shift_o(X)`` for ``X`` of shape (n, c) (``base`` None: zero)."""
     (o, lo, hi, values), *rest = program.terms
@@ -101,10 +107,43 @@ def chunk_columns(n: int, numel: int, device: torch.device) -> list[tuple[int, i
     return [(lo, min(lo + c, numel)) for lo in range(0, numel, c)]
 
 
+class Workspace:
+    """The scratch blocks the eager kernels mix in, allocated before anything changes.
+
+    A step allocates one workspace for all its groups (they run one after another) with
+    :func:`workspace`, before the base optimizer steps, so an allocation failure leaves every
+    parameter, gradient and optimizer state as it was. The kernels then allocate nothing.
+    """
+
+    def __init__(self, buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor]) -> None:
+        self._buffers = buffers  # per (compute dtype, device): a flat tensor of 3 blocks
+
+    def blocks(self, n: int, c: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Three (n, c) blocks in ``like``'s compute dtype on its device."""
+        flat = self._buffers[(compute_dtype(like.dtype), like.device)]
+        return tuple(flat[i * n * c : (i + 1) * n * c].view(n, c) for i in range(3))  # type: ignore[return-value]
+
+
+def _block_size(tensors: list[torch.Tensor]) -> int:
+    """Elements of one (n, c) block for this group (its widest chunk)."""
+    contiguous = all(t.is_contiguous() for t in tensors)
+    numel = tensors[0].numel()
+    c = chunk_columns(len(tensors), numel, tensors[0].device)[0][1] if contiguous else numel
+    return len(tensors) * c
+
+
+def workspace(groups: list[list[torch.Tensor]]) -> Workspace:
+    """One :class:`Workspace` large enough for every group in ``groups`` (their members)."""
+    sizes: dict[tuple[torch.dtype, torch.device], int] = {}
+    for tensors in groups:
+        key = (compute_dtype(tensors[0].dtype), tensors[0].device)
+        sizes[key] = max(sizes.get(key, 0), _block_size(tensors))
+    return Workspace({key: torch.empty(3 * size, dtype=key[0], device=key[1]) for key, size in sizes.items()})
+
+
 def _write(targets: list[torch.Tensor], flats: list[torch.Tensor] | None, rows: torch.Tensor, lo: int, hi: int) -> None:
     """Copy ``rows[l]`` into ``targets[l]`` at columns ``lo:hi`` (rounding once to their dtype);
     ``flats`` is None for non-contiguous members, which come as one chunk."""
-    rows = rows.to(targets[0].dtype)
     if flats is not None:
         torch._foreach_copy_([f[lo:hi] for f in flats], list(rows.unbind(0)))
     else:  # non-contiguous members come as one chunk: whole tensors
@@ -112,58 +151,64 @@ def _write(targets: list[torch.Tensor], flats: list[torch.Tensor] | None, rows: 
             t.copy_(row.view(t.shape))
 
 
-def _gather(flats: list[torch.Tensor], lo: int, hi: int, out: torch.Tensor) -> torch.Tensor:
+def _gather(targets: list[torch.Tensor], flats: list[torch.Tensor] | None, lo: int, hi: int,
+            out: torch.Tensor) -> torch.Tensor:
     """Columns ``lo:hi`` of every member as rows of ``out`` (n, hi - lo), in ``out``'s dtype."""
+    if flats is None:  # non-contiguous members come as one chunk: whole tensors
+        for t, row in zip(targets, out.unbind(0)):
+            row.view(t.shape).copy_(t)
+        return out
     views = [f[lo:hi] for f in flats]
     if views[0].dtype == out.dtype:
         return torch.stack(views, out=out)
-    return out.copy_(torch.stack(views))
+    torch._foreach_copy_(list(out.unbind(0)), views)
+    return out
 
 
-def _workspace(n: int, c: int, like: torch.Tensor, count: int) -> list[torch.Tensor]:
-    cdtype = compute_dtype(like.dtype)
-    return [torch.empty((n, c), dtype=cdtype, device=like.device) for _ in range(count)]
-
-
-def mix_gradients(program: BandProgram, grads: list[torch.Tensor]) -> None:
-    """In place: ``g_l <- sum_j A[l, j] g_j`` for the group's gradients."""
-    flats, chunks, views = _layout(grads)
-    G, T = _workspace(len(grads), chunks[0][1] - chunks[0][0], grads[0], 2)
+def mix_gradients(program: BandProgram, grads: list[torch.Tensor], ws: Workspace | None = None) -> None:
+    """In place: ``g_l <- sum_j A[l, j] g_j`` for the group's gradients (``ws``: from
+    :func:`workspace`, allocated here when None)."""
+    flats, chunks = _layout(grads)
+    ws = ws if ws is not None else workspace([grads])
+    G, T, _ = ws.blocks(len(grads), chunks[0][1] - chunks[0][0], grads[0])
     for lo, hi in chunks:
         k = hi - lo
-        X = _gather(flats, lo, hi, G[:, :k])  # (n, c)
-        _write(grads, views, _apply(program, X, T[:, :k]), lo, hi)
+        X = _gather(grads, flats, lo, hi, G[:, :k])  # (n, c)
+        _write(grads, flats, _apply(program, X, T[:, :k]), lo, hi)
 
 
-def mix_updates(program: BandProgram, params: list[torch.Tensor], before: torch.Tensor, decay: torch.Tensor | None) -> None:
+def mix_updates(program: BandProgram, params: list[torch.Tensor], before: torch.Tensor, decay: torch.Tensor | None,
+                ws: Workspace | None = None) -> None:
     """In place: ``p_l <- p_l + sum_j (A - I)[l, j] delta_j`` with ``delta_j = p_j - decay_j * before_j``.
 
     ``params`` hold the base optimizer's result ``decay * theta + delta``; ``before`` is the
     (n, numel) snapshot of theta taken before the base step; ``program`` is the band of
-    ``A - I``; ``decay`` is an (n, 1) tensor of ``compute_dtype`` on the members' device, or None where every factor is 1. The result
-    is ``decay * theta + sum_j A[l, j] delta_j``: decoupled decay per layer, the rest of the
-    step mixed along depth.
+    ``A - I``; ``decay`` is an (n, 1) tensor of ``compute_dtype`` on the members' device, or
+    None where every factor is 1; ``ws`` comes from :func:`workspace` (allocated here when
+    None). The result is ``decay * theta + sum_j A[l, j] delta_j``: decoupled decay per
+    layer, the rest of the step mixed along depth.
     """
-    flats, chunks, views = _layout(params)
-    P, X, T = _workspace(len(params), chunks[0][1] - chunks[0][0], params[0], 3)
+    flats, chunks = _layout(params)
+    ws = ws if ws is not None else workspace([params])
+    P, X, T = ws.blocks(len(params), chunks[0][1] - chunks[0][0], params[0])
     for lo, hi in chunks:
         k = hi - lo
-        Pk = _gather(flats, lo, hi, P[:, :k])  # (n, c)
+        Pk = _gather(params, flats, lo, hi, P[:, :k])  # (n, c)
         S = before[:, lo:hi]  # (n, c)
+        Xk = X[:, :k]
         if S.dtype != Pk.dtype:
-            S = S.to(Pk.dtype)
+            S = Xk.copy_(S)  # widened in place: no temporary
         if decay is None:
-            Xk = torch.sub(Pk, S, out=X[:, :k])  # delta
+            torch.sub(Pk, S, out=Xk)  # delta
         else:
-            Xk = torch.addcmul(Pk, S, decay, value=-1.0, out=X[:, :k])  # delta
-        _write(params, views, _apply(program, Xk, T[:, :k], base=Pk), lo, hi)
+            torch.addcmul(Pk, S, decay, value=-1.0, out=Xk)  # delta
+        _write(params, flats, _apply(program, Xk, T[:, :k], base=Pk), lo, hi)
 
 
-def _layout(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[tuple[int, int]], list[torch.Tensor] | None]:
-    """Flat views (copies where a member is not contiguous), the column chunks, and the flat
-    views to write through (None when not every member is contiguous: one whole chunk then)."""
-    contiguous = all(t.is_contiguous() for t in tensors)
-    flats = [t.view(-1) if contiguous else t.reshape(-1) for t in tensors]
-    numel = flats[0].numel()
-    chunks = chunk_columns(len(tensors), numel, tensors[0].device) if contiguous else [(0, numel)]
-    return flats, chunks, flats if contiguous else None
+def _layout(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor] | None, list[tuple[int, int]]]:
+    """Flat views of the members and their column chunks; None and one whole chunk when not
+    every member is contiguous (those are gathered and written whole)."""
+    numel = tensors[0].numel()
+    if not all(t.is_contiguous() for t in tensors):
+        return None, [(0, numel)]
+    return [t.view(-1) for t in tensors], chunk_columns(len(tensors), numel, tensors[0].device)

@@ -16,9 +16,12 @@ step. The base then adds any coupled L2 term per layer.
 
 from __future__ import annotations
 
+import numbers
+import re
+import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -26,11 +29,13 @@ from torch.optim import Optimizer
 
 from gradsmooth import MODES, Band, BlockPlan, DepthOperator, check_mode, find_blocks, make_operator
 from gradsmooth.blocks import Exclude, Stacks
+from gradsmooth.decay import DecoupledDecay, check_decoupled_decay, classify_decay, decay_warning
 from gradsmooth.operators import Alpha
 
 from .blocks import module_sites, named_parameters
 from .fused import FUSED_MIN_ELEMENTS, FusedKernel, band_pattern, fused_kernel
-from .mixing import band_program, compute_dtype, device_weights, mix_gradients, mix_updates
+from .mixing import (BandProgram, Workspace, band_program, compute_dtype, device_weights, mix_gradients, mix_updates,
+                     warm_weights, workspace)
 from .pipeline import PipelineStages, exchange_boundaries, mix_stage
 
 try:
@@ -57,12 +62,34 @@ def _as_bases(optimizer: Optimizer | Sequence[Optimizer]) -> list[Optimizer]:
     return bases
 
 
-def _decay(base: Optimizer, group: dict[str, Any]) -> float:
-    """The decoupled weight-decay factor ``1 - lr * weight_decay`` this group applies, or 1."""
+def _decay(base: Optimizer, group: dict[str, Any], declared: DecoupledDecay) -> float:
+    """The decoupled weight-decay factor ``1 - lr * weight_decay`` this group applies, or 1
+    (no decay, or coupled L2 decay, which is part of the gradient): see gradsmooth.decay."""
     wd = group.get("weight_decay", 0.0)
-    if not wd or not (group.get("decoupled_weight_decay", False) or isinstance(base, torch.optim.Muon)):
+    if not wd or not classify_decay(base, group, declared):
         return 1.0
     return 1.0 - float(group["lr"]) * float(wd)
+
+
+def _base_step(base: Optimizer) -> None:
+    """``base.step()`` without torch's global optimizer hooks (the wrapper's own step already
+    ran them: they fire once per step); the base's own step hooks still fire, around it."""
+    step = type(base).step
+    if not getattr(step, "hooked", False) or not hasattr(step, "__wrapped__"):
+        base.step()
+        return
+    args: tuple[Any, ...] = (base,)
+    kwargs: dict[str, Any] = {}
+    with torch.autograd.profiler.record_function(f"Optimizer.step#{type(base).__name__}.step"):
+        for hook in list(base._optimizer_step_pre_hooks.values()):
+            result = hook(base, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        step.__wrapped__(*args, **kwargs)
+        base._optimizer_step_code()
+        for hook in list(base._optimizer_step_post_hooks.values()):
+            hook(base, args, kwargs)
+    base._opt_called = True  # an LR scheduler built on the base checks it, as its own step wrapper would
 
 
 def _to_device(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -86,6 +113,33 @@ def _sum(g: Tensor) -> Tensor:
     if g.is_sparse:
         g = g.coalesce().values()
     return g.sum(dtype=torch.promote_types(g.dtype, torch.float32))
+
+
+def _all_finite(g: Tensor) -> bool:
+    """Whether every element of ``g`` is finite (the exact check, for the rare sum that is not)."""
+    if g.is_sparse:
+        g = g.coalesce().values()
+    return bool(torch.isfinite(g).all())
+
+
+def _comparable(setting: Any) -> Any:
+    """A saved setting without object addresses (``<function f at 0x7f...>``): a schedule
+    given as a function is the same setting in the process that resumes."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", setting) if isinstance(setting, str) else setting
+
+
+class _GroupStep(NamedTuple):
+    """One group's work at one step, planned (and its memory allocated) before anything changes."""
+
+    index: int  # the group's index in the plan
+    band: Band | None  # None on a pipeline stage (it mixes with the global band)
+    members: list[Tensor]  # the parameters, as the optimizer holds them
+    shards: list[Tensor]  # their local tensors (DTensor shards under FSDP2)
+    targets: list[Tensor]  # what is mixed: the shards (update) or their gradients (gradient)
+    program: BandProgram | None  # the eager kernels' band (of A - I in update mode)
+    fused: tuple[FusedKernel, Callable[[], None]] | None  # the compiled kernel and its bound call, or None: eager
+    decay: Tensor | None  # (n, 1) decoupled decay factors (update mode), None where all are 1
+    before: Tensor | None  # the (n, numel) snapshot (update mode)
 
 
 class GradientSmoothing(Optimizer):
@@ -115,6 +169,12 @@ class GradientSmoothing(Optimizer):
         pipeline: a :class:`PipelineStages` when this process holds one stage of a pipeline:
             boundary members are exchanged with the neighbouring stages so the result equals
             smoothing the whole stack.
+        decoupled_decay: whether the bases' ``weight_decay`` is decoupled (kept per layer,
+            never mixed) or coupled L2 (smoothed with the gradient): ``None`` (default)
+            classifies each optimizer (torch.optim's flags, timm, bitsandbytes, torchao, apex,
+            DeepSpeed by class name: see :mod:`gradsmooth.decay`) and warns once, naming the
+            class, where it cannot tell; ``True``/``False`` declares it for every group; a
+            function ``param_group -> bool`` declares it group by group.
 
     Under FSDP2 (``fully_shard``) the members of a group are DTensors of one shape and one
     placement, so each rank smooths its own shards with no communication.
@@ -141,14 +201,19 @@ class GradientSmoothing(Optimizer):
         check_finite: bool = False,
         fused: bool = False,
         pipeline: PipelineStages | None = None,
+        decoupled_decay: DecoupledDecay = None,
     ) -> None:
         self._initialized = False
         bases = _as_bases(optimizer)
         check_mode(mode)
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite should be True or False but is: {check_finite!r}")
+        self.decoupled_decay = check_decoupled_decay(decoupled_decay)
         operator = make_operator(operator, window=window, kernel=kernel, boundary=boundary, alpha=alpha, sigma=sigma,
                                  normalize=normalize)
         named = list(named_parameters(model))
         self._bases = bases
+        self._model = model if isinstance(model, nn.Module) else None
         self._names = {id(p): name for name, p in named}
         self._named = dict(named)
         self._sites = module_sites(model) if isinstance(model, nn.Module) and stacks is None else None
@@ -166,9 +231,11 @@ class GradientSmoothing(Optimizer):
         self.operator, self.mode, self.check_finite = operator, mode, check_finite
         self._step_count = 0
         self._snapshots: dict[int, Tensor] = {}
+        self._warned: set[type] = set()
         self._active_key: tuple | None = None
         self._active: list[tuple[int, list[Tensor]]] = []
         self.plan = self._make_plan()
+        self._warn_unclassified_decay()
         self.settings = {"mode": mode, "operator": repr(operator), "check_finite": check_finite, "fused": fused}
         # the bases' defaults (schedulers such as OneCycleLR read them), the first base's first
         defaults = {k: v for b in reversed(bases) for k, v in b.defaults.items()}
@@ -208,12 +275,36 @@ class GradientSmoothing(Optimizer):
         return tuple(self._bases)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to the (first) base optimizer, then plan again."""
+        """Add a group to the (first) base optimizer, then plan again; on any error nothing
+        is added (the group is checked first, and taken out again if planning fails)."""
         if not self._initialized:  # Optimizer.__init__ registering the base's params: they are there
             return
-        self._bases[0].add_param_group(param_group)
-        self._check_ownership()
-        self.plan = self._make_plan()
+        base = self._bases[0]
+        if self._model is not None:  # name (and plan) parameters the model gained since construction
+            self._name_parameters(named_parameters(self._model))
+        params = param_group.get("params") if isinstance(param_group, Mapping) else None
+        params = [params] if isinstance(params, Tensor) else list(params) if isinstance(params, (list, tuple)) else []
+        for p in params:
+            if isinstance(p, Tensor):
+                self._check_muon(base, 0, p)
+        groups_before = len(base.param_groups)
+        base.add_param_group(param_group)  # torch checks the group before it appends it
+        try:
+            self._check_ownership()
+            self.plan = self._make_plan()
+        except Exception:
+            del base.param_groups[groups_before:]
+            self._check_ownership()
+            self.plan = self._make_plan()
+            raise
+        self._warn_unclassified_decay()
+
+    def _name_parameters(self, named: Iterable[tuple[str, Tensor]]) -> None:
+        named = list(named)
+        self._names = {id(p): name for name, p in named}
+        self._named = dict(named)
+        if self._sites is not None:
+            self._sites = module_sites(self._model)
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -228,6 +319,13 @@ class GradientSmoothing(Optimizer):
                         return f"optimizers[{i}].param_groups[{gi}]['params'][{pi}]"
         return f"parameter of shape {tuple(p.shape)}"
 
+    def _check_muon(self, base: Optimizer, i: int, p: Tensor) -> None:
+        if isinstance(base, torch.optim.Muon) and p.ndim != 2:
+            raise ValueError(
+                f"Muon handles 2-D parameters only, but optimizer {i} holds {self._name(p)!r} "
+                f"of shape {tuple(p.shape)}; give it to an AdamW beside the Muon"
+            )
+
     def _check_ownership(self) -> None:
         owner: dict[int, int] = {}
         for i, b in enumerate(self._bases):
@@ -235,11 +333,7 @@ class GradientSmoothing(Optimizer):
                 for p in g["params"]:
                     if owner.setdefault(id(p), i) != i:
                         raise ValueError(f"parameter {self._name(p)!r} is claimed by two optimizers: {owner[id(p)]} and {i}")
-                    if isinstance(b, torch.optim.Muon) and p.ndim != 2:
-                        raise ValueError(
-                            f"Muon handles 2-D parameters only, but optimizer {i} holds {self._name(p)!r} "
-                            f"of shape {tuple(p.shape)}; give it to an AdamW beside the Muon"
-                        )
+                    self._check_muon(b, i, p)
         if not any(id(p) in owner for p in self._named.values()):
             raise ValueError(
                 "optimizer does not own any parameter of model: build the optimizer from model.parameters() "
@@ -262,7 +356,7 @@ class GradientSmoothing(Optimizer):
         self._snapshots.clear()
         self._carried.clear()
         self._active_key = None
-        return plan
+        return plan.with_operator(self.operator)
 
     def _check_layout(self, names: tuple[str, ...], members: list[Tensor]) -> None:
         """Members of a group must shard alike: one mesh, one placement, one local shape."""
@@ -296,97 +390,150 @@ class GradientSmoothing(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Smooth and step: ``closure`` (optional) re-evaluates the model and returns the loss."""
+        """Smooth and step: ``closure`` (optional) re-evaluates the model and returns the loss.
+
+        Everything that can fail (the checks, compiling fused kernels, allocating the
+        workspace and the snapshot) happens before the first write. A step where no
+        parameter has a gradient changes nothing and does not advance the step counter,
+        as the base optimizers' own counters do not advance.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        pending = self._before_base_step()
+        if not any(p.grad is not None for b in self._bases for g in b.param_groups for p in g["params"]):
+            return loss
+        pending, ws = self._before_base_step()
         for b in self._bases:
-            b.step()
-        self._after_base_step(pending)
+            _base_step(b)
+        self._after_base_step(pending, ws)
         return loss
 
     @torch.compiler.disable
-    def _before_base_step(self) -> list[tuple[Any, ...]]:
-        """Check, plan every group's work (compiling fused kernels), then change things: the
-        gradient mixing (gradient mode) or the snapshots (update mode). Returns what the
-        update mode does after the base step."""
+    def _before_base_step(self) -> tuple[list[_GroupStep], Workspace | None]:
+        """Check and plan every group's work (compiling fused kernels, allocating the workspace
+        and snapshots), then change things: the gradient mixing (gradient mode) or the
+        snapshots (update mode). Returns what the update mode does after the base step."""
         carried, self._carried = self._carried, {}  # valid again only once this step's kernels wrote them
         if self.check_finite:
             self._raise_if_not_finite()
-        active = self._active_groups()
         if self.pipeline is not None:
-            if self._global_band()[0].is_identity:
-                return []
-            missing = [self._name(p) for m in self._members for p in m if p.grad is None]
-            if missing:
-                raise ValueError(f"pipeline stages smooth every block at every step, but {missing[0]!r} has no gradient")
-            if self.mode == "gradient":
-                self._pipeline_gradients()
-                return []
-            active = list(enumerate(self._members))
-        work = []
-        for gi, members in active:
-            # a pipeline stage mixes with the global band after the exchange (_pipeline_updates)
-            band = None if self.pipeline is not None else self.operator.band(len(members), self._step_count)
-            if band is not None and band.is_identity:
-                continue
-            shards = [_local(p) for p in members]
-            targets = [_local(p.grad) for p in members] if self.mode == "gradient" else shards
-            work.append((gi, band, members, shards, targets, self._fused(band, targets)))
-        pending, copies_to, copies_from = [], [], []
-        for gi, band, members, shards, grads, fused in work:
-            if self.mode == "gradient":
-                if fused is None:
-                    mix_gradients(band_program(band), grads)
-                else:
-                    kernel, weights = fused
-                    kernel(grads, weights)
-                continue
-            before = self._snapshot(gi)[: len(members)]  # (n, local numel)
-            if fused is None or carried.get(gi) != _versions(shards):
-                copies_to.extend(row.view(t.shape) for row, t in zip(before.unbind(0), shards))
-                copies_from.extend(shards)
-            program = None if band is None or fused is not None else band_program(band, minus_identity=True)
-            pending.append((gi, program, fused, members, shards, before))
+            return self._before_pipeline_step(), None
+        work = self._plan_step()
+        ws = workspace([w.targets for w in work])
+        if self.mode == "gradient":
+            for w in work:
+                self._mix(w, ws)
+            return [], None
+        copies_to, copies_from = [], []
+        for w in work:
+            if w.fused is None or carried.get(w.index) != _versions(w.shards):
+                copies_to.extend(row.view(t.shape) for row, t in zip(w.before.unbind(0), w.shards))
+                copies_from.extend(w.shards)
         if copies_to:
             torch._foreach_copy_(copies_to, copies_from)
-        return pending
+        return work, ws
+
+    def _plan_step(self) -> list[_GroupStep]:
+        """Each active group's work at this step; nothing is changed, everything is allocated."""
+        update = self.mode == "update"
+        decays = self._decays() if update else {}
+        work = []
+        for gi, members in self._active_groups():
+            band = self.operator.band(len(members), self._step_count)
+            if band.is_identity:
+                continue
+            shards = [_local(p) for p in members]
+            targets = shards if update else [_local(p.grad) for p in members]
+            if not update:
+                self._refuse_sparse(members, targets)
+            program = band_program(band, minus_identity=update)
+            cdtype = compute_dtype(targets[0].dtype)
+            warm_weights(program, cdtype, targets[0].device)  # the eager kernels are the fallback
+            fused = self._fused(band, targets)
+            decay = before = None
+            if update:
+                before = self._snapshot(gi)[: len(members)]  # (n, local numel)
+                d = [decays.get(id(p), 1.0) for p in members]
+                if fused is not None or any(x != 1.0 for x in d):  # the kernel always takes the factors
+                    decay = _to_device(d, cdtype, before.device).unsqueeze(1)
+            if fused is not None:
+                kernel, weights = fused
+                args = (list(before.unbind(0)), weights, decay.view(-1)) if update else (weights,)
+                fused = kernel, kernel.bind(targets, *args)
+            work.append(_GroupStep(gi, band, members, shards, targets, program, fused, decay, before))
+        return work
+
+    def _before_pipeline_step(self) -> list[_GroupStep]:
+        """A pipeline stage mixes every block at every step, with the global band, after
+        exchanging its boundary members with the neighbouring stages."""
+        if self._global_band()[0].is_identity:
+            return []
+        missing = [self._name(p) for m in self._members for p in m if p.grad is None]
+        if missing:
+            raise ValueError(f"pipeline stages smooth every block at every step, but {missing[0]!r} has no gradient")
+        if self.mode == "gradient":
+            self._pipeline_gradients()
+            return []
+        work = []
+        for gi, members in enumerate(self._members):
+            shards = [_local(p) for p in members]
+            work.append(_GroupStep(gi, None, members, shards, shards, None, None, None,
+                                   self._snapshot(gi)[: len(members)]))
+        torch._foreach_copy_([row.view(t.shape) for w in work for row, t in zip(w.before.unbind(0), w.shards)],
+                             [t for w in work for t in w.shards])
+        return work
+
+    def _mix(self, w: _GroupStep, ws: Workspace) -> None:
+        """Mix one group: its fused kernel, or the eager kernels (also when the kernel refuses
+        to run: a recompile is never done inside a step)."""
+        if w.fused is not None:
+            kernel, run = w.fused
+            try:
+                run()
+                if self.mode == "update":
+                    self._carried[w.index] = _versions(w.shards)
+                return
+            except RuntimeError as error:  # raised before the kernel wrote anything
+                kernel.give_up(w.targets[0].dtype, w.targets[0].device, error)
+        if self.mode == "update":
+            mix_updates(w.program, w.shards, w.before, w.decay, ws)
+        else:
+            mix_gradients(w.program, w.targets, ws)
 
     def _fused(self, band: Band | None, targets: list[Tensor]) -> tuple[FusedKernel, Tensor] | None:
         """The compiled kernel for ``band`` (prepared for the targets' dtype and device) and its
         weights (``A``'s band, or ``A - I``'s in update mode), or None where the eager kernels run:
-        ``fused=False``, pipeline stages, non-contiguous members, and small members (a compiled
-        call's fixed cost, about half a millisecond, exceeds the work)."""
+        ``fused=False``, pipeline stages, non-contiguous members, small members (a compiled
+        call's fixed cost, about half a millisecond, exceeds the work), and a kernel that
+        could not compile (it warns once)."""
         if not self.fused or band is None or targets[0].numel() < FUSED_MIN_ELEMENTS or \
                 not all(t.is_contiguous() for t in targets):
             return None
         pattern, values = band_pattern(band, self.mode == "update")
         kernel = fused_kernel(pattern, self.mode)
-        kernel.prepare(targets[0].dtype, targets[0].device)
+        if not kernel.ready(targets[0].dtype, targets[0].device):
+            return None
         cdtype = compute_dtype(targets[0].dtype)
         return kernel, device_weights(values, cdtype, targets[0].device).view(-1)
 
     @torch.compiler.disable
-    def _after_base_step(self, pending: list) -> None:
+    def _after_base_step(self, pending: list[_GroupStep], ws: Workspace | None) -> None:
         if pending:
-            decays = self._decays()
             if self.pipeline is not None:
-                self._pipeline_updates(pending, decays)
+                self._pipeline_updates(pending, self._decays())
             else:
-                for gi, program, fused, members, shards, before in pending:
-                    d = [decays.get(id(p), 1.0) for p in members]
-                    cdtype = compute_dtype(before.dtype)
-                    if fused is not None:
-                        kernel, weights = fused
-                        kernel(shards, list(before.unbind(0)), weights,
-                               _to_device(d, cdtype, before.device))
-                        self._carried[gi] = _versions(shards)
-                        continue
-                    decay = None if all(x == 1.0 for x in d) else _to_device(d, cdtype, before.device).unsqueeze(1)
-                    mix_updates(program, shards, before, decay)
+                for w in pending:
+                    self._mix(w, ws)
         self._step_count += 1
+
+    def _refuse_sparse(self, members: list[Tensor], grads: list[Tensor]) -> None:
+        for p, g in zip(members, grads):
+            if g.layout != torch.strided:
+                raise ValueError(
+                    f"gradient of {self._name(p)!r} is {g.layout} (sparse); mode='gradient' smooths dense gradients "
+                    "only and nothing was changed: use mode='update', or exclude the parameter"
+                )
 
     # -- pipeline stages -----------------------------------------------------------------------
 
@@ -404,18 +551,18 @@ class GradientSmoothing(Optimizer):
             for p, value in zip(members, mix_stage(band, first, flat, got)):
                 _local(p.grad).copy_(value.view(_local(p.grad).shape))
 
-    def _pipeline_updates(self, pending: list, decays: dict[int, float]) -> None:
+    def _pipeline_updates(self, pending: list[_GroupStep], decays: dict[int, float]) -> None:
         band, first, r = self._global_band()
         deltas = []
-        for *_, members, shards, before in pending:  # before <- delta = p - decay * theta, in place
-            rows = list(before.unbind(0))
-            torch._foreach_mul_(rows, [decays.get(id(p), 1.0) for p in members])
-            torch._foreach_sub_(rows, [s.reshape(-1) for s in shards])
+        for w in pending:  # before <- delta = p - decay * theta, in place
+            rows = list(w.before.unbind(0))
+            torch._foreach_mul_(rows, [decays.get(id(p), 1.0) for p in w.members])
+            torch._foreach_sub_(rows, [s.reshape(-1) for s in w.shards])
             torch._foreach_neg_(rows)
             deltas.append(rows)
         received = exchange_boundaries(self.pipeline, deltas, r) if r else [([], [])] * len(deltas)
-        for (*_, shards, _), rows, got in zip(pending, deltas, received):
-            for shard, delta, mixed in zip(shards, rows, mix_stage(band, first, rows, got)):
+        for w, rows, got in zip(pending, deltas, received):
+            for shard, delta, mixed in zip(w.shards, rows, mix_stage(band, first, rows, got)):
                 shard.add_(mixed.view(shard.shape)).sub_(delta.view(shard.shape))  # decay * theta + (A delta)_l
 
     def _snapshot(self, gi: int) -> Tensor:
@@ -427,23 +574,42 @@ class GradientSmoothing(Optimizer):
         return buf
 
     def _decays(self) -> dict[int, float]:
-        return {id(p): _decay(b, g) for b in self._bases for g in b.param_groups for p in g["params"]}
+        return {id(p): _decay(b, g, self.decoupled_decay) for b in self._bases for g in b.param_groups
+                for p in g["params"]}
+
+    def _warn_unclassified_decay(self) -> None:
+        """One warning per optimizer class whose decay cannot be classified (gradsmooth.decay)."""
+        for b in self._bases:
+            if type(b) in self._warned:
+                continue
+            if any(g.get("weight_decay") and classify_decay(b, g, self.decoupled_decay) is None for g in b.param_groups):
+                self._warned.add(type(b))
+                warnings.warn(decay_warning(b), UserWarning, stacklevel=4)
 
     def _raise_if_not_finite(self) -> None:
         """One read of every gradient and one synchronisation per device: a sum is finite
-        exactly when its terms are (inf, -inf and NaN all propagate), barring an overflow of
-        the float32-or-wider accumulator, which finite gradients never reach in practice."""
+        when its terms are (inf, -inf and NaN all propagate); a sum that overflowed from
+        finite terms (float32 gradients near 3e38) is checked element by element, so a
+        finite gradient is never refused."""
         params = [p for b in self._bases for g in b.param_groups for p in g["params"] if p.grad is not None]
         by_device: dict[torch.device, list[Tensor]] = defaultdict(list)
         for p in params:
             by_device[p.grad.device].append(p)
         for device_params in by_device.values():
             sums = torch.stack([_sum(_local(p.grad)) for p in device_params])
-            if any(isinstance(p.grad, DTensor) for p in device_params):
+            distributed = any(isinstance(p.grad, DTensor) for p in device_params)
+            if distributed:
                 torch.distributed.all_reduce(sums)  # every rank takes the same decision
-            finite = torch.isfinite(sums)
-            if not bool(finite.all()):
-                self._refuse(device_params[int((~finite).nonzero()[0, 0])])
+            suspects = (~torch.isfinite(sums)).nonzero().view(-1).tolist()
+            if not suspects:
+                continue
+            exact = torch.tensor([_all_finite(_local(device_params[i].grad)) for i in suspects], dtype=torch.float32,
+                                 device=sums.device)
+            if distributed:  # a rank's shard may hold the non-finite value: decide together
+                torch.distributed.all_reduce(exact, op=torch.distributed.ReduceOp.MIN)
+            for i, finite in zip(suspects, exact.tolist()):
+                if not finite:
+                    self._refuse(device_params[i])
 
     def _refuse(self, p: Tensor) -> None:
         raise FloatingPointError(
@@ -478,26 +644,18 @@ class GradientSmoothing(Optimizer):
 
     @torch._disable_dynamo
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a checkpoint of this wrapper, or a plain checkpoint of its base optimizer(s)."""
+        """Load a checkpoint of this wrapper, or a plain checkpoint of its base optimizer(s).
+
+        The whole dict is checked before anything is loaded, and the bases are loaded all or
+        none. A checkpoint saved with other smoothing settings (operator or mode) loads with
+        a warning naming both: resuming with new settings is allowed, never silent."""
         state_dict = state_dict.copy()
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        saved = state_dict.get("param_groups")
-        if not isinstance(saved, list) or not isinstance(state_dict.get("state"), dict):
-            raise ValueError("state_dict should hold 'state' (a dict) and 'param_groups' (a list)")
-        if len(saved) != len(self.param_groups):
-            raise ValueError(
-                f"loaded state dict has {len(saved)} parameter groups but the optimizer(s) have {len(self.param_groups)}"
-            )
-        for i, (g, s) in enumerate(zip(self.param_groups, saved)):
-            if len(g["params"]) != len(s["params"]):
-                raise ValueError(
-                    f"loaded state dict's parameter group {i} has {len(s['params'])} parameters "
-                    f"but the optimizer's has {len(g['params'])}"
-                )
-        own = next((g[_STATE_KEY] for g in saved if _STATE_KEY in g), None)
+        saved = self._checked_groups(state_dict)
+        step, settings = self._checked_own_state(saved)
         saved = [{k: v for k, v in g.items() if k != _STATE_KEY} for g in saved]
         parts, start = [], 0
         for b in self._bases:
@@ -511,11 +669,72 @@ class GradientSmoothing(Optimizer):
                     "param_groups": [{**g, "params": [renumber[i] for i in g["params"]]} for g in groups],
                 }
             )
-        for b, part in zip(self._bases, parts):
-            b.load_state_dict(part)
-        self._step_count = int(own["step"]) if own else 0
+        previous = [b.state_dict() for b in self._bases]
+        loaded = 0
+        try:
+            for b, part in zip(self._bases, parts):
+                b.load_state_dict(part)
+                loaded += 1
+        except Exception:
+            for b, part in zip(self._bases[:loaded], previous):
+                b.load_state_dict(part)
+            raise
+        if settings is not None:
+            self._warn_other_settings(settings)
+        self._step_count = step
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
+
+    def _checked_groups(self, state_dict: Any) -> list[dict[str, Any]]:
+        """``state_dict``'s param groups, after checking its shape against the optimizer(s)."""
+        saved = state_dict.get("param_groups") if isinstance(state_dict, Mapping) else None
+        if not isinstance(saved, list) or not isinstance(state_dict.get("state"), Mapping):
+            raise ValueError("state_dict should hold 'state' (a dict) and 'param_groups' (a list)")
+        if len(saved) != len(self.param_groups):
+            raise ValueError(
+                f"loaded state dict has {len(saved)} parameter groups but the optimizer(s) have {len(self.param_groups)}"
+            )
+        for i, (g, s) in enumerate(zip(self.param_groups, saved)):
+            if not isinstance(s, Mapping) or not isinstance(s.get("params"), list):
+                raise ValueError(f"loaded state dict's parameter group {i} should be a dict with a 'params' list")
+            if len(g["params"]) != len(s["params"]):
+                raise ValueError(
+                    f"loaded state dict's parameter group {i} has {len(s['params'])} parameters "
+                    f"but the optimizer's has {len(g['params'])}"
+                )
+        return saved
+
+    @staticmethod
+    def _checked_own_state(saved: list[dict[str, Any]]) -> tuple[int, dict[str, Any] | None]:
+        """The step counter and settings saved in the groups' ``"gradsmooth"`` entries (0 and
+        None for a plain base checkpoint), after checking every entry."""
+        entries = [(i, g[_STATE_KEY]) for i, g in enumerate(saved) if _STATE_KEY in g]
+        if not entries:
+            return 0, None
+        steps = set()
+        for i, own in entries:
+            where = f"state_dict['param_groups'][{i}]['{_STATE_KEY}']"
+            if not isinstance(own, Mapping) or "step" not in own:
+                raise ValueError(f"{where} should be a dict with a 'step' but is: {own!r}")
+            step = own["step"]
+            if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+                raise ValueError(f"{where}['step'] should be an integer >= 0 but is: {step!r}")
+            steps.add(int(step))
+        if len(steps) > 1:
+            raise ValueError(f"the loaded state dict's groups disagree on the '{_STATE_KEY}' step: {sorted(steps)}")
+        return steps.pop(), dict(entries[0][1])
+
+    def _warn_other_settings(self, saved: Mapping[str, Any]) -> None:
+        differ = [k for k in ("operator", "mode") if k in saved and _comparable(saved[k]) != _comparable(self.settings[k])]
+        if differ:
+            then = ", ".join(f"{k}={saved[k]}" for k in differ)
+            now = ", ".join(f"{k}={self.settings[k]}" for k in differ)
+            warnings.warn(
+                f"the checkpoint was saved with {then}; this wrapper uses {now}: loaded anyway (the base state and "
+                "the step counter carry over; smoothing continues with this wrapper's settings)",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__.copy()

@@ -69,6 +69,8 @@ def load_text(path: str | None, context: int, max_bytes: int = 2_000_000, val_fr
         data, source = _stdlib_text(max_bytes)
     else:
         p = pathlib.Path(path)
+        if p.is_dir():
+            raise DataError(f"data file {path!r} is a directory, not a file")
         if not p.is_file():
             raise DataError(f"data file {path!r} does not exist")
         data, source = p.read_bytes()[:max_bytes], str(p)

@@ -31,3 +31,5 @@ def test_bad_files_are_refused(tmp_path):
         load_text(str(tmp_path / "blank"), context=8)
     with pytest.raises(DataError, match="does not exist"):
         load_text(str(tmp_path / "nope"), context=8)
+    with pytest.raises(DataError, match="'.*' is a directory, not a file"):
+        load_text(str(tmp_path), context=8)

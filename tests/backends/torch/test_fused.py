@@ -1,6 +1,7 @@
 """fused=True: the compiled band kernels against the NumPy reference oracle and the eager kernels."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -106,43 +107,95 @@ def test_low_precision_members_match_the_eager_kernels(tiny_net, device, fuse_al
         torch.testing.assert_close(a, b, msg=k)
 
 
+def _twins(tiny_net, mode, dtype=torch.float64, fused_adamw=False):
+    """Two equal models with eager and fused wrappers around AdamW."""
+    models = [tiny_net(dtype=dtype) for _ in range(2)]
+    opts = [GradientSmoothing(torch.optim.AdamW(m.parameters(), lr=0.01, fused=fused_adamw), m, mode=mode, fused=f)
+            for m, f in zip(models, (False, True))]
+    return models, opts
+
+
+def _bucket_steps(models, opts, steps=3):
+    """Steps with gradients that are views into one bucket at an offset (as DDP gives them)."""
+    for step in range(steps):
+        for m, o in zip(models, opts):
+            params = list(m.parameters())
+            bucket = torch.zeros(3 + sum(p.numel() for p in params), dtype=params[0].dtype)
+            gen, at = torch.Generator().manual_seed(step), 3
+            for p in params:
+                p.grad = bucket[at:at + p.numel()].view_as(p)
+                p.grad.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+                at += p.numel()
+            o.step()
+
+
+def _assert_same(models):
+    for (k, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13, msg=k)
+
+
 @pytest.mark.parametrize("mode", ["update", "gradient"])
-def test_a_kernel_that_cannot_compile_changes_nothing(tiny_net, fuse_all, monkeypatch, mode):
+def test_a_kernel_that_cannot_compile_falls_back_to_the_eager_kernels_with_one_warning(tiny_net, fuse_all,
+                                                                                        monkeypatch, mode):
     def fail(self, dtype, device):
         raise RuntimeError("no C++ compiler")
 
+    monkeypatch.setattr(fused_module, "_KERNELS", {})
     monkeypatch.setattr(FusedKernel, "prepare", fail)
-    model = tiny_net()
-    opt = GradientSmoothing(torch.optim.AdamW(model.parameters(), lr=0.01), model, mode=mode, fused=True)
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
-    params = copy.deepcopy(list(model.parameters()))
-    grads = [p.grad.clone() for p in model.parameters()]
-    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
-        opt.step()
-    assert opt.state == {} or all(not s for s in opt.state.values())
-    for p, before, g in zip(model.parameters(), params, grads):
-        assert torch.equal(p, before) and torch.equal(p.grad, g)
+    models, opts = _twins(tiny_net, mode)
+    with pytest.warns(RuntimeWarning, match=r"fused .* kernel .* cannot run \(RuntimeError: no C\+\+ compiler\); "
+                                            r"the eager kernels run instead") as record:
+        _bucket_steps(models, opts)
+    # one kernel (every group has 6 members and window 3), one warning over 3 steps and 8 groups
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+    _assert_same(models)
+
+
+@pytest.mark.parametrize("mode", ["update", "gradient"])
+def test_a_kernel_that_would_recompile_inside_a_step_falls_back_before_writing(tiny_net, fuse_all, monkeypatch, mode):
+    # whatever makes a compiled call fail its guards inside a step (after the base step in update
+    # mode), it must not compile there: it raises before writing and the eager kernels run
+    def bind(self, members, *args):
+        def run():
+            raise RuntimeError("Detected recompile when torch.compile stance is 'fail_on_recompile'")
+        return run
+
+    monkeypatch.setattr(FusedKernel, "bind", bind)
+    models, opts = _twins(tiny_net, mode)
+    with pytest.warns(RuntimeWarning, match="the eager kernels run instead"):
+        _bucket_steps(models, opts)
+    _assert_same(models)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("mode", ["update", "gradient"])
 def test_kernels_compile_before_anything_changes_and_never_again(tiny_net, fuse_all, monkeypatch, mode, dtype):
-    # the real members (views of parameters that require grad, gradients that are views into one
-    # bucket at an offset) must pass the guards of the kernel compiled on scratch tensors: a
-    # recompile inside a step would run after the base step changed the parameters
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    # the real members (parameters that require grad, gradients that are views into one bucket
+    # at an offset, rows of the snapshot) must pass the guards of the kernel compiled on scratch
+    # tensors: a recompile inside a step would run after the base step changed the parameters
     monkeypatch.setattr(fused_module, "_KERNELS", {})  # fresh kernels: their first compile is in prepare
-    model = tiny_net(dtype=dtype)
-    opt = GradientSmoothing(torch.optim.AdamW(model.parameters(), lr=0.01, fused=True), model, mode=mode, fused=True)
-    params = list(model.parameters())
-    bucket = torch.zeros(3 + sum(p.numel() for p in params), dtype=params[0].dtype)
-    for _ in range(3):
-        at = 3
-        for p in params:
-            p.grad = bucket[at:at + p.numel()].view_as(p).normal_()
-            at += p.numel()
-        opt.step()
+    compiles, runs = [], []
+    run, bind = FusedKernel._run, FusedKernel.bind
+    monkeypatch.setattr(FusedKernel, "_run", lambda self, *a: (compiles.append(self), run(self, *a)))
+    monkeypatch.setattr(FusedKernel, "bind", lambda self, *a: (runs.append(self), bind(self, *a))[1])
+    models, opts = _twins(tiny_net, mode, dtype=dtype, fused_adamw=True)
+    with torch._dynamo.config.patch(error_on_recompile=True), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to the eager kernels
+        _bucket_steps(models, opts)
+    assert len(compiles) == len(set(map(id, compiles))) >= 1  # each kernel compiled once, in prepare
+    assert len(runs) == 3 * len(opts[1].plan.groups)  # and every group ran its kernel at every step
+    for (k, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_kernels_compile_again_before_the_step_after_a_dynamo_reset(tiny_net, fuse_all):
+    models, opts = _twins(tiny_net, "update")
+    _bucket_steps(models, opts, steps=1)
+    torch._dynamo.reset()  # drops every compiled kernel: the next step's prepare compiles again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        _bucket_steps(models, opts, steps=2)
+    _assert_same(models)
 
 
 def test_small_members_and_non_contiguous_members_use_the_eager_kernels(tiny_net):

@@ -321,12 +321,8 @@ def test_torch_compile_matches_eager_and_does_not_recompile(tiny_net, mode):
     gen = torch.Generator().manual_seed(0)
     xs = [torch.randn(16, 5, generator=gen) for _ in range(8)]
     for i, x in enumerate(xs):
-        if i == 3:  # warm: from here on a recompile is an error
-            torch._dynamo.config.error_on_recompile = True
-        try:
+        with torch._dynamo.config.patch(error_on_recompile=i >= 3):  # warm from step 3: a recompile is an error
             loss_c = compiled(model_c, opt_c, x)
-        finally:
-            torch._dynamo.config.error_on_recompile = False
         loss_e = train_step(model_e, opt_e, x)
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
     for p, q in zip(model_c.parameters(), model_e.parameters()):
