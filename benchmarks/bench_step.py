@@ -40,7 +40,7 @@ class TorchStep:
     def track_extra_memory_fraction(self, optimizer, mode, kernels):
         """Bytes the wrapper holds between steps (update mode's snapshot) / block parameter bytes."""
         self.wrapped.step()
-        held = sum(b.numel() * b.element_size() for b in self.wrapped.opt._snapshots.values())
+        held = self.wrapped.opt._snapshots.nbytes
         return held / block_bytes(gpt2_shapes())
 
     track_extra_memory_fraction.unit = "fraction"
@@ -117,21 +117,13 @@ def torch_base(optimizer, params):
     return [torch.optim.Muon(mats, lr=0.02), torch.optim.AdamW(rest, lr=1e-4, fused=True)]
 
 
-class _Both:
-    def __init__(self, optimizers):
-        self.optimizers = optimizers
-
-    def step(self):
-        for o in self.optimizers:
-            o.step()
-
-
 def torch_pair(optimizer, mode, shapes=None, **smoothing):
     from gradsmooth.backends.torch import GradientSmoothing
+    from gradsmooth.experiments.torch_models import Both
 
     base_params, wrapped_params = torch_params(shapes), torch_params(shapes)
     base = torch_base(optimizer, base_params)
-    base = _Both(base) if isinstance(base, list) else base
+    base = Both(base) if isinstance(base, list) else base
     wrapped = GradientSmoothing(torch_base(optimizer, wrapped_params), list(wrapped_params.items()), mode=mode, **smoothing)
     return Stepper(base_params, base), Stepper(wrapped_params, wrapped)
 

@@ -143,7 +143,8 @@ def _steps_for_memory(backend: str, mode: str, wrapped: bool, blocks: int, dim: 
             opt = GradientSmoothing(opt, list(params.items()), mode=mode, **(settings or {}))
         opt.step()  # the optimizer's state (and the wrapper's snapshot) exists before the measurement
         run = opt.step
-        held = sum(b.numel() * b.element_size() for b in getattr(opt, "_snapshots", {}).values())
+        snapshots = getattr(opt, "_snapshots", None)
+        held = 0 if snapshots is None else snapshots.nbytes
         if next(iter(params.values())).is_cuda:  # GPU memory: ask the caching allocator
             import torch
 

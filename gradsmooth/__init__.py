@@ -2,7 +2,7 @@
 
 The update a base optimizer computes for each block of a network is replaced by a
 local window average of the same parameter's updates in the neighbouring blocks:
-``U~_l = sum_j A[l, j] U_j`` with ``A`` a banded depth operator (METHOD.md).
+``U~_l = sum_j A[l, j] U_j`` with ``A`` a banded depth operator (docs/method.md).
 
     >>> import numpy as np
     >>> from gradsmooth import find_blocks, WindowSmoothing, smooth

@@ -1,4 +1,4 @@
-"""Window kernels and boundary rules of Window Smoothing (METHOD.md), in pure Python.
+"""Window kernels and boundary rules of Window Smoothing (docs/method.md), in pure Python.
 
 This is planning code: it runs once per (window, kernel, n) and is cached by the
 operators; nothing here touches an array.

@@ -1,4 +1,4 @@
-"""Where smoothing acts (METHOD.md): on the base optimizer's step, or on the gradients."""
+"""Where smoothing acts (docs/method.md): on the base optimizer's step, or on the gradients."""
 
 from __future__ import annotations
 

@@ -9,18 +9,22 @@ the nonzero entries of each row, planned once in pure Python and cached.
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, Union
 
 import numpy as np
 
 from .kernels import BOUNDARIES, check_window, kernel_weights, pad_index
 
-__all__ = ["Band", "DepthOperator", "WindowSmoothing", "MatrixOperator", "Alpha", "check_operator", "make_operator"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["Band", "DepthOperator", "WindowSmoothing", "MatrixOperator", "Alpha", "WINDOW_DEFAULTS", "WINDOW_OPTIONS",
+           "WindowOptions",
+           "check_operator", "make_operator"]
 
 Alpha = Union[float, Callable[[int], float]]
 Row = tuple[tuple[int, float], ...]
@@ -59,7 +63,9 @@ class Band(NamedTuple):
 
     @property
     def is_identity(self) -> bool:
-        return all(row == ((l, 1.0),) for l, row in enumerate(self.rows))
+        """Whether every row is ``((l, 1.0),)`` (never for array weights: their value is unknown)."""
+        return all(len(row) == 1 and row[0][0] == l and isinstance(row[0][1], float) and row[0][1] == 1.0
+                   for l, row in enumerate(self.rows))
 
     def dense(self) -> list[list[float]]:
         """The band as a dense n x n nested list of Python floats."""
@@ -86,17 +92,20 @@ def _check_n(n: object) -> int:
     return int(n)
 
 
-def _mix(band: Band, alpha: float) -> Band:
-    """``(1 - alpha) I + alpha A`` as a band (exact zeros dropped)."""
-    if alpha == 1.0:
+def _mix(band: Band, alpha: Any) -> Band:
+    """``(1 - alpha) I + alpha A`` as a band: for a Python number, exact zeros dropped; for a
+    one-element array (a schedule's value, perhaps traced by a compiler), every weight an array
+    of its namespace and nothing dropped (its value cannot be read)."""
+    number = isinstance(alpha, float)
+    if number and alpha == 1.0:
         return band
-    if alpha == 0.0:
+    if number and alpha == 0.0:
         return Band(tuple(((l, 1.0),) for l in range(band.n)))
     rows = []
     for l, row in enumerate(band.rows):
         entries = {j: alpha * w for j, w in row}
-        entries[l] = entries.get(l, 0.0) + (1.0 - alpha)
-        rows.append(tuple((j, w) for j, w in sorted(entries.items()) if w != 0.0))
+        entries[l] = entries[l] + (1.0 - alpha) if l in entries else (1.0 - alpha)
+        rows.append(tuple((j, w) for j, w in sorted(entries.items()) if not (number and w == 0.0)))
     return Band(tuple(rows))
 
 
@@ -142,8 +151,22 @@ class DepthOperator(ABC):
 
     def band(self, n: int, step: int = 0) -> Band:
         """The band of ``(1 - alpha) I + alpha A`` for ``n`` members at ``step``."""
+        return self.band_at(n, self.alpha_at(step))
+
+    def band_at(self, n: int, alpha: Any) -> Band:
+        """The band of ``(1 - alpha) I + alpha A`` for ``n`` members at strength ``alpha``.
+
+        This is the one place where a strength and the operator become the weights every
+        executor applies. ``alpha`` is a number in [0, 1] (checked; the band is cached), or a
+        one-element array of any namespace, as an MLX schedule returns: then the weights are
+        arrays of that namespace, ``alpha * A[l, j] + (1 - alpha) [l == j]``, and the value
+        is not checked here (under a compiler it cannot be read; the adapter checks it where
+        it can).
+        """
         n = _check_n(n)
-        alpha = self.alpha_at(step)
+        if not isinstance(alpha, numbers.Real):
+            return _mix(self.depth_band(n), alpha)
+        alpha = float(_check_alpha(alpha))
         cache = self.__dict__.setdefault("_band_cache", {})
         key = (n, alpha)
         band = cache.get(key)
@@ -167,6 +190,25 @@ class DepthOperator(ABC):
         return xp.asarray(dense, dtype=dtype, device=device)
 
 
+class WindowOptions(TypedDict, total=False):
+    """The Window Smoothing options, as keyword arguments: the one definition the adapters
+    (``GradientSmoothing(..., **window)``) and the command line share. Their defaults are
+    :class:`WindowSmoothing`'s, and only there."""
+
+    window: int
+    kernel: str | Sequence[float]
+    boundary: str
+    alpha: Alpha
+    sigma: float | None
+    normalize: bool
+
+
+#: The options' defaults, defined here once (WindowSmoothing's signature reads them).
+WINDOW_DEFAULTS: WindowOptions = {"window": 3, "kernel": "uniform", "boundary": "renormalize", "alpha": 1.0,
+                                  "sigma": None, "normalize": True}
+WINDOW_OPTIONS: tuple[str, ...] = tuple(WINDOW_DEFAULTS)
+
+
 class WindowSmoothing(DepthOperator):
     """Window Smoothing: each member's update becomes a window average of its neighbours'.
 
@@ -185,12 +227,12 @@ class WindowSmoothing(DepthOperator):
 
     def __init__(
         self,
-        window: int = 3,
-        kernel: str | Sequence[float] = "uniform",
-        boundary: str = "renormalize",
-        alpha: Alpha = 1.0,
-        sigma: float | None = None,
-        normalize: bool = True,
+        window: int = WINDOW_DEFAULTS["window"],
+        kernel: str | Sequence[float] = WINDOW_DEFAULTS["kernel"],
+        boundary: str = WINDOW_DEFAULTS["boundary"],
+        alpha: Alpha = WINDOW_DEFAULTS["alpha"],
+        sigma: float | None = WINDOW_DEFAULTS["sigma"],
+        normalize: bool = WINDOW_DEFAULTS["normalize"],
     ) -> None:
         self.window = check_window(window)
         self.weights = kernel_weights(self.window, kernel, sigma)
@@ -313,17 +355,20 @@ def check_operator(operator: object, name: str = "operator") -> DepthOperator:
     return operator
 
 
-def make_operator(operator: DepthOperator | None = None, **window: Any) -> DepthOperator:
-    """``operator`` itself, or a :class:`WindowSmoothing` of the ``window`` arguments.
+def make_operator(operator: DepthOperator | None = None, **window: Unpack[WindowOptions]) -> DepthOperator:
+    """``operator`` itself, or a :class:`WindowSmoothing` of the ``window`` options given.
 
-    Adapters take either; passing an operator together with non-default window arguments is
-    refused, since the operator replaces them.
+    Adapters take either; passing an operator together with a window option other than its
+    default is refused, since the operator replaces them, and so is an unknown option.
     """
+    unknown = sorted(set(window) - set(WINDOW_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected smoothing option(s) {unknown}: the window options are {WINDOW_OPTIONS}, "
+                        "or pass operator=")
     if operator is None:
         return WindowSmoothing(**window)
     check_operator(operator)
-    defaults = inspect.signature(WindowSmoothing.__init__).parameters
-    changed = {k: v for k, v in window.items() if v is not defaults[k].default and v != defaults[k].default}
+    changed = {k: v for k, v in window.items() if v is not WINDOW_DEFAULTS[k] and v != WINDOW_DEFAULTS[k]}
     if changed:
         raise ValueError(f"operator replaces the window arguments; pass one or the other, not both: {changed}")
     return operator

@@ -21,9 +21,12 @@ A = TypeVar("A")
 
 
 def weighted_sum(members: Sequence[A], row: Row) -> A:
-    """``sum_{(j, w) in row} w * members[j]``, a new array; an identity row returns ``members[l]`` itself."""
+    """``sum_{(j, w) in row} w * members[j]``, a new array; an identity row returns ``members[l]``
+    itself, and an empty row (an all-zero row of A) zeros."""
+    if not row:
+        return array_namespace(members[0]).zeros_like(members[0])
     (j0, w0), *rest = row
-    if not rest and w0 == 1.0:
+    if not rest and isinstance(w0, float) and w0 == 1.0:
         return members[j0]
     acc = members[j0] * w0
     for j, w in rest:

@@ -1,6 +1,6 @@
 """The NumPy reference: the golden oracle of every cross-backend test, and the teaching text.
 
-Plain float64 NumPy with explicit loops, written straight from METHOD.md and sharing no
+Plain float64 NumPy with explicit loops, written straight from docs/method.md and sharing no
 code with the core (``gradsmooth``). Read it in this order:
 
 1. ``window.py``: Window Smoothing of a stack of n updates along depth,

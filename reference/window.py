@@ -1,4 +1,4 @@
-"""Window Smoothing, written straight from METHOD.md with explicit loops.
+"""Window Smoothing, written straight from docs/method.md with explicit loops.
 
 For a stack of n updates U_0 .. U_{n-1} (one parameter's update in each block) and a
 window of w = 2r + 1 weights k(-r) .. k(r):

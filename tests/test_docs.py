@@ -4,6 +4,7 @@ import doctest
 import pathlib
 import re
 import runpy
+import subprocess
 
 import gradsmooth
 
@@ -25,3 +26,56 @@ def test_readme_minimal_example_runs():
 def test_quickstart_runs(capsys):
     runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")
     assert "after smoothing" in capsys.readouterr().out
+
+
+def _repository_files():
+    """Every file of the repository outside .git: git's view (tracked, and untracked but not
+    ignored, so build outputs such as build/ and *.egg-info are left out), or a plain walk
+    skipping those outputs where git is not available."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             cwd=ROOT, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        skip = {".git", "build", "dist", "__pycache__", ".pytest_cache", ".hypothesis", ".asv"}
+        return [p for p in ROOT.rglob("*") if p.is_file() and not skip & set(p.relative_to(ROOT).parts)
+                and not any(part.endswith(".egg-info") for part in p.relative_to(ROOT).parts)]
+    return [ROOT / name for name in out.decode().split("\0") if name and (ROOT / name).is_file()]
+
+
+def test_no_file_cites_the_developers_spec():
+    """The project's specification is docs/method.md; the developers' spec file is not shipped."""
+    old = ("METHOD" + ".md").encode()  # spelled in two parts so this file does not match itself
+    offenders = []
+    for path in _repository_files():
+        rel = path.relative_to(ROOT).as_posix()
+        if old in path.read_bytes():
+            offenders.append(rel)
+    assert offenders == [], f"these files cite {old.decode()} instead of docs/method.md: {offenders}"
+
+
+def test_readme_links_to_the_method_and_its_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    head = text.split("\n## ", 1)[0]
+    assert "(docs/method.md)" in head, "the README should link docs/method.md near the top"
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if "://" in target or target.startswith("#"):
+            continue
+        assert (ROOT / target.split("#", 1)[0]).exists(), f"README links a missing file: {target}"
+
+
+def test_method_worked_examples_match_the_operator():
+    """The matrices docs/method.md prints are the ones WindowSmoothing builds."""
+    from fractions import Fraction
+
+    text = (ROOT / "docs" / "method.md").read_text()
+
+    def parse(row):
+        return [float(Fraction(x.strip())) for x in row.split(",")]
+
+    block = re.search(r"### Worked example.*?```\nA = (\[\[.*?\]\])\n```", text, re.S).group(1)
+    rows = [parse(r) for r in re.findall(r"\[([^\[\]]+)\]", block)]
+    assert gradsmooth.WindowSmoothing(window=3).band(4).dense() == rows
+    table = dict(re.findall(r"^\| (renormalize|nearest|reflect|mirror|zero) \| \[([^\]]+)\] \|", text, re.M))
+    assert set(table) == set(gradsmooth.BOUNDARIES)
+    for boundary, row in table.items():
+        assert gradsmooth.WindowSmoothing(window=3, boundary=boundary).band(4).dense()[0] == parse(row), boundary

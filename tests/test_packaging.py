@@ -56,3 +56,85 @@ def test_public_names_are_exported():
     assert {"find_blocks", "WindowSmoothing", "MatrixOperator", "smooth", "smooth_stack", "BlockPlan"} <= set(
         gradsmooth.__all__
     )
+
+
+FRAMEWORKS = {"torch", "mlx", "jax", "tensorflow", "cupy"}
+
+
+def _package_of(path: pathlib.Path) -> str:
+    """The installed package a source file belongs to: backends/torch/x.py -> gradsmooth.backends.torch."""
+    parts = list(path.relative_to(ROOT).parent.parts)  # a module's package, or an __init__'s own
+    if parts and parts[0] in ("backends", "reference"):
+        parts = ["gradsmooth", *parts]
+    return ".".join(parts)
+
+
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    """The module an ``ImportFrom`` names, with a relative one resolved against ``package``."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def _imports(tree: ast.AST, package: str, lazy: bool = True) -> set[str]:
+    """Every module the tree imports (``from m import n`` counts as m and m.n): also inside
+    functions when ``lazy``, and string imports (``importlib.import_module("m")``)."""
+    names: set[str] = set()
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            module = _absolute(node, package)
+            names |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in (
+                "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
+            names.add(str(node.args[0].value))
+        if lazy or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            todo.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def _framework(module: str) -> str | None:
+    """The framework a module belongs to: torch.nn -> torch, gradsmooth.backends.mlx -> mlx; None for none."""
+    parts = module.split(".")
+    if parts[:2] == ["gradsmooth", "backends"] and len(parts) > 2:
+        return parts[2]
+    return parts[0] if parts[0] in FRAMEWORKS else None
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "backends").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_adapters_import_neither_experiments_nor_the_command_line(path):
+    imported = _imports(ast.parse(path.read_text()), _package_of(path))
+    bad = {m for m in imported if m.split(".")[:2] in (["gradsmooth", "experiments"], ["gradsmooth", "cli"])}
+    assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+# the framework each framework module of gradsmooth/experiments may import when imported
+FRAMEWORK_MODULES = {"torch_models.py": "torch", "mlx_models.py": "mlx"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "gradsmooth" / "experiments").glob("*.py")), ids=lambda p: p.name)
+def test_experiments_import_frameworks_only_in_their_framework_modules(path):
+    eager = _imports(ast.parse(path.read_text()), _package_of(path), lazy=False)
+    frameworks = {_framework(m) for m in eager} - {None}
+    allowed = {FRAMEWORK_MODULES[path.name]} if path.name in FRAMEWORK_MODULES else set()
+    assert frameworks <= allowed, f"{path.name} imports {sorted(frameworks - allowed)} when imported"
+
+
+def test_the_import_scan_sees_relative_lazy_and_string_imports():
+    code = ("from ...experiments import runs\nfrom ... import cli\n"
+            "def f():\n    import torch\n    importlib.import_module('gradsmooth.experiments.loop')\n")
+    tree = ast.parse(code)
+    assert {"gradsmooth.experiments", "gradsmooth.cli", "torch", "gradsmooth.experiments.loop"} <= _imports(
+        tree, "gradsmooth.backends.torch")
+    assert "torch" not in _imports(tree, "gradsmooth.backends.torch", lazy=False)
+
+
+def test_importing_the_command_line_imports_no_framework():
+    code = ("import sys, gradsmooth.cli, gradsmooth.experiments.runs as r\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mlx')), sorted(r.BACKENDS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", "['mlx',", "'torch']"]

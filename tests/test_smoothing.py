@@ -1,5 +1,6 @@
 """smooth / smooth_stack: the core's execution against the reference oracle, on every namespace."""
 
+import array_api_compat
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,12 +13,14 @@ KERNELS = ["uniform", "triangular", "gaussian", (0.25, 0.5, 1.0, 0.5, 0.25)]
 
 
 def to_numpy(x):
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()  # from any device
     return np.from_dlpack(x) if not isinstance(x, np.ndarray) else x
 
 
-def stack_updates(stack, xp, prefix="model.layers"):
-    """A mapping of the stack's members as named updates of namespace xp, plus its plan."""
-    updates = {f"{prefix}.{i}.mlp.weight": xp.asarray(stack[i]) for i in range(stack.shape[0])}
+def stack_updates(stack, xp, prefix="model.layers", device=None):
+    """A mapping of the stack's members as named updates of namespace xp (on ``device``), plus its plan."""
+    updates = {f"{prefix}.{i}.mlp.weight": xp.asarray(stack[i], device=device) for i in range(stack.shape[0])}
     return updates, find_blocks({k: tuple(v.shape) for k, v in updates.items()})
 
 
@@ -44,26 +47,32 @@ def test_smooth_matches_reference_float64(n, radius, kernel, boundary, alpha, no
     np.testing.assert_allclose(smooth_stack(stack, op), expected, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 2e-6)])
+RTOL = {"float64": 1e-12, "float32": 2e-6}
+
+
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize("kernel", KERNELS, ids=str)
-def test_every_namespace_matches_reference_and_keeps_namespace_and_dtype(xp, dtype, rtol, boundary, kernel):
+def test_every_namespace_device_and_dtype_matches_reference_and_is_kept(namespace_device_dtype, boundary, kernel):
+    xp, device, dtype = namespace_device_dtype
+    rtol = RTOL[dtype]
     n = 9
     window = 5
     stack = np.random.default_rng(3).standard_normal((n, 6, 5))
     op = WindowSmoothing(window, kernel, boundary, alpha=0.8)
     expected = window_smooth(stack.astype(dtype), window, kernel, boundary, 0.8)
-    updates, plan = stack_updates(stack.astype(dtype), xp)
-    updates["model.embed.weight"] = xp.asarray(np.ones((7, 2), dtype=dtype))
+    updates, plan = stack_updates(stack.astype(dtype), xp, device=device)
+    updates["model.embed.weight"] = xp.asarray(np.ones((7, 2), dtype=dtype), device=device)
     out = smooth(updates, plan, op)
     assert out["model.embed.weight"] is updates["model.embed.weight"]
     for i in range(n):
         y = out[f"model.layers.{i}.mlp.weight"]
         assert array_namespace(y) is array_namespace(updates[f"model.layers.{i}.mlp.weight"])
         assert y.dtype == getattr(xp, dtype)
+        assert array_api_compat.device(y) == device
         np.testing.assert_allclose(to_numpy(y), expected[i], rtol=rtol, atol=rtol)
-    stacked = smooth_stack(xp.asarray(stack.astype(dtype)), op)
+    stacked = smooth_stack(xp.asarray(stack.astype(dtype), device=device), op)
     assert stacked.dtype == getattr(xp, dtype) and array_namespace(stacked) is array_namespace(updates["model.embed.weight"])
+    assert array_api_compat.device(stacked) == device
     np.testing.assert_allclose(to_numpy(stacked), expected, rtol=rtol, atol=rtol)
 
 
@@ -234,3 +243,22 @@ def test_smooth_stack_arguments_of_the_wrong_type_name_the_argument_and_the_type
         smooth_stack(np.ones((3, 2)), np.eye(3))
     with pytest.raises(TypeError, match=r"stack should be an \(n, ...\) array .* but is: list"):
         smooth_stack([[1.0, 2.0], [3.0, 4.0]], WindowSmoothing())
+
+
+def test_an_all_zero_row_of_the_operator_gives_zeros(xp):
+    matrix = np.eye(3)
+    matrix[1] = 0.0
+    stack = xp.asarray(np.arange(12.0).reshape(3, 4))
+    out = smooth_stack(stack, MatrixOperator(matrix))
+    np.testing.assert_array_equal(np.asarray(out), [[0, 1, 2, 3], [0, 0, 0, 0], [8, 9, 10, 11]])
+
+
+def test_an_all_zero_row_keeps_namespace_device_and_dtype(namespace_device_dtype):
+    xp, device, dtype = namespace_device_dtype
+    matrix = np.eye(3)
+    matrix[1] = 0.0  # row 1 is made by zeros_like, not by arithmetic on a member
+    stack = xp.asarray(np.arange(12.0, dtype=dtype).reshape(3, 4), device=device)
+    out = smooth_stack(stack, MatrixOperator(matrix))
+    assert out.dtype == getattr(xp, dtype) and array_namespace(out) is array_namespace(stack)
+    assert array_api_compat.device(out) == device
+    np.testing.assert_array_equal(to_numpy(out), [[0, 1, 2, 3], [0, 0, 0, 0], [8, 9, 10, 11]])

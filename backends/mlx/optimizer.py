@@ -17,21 +17,24 @@ from __future__ import annotations
 import numbers
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import mlx.core as mx
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-from gradsmooth import MODES, BlockPlan, DepthOperator, check_mode, find_blocks, make_operator
+from gradsmooth import MODES, Band, BlockPlan, DepthOperator, check_mode, find_blocks, make_operator
 from gradsmooth.blocks import Exclude, Stacks
 from gradsmooth.decay import check_decoupled_decay, classify_decay, decay_warning
-from gradsmooth.operators import Alpha
+from gradsmooth.operators import WindowOptions
 from gradsmooth.smoothing import weighted_sum
 
 from .blocks import tree_sites
 
-__all__ = ["ALPHA_PROBES", "GradientSmoothing", "MODES"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["ALPHA_PROBES", "GradientSmoothing", "MODES", "mix_group"]
 
 #: ``decoupled_decay`` for MLX: None (classify), a bool, or ``fn(optimizer) -> bool``: MLX
 #: optimizers have no param groups, so the function receives each optimizer that steps parameters.
@@ -179,8 +182,6 @@ class GradientSmoothing(optim.Optimizer):
 
     Args:
         optimizer: the base optimizer.
-        window, kernel, boundary, alpha, sigma, normalize: the Window Smoothing operator;
-            ``alpha`` may be a function of the step (an ``mx.array``), like MLX schedules.
         mode: ``"update"`` or ``"gradient"``.
         operator: any :class:`gradsmooth.DepthOperator`, in place of the window arguments.
         stacks, exclude: as :func:`gradsmooth.find_blocks`; by default stacks are the lists
@@ -198,6 +199,10 @@ class GradientSmoothing(optim.Optimizer):
             optimizer instance** (MLX optimizers have no param groups), and returns a bool. A
             decoupled optimizer's decay is computed as ``param * (1 - learning_rate * weight_decay)``,
             so it needs both attributes (ValueError here otherwise).
+        **window: the Window Smoothing options (:class:`gradsmooth.operators.WindowOptions`:
+            ``window``, ``kernel``, ``boundary``, ``alpha``, ``sigma``, ``normalize``), with
+            :class:`gradsmooth.WindowSmoothing`'s defaults; ``alpha`` may be a function of the
+            step (an ``mx.array``), like MLX schedules.
 
     What is checked, and when (a refused step changes nothing):
 
@@ -223,18 +228,13 @@ class GradientSmoothing(optim.Optimizer):
         self,
         optimizer: optim.Optimizer,
         *,
-        window: int = 3,
-        kernel: str | Sequence[float] = "uniform",
-        boundary: str = "renormalize",
-        alpha: Alpha = 1.0,
-        sigma: float | None = None,
-        normalize: bool = True,
         mode: str = "update",
         operator: DepthOperator | None = None,
         stacks: Stacks = None,
         exclude: Exclude = None,
         check_finite: bool = False,
         decoupled_decay: MLXDecoupledDecay = None,
+        **window: Unpack[WindowOptions],
     ) -> None:
         if not isinstance(optimizer, optim.Optimizer) or isinstance(optimizer, GradientSmoothing):
             raise TypeError(f"optimizer should be an mlx.optimizers.Optimizer but is: {optimizer!r}")
@@ -242,8 +242,7 @@ class GradientSmoothing(optim.Optimizer):
         if not isinstance(check_finite, bool):
             raise TypeError(f"check_finite should be True or False but is: {check_finite!r}")
         check_decoupled_decay(decoupled_decay)
-        operator = make_operator(operator, window=window, kernel=kernel, boundary=boundary, alpha=alpha, sigma=sigma,
-                                 normalize=normalize)
+        operator = make_operator(operator, **window)
         super().__init__()
         self.base, self.operator, self.mode, self.check_finite = optimizer, operator, mode, check_finite
         self._probe_alpha(ALPHA_PROBES)
@@ -358,17 +357,15 @@ class GradientSmoothing(optim.Optimizer):
                 )
 
     def _mix(self, flat: dict[str, mx.array], plan: BlockPlan, alpha: float | mx.array) -> dict[str, mx.array]:
-        """Each group's members replaced by ``sum_j [(1 - alpha) I + alpha A][l, j] U_j``, in their dtype."""
-        op, out = self.operator, dict(flat)
+        """Each group's members replaced by ``sum_j [(1 - alpha) I + alpha A][l, j] U_j``: the
+        core's band at this strength (:meth:`DepthOperator.band_at`), executed by :func:`mix_group`."""
+        out = dict(flat)
         for group in plan.groups:
             members = [flat[name] for name in group.names]
-            if callable(op.alpha):  # a schedule: alpha is its value at this step
-                out.update(_mix_scheduled(group.names, members, op.depth_band(len(members)).rows, alpha))
-                continue
-            band = op.band(len(members))
+            strength = alpha.astype(_compute_dtype(members[0].dtype)) if isinstance(alpha, mx.array) else alpha
+            band = self.operator.band_at(len(members), strength)  # array weights in the dtype they mix in
             if not band.is_identity:
-                for name, row in zip(group.names, band.rows):
-                    out[name] = weighted_sum(members, row)
+                out.update(mix_group(group.names, members, band))
         return out
 
     def apply_gradients(self, gradients: dict, parameters: dict) -> dict:
@@ -410,9 +407,16 @@ def _as(x: mx.array, dtype: mx.Dtype) -> mx.array:
     return x if x.dtype == dtype else x.astype(dtype)
 
 
-def _mix_scheduled(names: Sequence[str], members: list[mx.array], rows: Sequence, alpha: float | mx.array) -> dict:
-    """``u + alpha * (A u - u)`` per member, in float32 for bfloat16 and float16 members (alpha is
-    float32), rounded once to the members' dtype: a schedule never changes a parameter's dtype."""
+def mix_group(names: Sequence[str], members: list[mx.array], band: Band) -> dict[str, mx.array]:
+    """The MLX executor: ``U~_l = sum_j band[l, j] U_j`` for one group (the core's
+    :func:`~gradsmooth.smoothing.weighted_sum` on MLX arrays, which ``mx.compile`` fuses).
+    bfloat16 and float16 members are mixed in float32 and rounded once to their dtype, so a
+    parameter never changes dtype (an array-valued alpha is float32)."""
     dtype = members[0].dtype
-    work = [m.astype(mx.float32) for m in members] if dtype in _LOW_PRECISION else members
-    return {name: _as(u + alpha * (weighted_sum(work, row) - u), dtype) for name, u, row in zip(names, work, rows)}
+    work = [_as(m, _compute_dtype(dtype)) for m in members]
+    return {name: _as(weighted_sum(work, row), dtype) for name, row in zip(names, band.rows)}
+
+
+def _compute_dtype(dtype: mx.Dtype) -> mx.Dtype:
+    """The dtype members of ``dtype`` are mixed in: float32 for bfloat16 and float16, else their own."""
+    return mx.float32 if dtype in _LOW_PRECISION else dtype

@@ -1,35 +1,42 @@
-"""Blocks of a torch model, read from its module structure.
+"""Blocks of a torch model, read from its module structure, and its parameters' names.
 
 A stack is an ``nn.ModuleList`` or ``nn.Sequential`` of two or more children of one
 class; the outermost such list is depth (a list inside a block, such as MoE experts,
-is part of the block). Wrapper prefixes are dropped from names: ``_orig_mod.``
-(torch.compile), ``module.`` (DDP) and ``_checkpoint_wrapped_module.`` (activation
-checkpointing), so a wrapped model plans like the plain one.
+is part of the block). The components that wrappers add are dropped from names
+(:data:`WRAPPERS`), so a wrapped model plans like the plain one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
-__all__ = ["canonical_name", "module_sites", "named_parameters"]
+__all__ = ["WRAPPERS", "ModelParameters", "canonical_name", "module_sites", "named_parameters"]
 
-_WRAPPER_PREFIXES = ("_orig_mod", "module", "_fsdp_wrapped_module")
-_WRAPPER_COMPONENTS = ("_checkpoint_wrapped_module",)
+#: Attribute names under which wrappers hold the module they wrap, and where they appear in
+#: parameter names: ``"prefix"`` (only as the leading components) or ``"anywhere"``.
+WRAPPERS: dict[str, str] = {
+    "_orig_mod": "prefix",  # torch.compile
+    "module": "prefix",  # DistributedDataParallel, DataParallel
+    "_fsdp_wrapped_module": "prefix",  # FSDP (1)
+    "_checkpoint_wrapped_module": "anywhere",  # activation checkpointing, around single blocks
+}
 
 
 def canonical_name(name: str) -> str:
     """``name`` without the components that wrappers add."""
     parts = name.split(".")
-    while len(parts) > 1 and parts[0] in _WRAPPER_PREFIXES:
+    while len(parts) > 1 and WRAPPERS.get(parts[0]) == "prefix":
         parts = parts[1:]
-    return ".".join(p for p in parts if p not in _WRAPPER_COMPONENTS)
+    return ".".join(p for p in parts if WRAPPERS.get(p) != "anywhere")
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
-    """The module a wrapper holds (torch.compile, DDP, checkpoint wrapper), else ``module``."""
-    for attr in ("_orig_mod", "module", "_checkpoint_wrapped_module"):
+    """The module a wrapper holds (any of :data:`WRAPPERS`), else ``module``."""
+    for attr in WRAPPERS:
         inner = getattr(module, attr, None)
         if isinstance(inner, nn.Module) and len(list(module.children())) == 1:
             return _unwrap(inner)
@@ -72,3 +79,41 @@ def module_sites(model: nn.Module) -> dict[str, tuple[str, int, str]]:
 
     visit(model, "")
     return sites
+
+
+@dataclass
+class ModelParameters:
+    """A model's parameters by canonical name, and, for an ``nn.Module`` planned from its
+    structure, each block parameter's site (``sites``; None when planned from the names)."""
+
+    model: nn.Module | None
+    named: dict[str, Tensor]
+    sites: dict[str, tuple[str, int, str]] | None
+
+    def __post_init__(self) -> None:
+        self._names = {id(p): name for name, p in self.named.items()}
+
+    @classmethod
+    def of(cls, model: nn.Module | Iterable[tuple[str, Tensor]], from_structure: bool) -> ModelParameters:
+        """``model``'s parameters; ``from_structure``: find stacks in its module tree."""
+        module = model if isinstance(model, nn.Module) else None
+        sites = module_sites(module) if module is not None and from_structure else None
+        return cls(module, dict(named_parameters(model)), sites)
+
+    def refreshed(self) -> ModelParameters:
+        """Read again from the module (it may have gained parameters); pairs stay as they were."""
+        if self.model is None:
+            return self
+        return ModelParameters.of(self.model, self.sites is not None)
+
+    def name(self, p: Tensor, bases: list[Optimizer]) -> str:
+        """``p``'s model name, else where the bases hold it, else its shape."""
+        name = self._names.get(id(p))
+        if name is not None:
+            return name
+        for i, b in enumerate(bases):
+            for gi, g in enumerate(b.param_groups):
+                for pi, q in enumerate(g["params"]):
+                    if q is p:
+                        return f"optimizers[{i}].param_groups[{gi}]['params'][{pi}]"
+        return f"parameter of shape {tuple(p.shape)}"

@@ -13,6 +13,7 @@ boundary; no other communication.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["PipelineStages", "exchange_boundaries"]
+from gradsmooth import Band
+from gradsmooth.smoothing import weighted_sum
+
+from .execution import GroupStep, Snapshots
+from .groups import local
+
+__all__ = ["PipelineStages", "check_stage", "exchange_boundaries", "mix_stage", "stage_gradients", "stage_snapshots",
+           "stage_updates"]
 
 
 @dataclass(frozen=True)
@@ -74,8 +82,6 @@ def exchange_boundaries(stages: PipelineStages, groups: list[list[Tensor]], r: i
 def mix_stage(band: Any, first: int, own: list[Tensor], received: tuple[list[Tensor], list[Tensor]]) -> list[Tensor]:
     """Each own member's row of the global band applied over (previous, own, next) members:
     ``sum_j A[first + l, j] U_j`` for l = 0..len(own) - 1, as new tensors."""
-    from gradsmooth.smoothing import weighted_sum
-
     before, after = received
     extended = [*before, *own, *after]
     start = first - len(before)  # global index of extended[0]
@@ -86,3 +92,52 @@ def mix_stage(band: Any, first: int, own: list[Tensor], received: tuple[list[Ten
             raise ValueError(f"the window of block {first + l} reaches past the neighbouring stages")
         out.append(weighted_sum(extended, tuple((j - start, w) for j, w in row)))
     return out
+
+
+# -- a stage's step: the wrapper calls these in place of the single-process execution ------------
+
+
+def check_stage(groups: list[list[Tensor]], name: Callable[[Tensor], str]) -> None:
+    """A stage smooths every block at every step: each member needs a gradient."""
+    missing = [name(p) for m in groups for p in m if p.grad is None]
+    if missing:
+        raise ValueError(f"pipeline stages smooth every block at every step, but {missing[0]!r} has no gradient")
+
+
+def stage_gradients(stages: PipelineStages, band: Band, groups: list[list[Tensor]]) -> None:
+    """Gradient mode: exchange boundary gradients, then ``g_l <- sum_j A[l, j] g_j`` with the global band."""
+    r = band.radius
+    grads = [[local(p.grad).reshape(-1) for p in m] for m in groups]
+    received = exchange_boundaries(stages, grads, r) if r else [([], [])] * len(grads)
+    for members, flat, got in zip(groups, grads, received):
+        for p, value in zip(members, mix_stage(band, stages.first_block, flat, got)):
+            local(p.grad).copy_(value.view(local(p.grad).shape))
+
+
+def stage_snapshots(groups: list[list[Tensor]], snapshots: Snapshots) -> list[GroupStep]:
+    """Update mode, before the base step: every group's snapshot, taken in one copy."""
+    work = []
+    for gi, members in enumerate(groups):
+        shards = [local(p) for p in members]
+        work.append(GroupStep(gi, members, shards, shards, None, None, None,
+                              snapshots.buffer(gi, shards, len(members))))
+    torch._foreach_copy_([row.view(t.shape) for w in work for row, t in zip(w.before.unbind(0), w.shards)],
+                         [t for w in work for t in w.shards])
+    return work
+
+
+def stage_updates(stages: PipelineStages, band: Band, pending: list[GroupStep], decays: dict[int, float]) -> None:
+    """Update mode, after the base step: recover each step ``delta = p - decay * theta`` (in the
+    snapshot buffer), exchange the boundary deltas, then ``p_l <- decay_l theta_l + sum_j A[l, j] delta_j``."""
+    r = band.radius
+    deltas = []
+    for w in pending:  # before <- delta = p - decay * theta, in place
+        rows = list(w.before.unbind(0))
+        torch._foreach_mul_(rows, [decays.get(id(p), 1.0) for p in w.members])
+        torch._foreach_sub_(rows, [s.reshape(-1) for s in w.shards])
+        torch._foreach_neg_(rows)
+        deltas.append(rows)
+    received = exchange_boundaries(stages, deltas, r) if r else [([], [])] * len(deltas)
+    for w, rows, got in zip(pending, deltas, received):
+        for shard, delta, mixed in zip(w.shards, rows, mix_stage(band, stages.first_block, rows, got)):
+            shard.add_(mixed.view(shard.shape)).sub_(delta.view(shard.shape))  # decay * theta + (A delta)_l

@@ -1,7 +1,9 @@
 """Experiments: the tasks, runs and reports behind ``gradsmooth demo`` and ``gradsmooth compare``.
 
-Framework-free: data comes as NumPy arrays, and each backend (``gradsmooth.backends.torch``,
-``gradsmooth.backends.mlx``) supplies the same models and a ``train`` function.
+Framework-free except for one module per framework: data comes as NumPy arrays (``data``), the
+training loop is written once (``loop``), and ``torch_models`` / ``mlx_models`` hold the same
+models and the framework's part of the loop, built on the adapters' public API. ``runs.BACKENDS``
+names them; a framework is imported only when a run needs it.
 """
 
 from .data import DataError, DigitsData, TextData, load_digits_split, load_text

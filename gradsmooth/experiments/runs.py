@@ -1,6 +1,6 @@
 """Runs and sweeps: one training run, and ``compare`` — base vs smoothed at every learning rate.
 
-METHOD.md, "compare fairly": smoothing changes the effective step size, so the base and the
+docs/method.md, "Comparing fairly": smoothing changes the effective step size, so the base and the
 smoothed optimizer are each run at every learning rate of one grid, over the same seeds
 (same initial weights and data order per seed), and compared best with best.
 """
@@ -13,15 +13,34 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RunConfig", "RunResult", "run", "compare", "summarize", "METRICS", "backend_module", "BackendMissing"]
+from . import loop
+
+__all__ = ["RunConfig", "RunResult", "run", "compare", "summarize", "METRICS", "BACKENDS", "Backend",
+           "backend_module", "BackendMissing"]
 
 # the headline metric of each task: (history key, True when higher is better)
 METRICS = {"vit": ("test_acc", True), "lm": ("val_loss", False)}
-_EXTRAS = {"torch": "torch", "mlx": "mlx"}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a backend's models and training step live, and what to install for it."""
+
+    module: str  # the framework module of gradsmooth.experiments: models, build_optimizer, Trainer
+    framework: str  # what must import for the backend to be installed
+    extra: str  # pip install 'gradsmooth[extra]'
+
+
+# the one registry of backends: nothing here is imported until a run needs it
+BACKENDS = {
+    "torch": Backend("gradsmooth.experiments.torch_models", framework="torch", extra="torch"),
+    "mlx": Backend("gradsmooth.experiments.mlx_models", framework="mlx.core", extra="mlx"),
+}
 
 
 class BackendMissing(ImportError):
@@ -70,17 +89,17 @@ class RunResult:
         return out
 
 
-def backend_module(backend: str) -> Any:
-    """The backend's experiments module, imported on demand."""
-    if backend not in _EXTRAS:
-        raise ValueError(f"backend should be one of {tuple(_EXTRAS)} but is: {backend!r}")
+def backend_module(backend: str) -> ModuleType:
+    """The backend's framework module (see ``BACKENDS``), imported on demand; ``BackendMissing``
+    when its framework is not installed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend should be one of {tuple(BACKENDS)} but is: {backend!r}")
+    entry = BACKENDS[backend]
     try:
-        importlib.import_module(backend if backend == "torch" else "mlx.core")
+        importlib.import_module(entry.framework)
     except ImportError:
-        raise BackendMissing(
-            f"backend {backend!r} is not installed: pip install 'gradsmooth[{_EXTRAS[backend]}]'"
-        ) from None
-    return importlib.import_module(f"gradsmooth.backends.{backend}.experiments")
+        raise BackendMissing(f"backend {backend!r} is not installed: pip install 'gradsmooth[{entry.extra}]'") from None
+    return importlib.import_module(entry.module)
 
 
 def run(config: RunConfig, data: Any, progress: Callable[[int], None] | None = None, diagnose: bool = False,
@@ -92,7 +111,8 @@ def run(config: RunConfig, data: Any, progress: Callable[[int], None] | None = N
         into.append(result)
     start = time.perf_counter()
     try:
-        backend_module(config.backend).train(config, data, result, progress=progress, diagnose=diagnose)
+        trainer = backend_module(config.backend).Trainer
+        loop.train(config, data, result, trainer, progress=progress, diagnose=diagnose)
         result.complete = True
     finally:
         result.seconds = time.perf_counter() - start

@@ -71,30 +71,3 @@ def test_plan_and_compiled_training_step(name):
     ids = mx.random.randint(0, 64, (2, 9), key=mx.random.key(0))
     losses = [step(ids).item() for _ in range(4)]
     assert losses[-1] < losses[0]
-
-
-def test_lora_in_the_last_layers_only():
-    from mlx_lm.models import llama as llama_module
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    model = llama_module.Model(llama_module.ModelArgs(model_type="llama", hidden_size=16, num_hidden_layers=5,
-                                                      intermediate_size=32, num_attention_heads=2, rms_norm_eps=1e-5,
-                                                      vocab_size=64, num_key_value_heads=1))
-    model.freeze()
-    linear_to_lora_layers(model, 3, {"rank": 4, "scale": 10.0, "dropout": 0.0})
-    frozen = dict(tree_flatten(model.parameters()))
-    opt = GradientSmoothing(optim.AdamW(learning_rate=1e-2))
-
-    def loss_fn(model, ids):
-        return nn.losses.cross_entropy(model(ids[:, :-1]), ids[:, 1:]).mean()
-
-    ids = mx.random.randint(0, 64, (2, 9), key=mx.random.key(0))
-    for _ in range(2):
-        _, grads = nn.value_and_grad(model, loss_fn)(model, ids)
-        opt.update(model, grads)
-    roles = {g.role for g in opt.plan.groups}
-    assert "self_attn.q_proj.lora_a" in roles and "mlp.up_proj.lora_b" in roles and len(roles) == 14
-    assert all(g.depths == (2, 3, 4) and g.stack == "model.layers" for g in opt.plan.groups)
-    for k, v in tree_flatten(model.parameters()):
-        if "lora" not in k:
-            assert mx.array_equal(v, frozen[k]).item(), k

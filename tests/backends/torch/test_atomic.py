@@ -49,9 +49,9 @@ def gradients(model, seed=1):
 def test_an_allocation_that_fails_at_any_point_of_a_step_changes_nothing(tiny_net, monkeypatch, mode, fused):
     # the k-th torch.empty of a step raises MemoryError (the snapshots, the workspace, ...): either
     # the step completes, or parameters, gradients, state and the step counter are as they were
-    import gradsmooth.backends.torch.optimizer as optimizer_module
+    import gradsmooth.backends.torch.execution as execution_module
 
-    monkeypatch.setattr(optimizer_module, "FUSED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(execution_module, "FUSED_MIN_ELEMENTS", 0)
     real_empty = torch.empty
     failed_at = []
     for k in range(1, 40):

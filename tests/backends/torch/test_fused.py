@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import gradsmooth.backends.torch.fused as fused_module
-import gradsmooth.backends.torch.optimizer as optimizer_module
+import gradsmooth.backends.torch.execution as execution_module
 from gradsmooth import WindowSmoothing
 from gradsmooth.backends.torch import GradientSmoothing
+from gradsmooth.backends.torch.execution import fused_call
 from gradsmooth.backends.torch.fused import FUSED_MIN_ELEMENTS, FusedKernel, band_pattern, kernel_source
 from gradsmooth.reference import AdamW, Smoothed
 from tests.backends.torch.test_exactness import BASES as EXACT_BASES
@@ -20,7 +21,7 @@ from tests.backends.torch.test_exactness import assert_tracks, float64_device
 @pytest.fixture
 def fuse_all(monkeypatch):
     """The tiny test model's members are far below the size where fusing pays: fuse them anyway."""
-    monkeypatch.setattr(optimizer_module, "FUSED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(execution_module, "FUSED_MIN_ELEMENTS", 0)
 
 
 def test_band_pattern_lists_each_rows_members_and_weights():
@@ -198,14 +199,12 @@ def test_kernels_compile_again_before_the_step_after_a_dynamo_reset(tiny_net, fu
     _assert_same(models)
 
 
-def test_small_members_and_non_contiguous_members_use_the_eager_kernels(tiny_net):
-    model = tiny_net()
-    opt = GradientSmoothing(torch.optim.SGD(model.parameters(), lr=0.1), model, fused=True)
+def test_small_members_and_non_contiguous_members_use_the_eager_kernels():
     band = WindowSmoothing(3).band(6)
-    assert opt._fused(band, [torch.zeros(8) for _ in range(6)]) is None  # below FUSED_MIN_ELEMENTS
+    assert fused_call(band, [torch.zeros(8) for _ in range(6)], "update") is None  # below FUSED_MIN_ELEMENTS
     big = [torch.zeros(FUSED_MIN_ELEMENTS // 4, 8).t() for _ in range(6)]
-    assert opt._fused(band, big) is None  # not contiguous
-    assert opt._fused(band, [b.contiguous() for b in big]) is not None
+    assert fused_call(band, big, "update") is None  # not contiguous
+    assert fused_call(band, [b.contiguous() for b in big], "update") is not None
 
 
 def test_fused_argument_errors(tiny_net):

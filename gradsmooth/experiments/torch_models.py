@@ -1,32 +1,38 @@
-"""The demo's models and training loop in PyTorch (the MLX twin is gradsmooth.backends.mlx.experiments).
+"""The demo's models and training step in PyTorch (the MLX twin is :mod:`gradsmooth.experiments.mlx_models`).
 
 - ``vit``: a small Vision Transformer on 8 x 8 digits: 2 x 2 patches, a class token, pre-norm blocks.
 - ``lm``: a small GPT on bytes: causal pre-norm blocks.
+
+The loop itself is :func:`gradsmooth.experiments.loop.train`; :class:`Trainer` is this framework's part of it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradsmooth.diagnostics import block_update_similarity, representation_similarity
-from gradsmooth.experiments.data import VOCAB, train_batches, val_batches
-from gradsmooth.experiments.runs import RunConfig, RunResult
+from gradsmooth.backends.torch import GradientSmoothing
 
-from .optimizer import GradientSmoothing
+from . import loop
+from .data import VOCAB
+from .loop import Batch, WarmupCosine
 
-__all__ = ["ViT", "GPT", "build_model", "build_optimizer", "train"]
+if TYPE_CHECKING:
+    from .runs import RunConfig, RunResult
+
+__all__ = ["ViT", "GPT", "Both", "Trainer", "build_model", "build_optimizer", "evaluate", "train"]
 
 SIZES = {"vit": dict(depth=8, dim=64, heads=4), "lm": dict(depth=6, dim=128, heads=4)}
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention, causal or not."""
+
     def __init__(self, dim: int, heads: int, causal: bool) -> None:
         super().__init__()
         self.heads, self.causal = heads, causal
@@ -41,6 +47,8 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
+    """A pre-norm transformer block: attention, then a 4x GELU MLP, each residual."""
+
     def __init__(self, dim: int, heads: int, causal: bool) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
@@ -101,6 +109,7 @@ class GPT(nn.Module):
 
 
 def build_model(config: RunConfig) -> nn.Module:
+    """The task's model, initialised from ``config.seed``."""
     torch.manual_seed(config.seed)
     if config.task == "vit":
         return ViT(**SIZES["vit"])
@@ -123,11 +132,12 @@ def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimize
                 torch.optim.AdamW(rest, lr=config.lr / 10, weight_decay=0.0)]
     if config.smoothing:
         return GradientSmoothing(base, model, **config.smoothing)
-    return base if not isinstance(base, list) else _Both(base)
+    return base if not isinstance(base, list) else Both(base)
 
 
-class _Both:
-    """Two base optimizers stepped together (the unsmoothed Muon + AdamW recipe)."""
+class Both:
+    """Base optimizers stepped as one (the unsmoothed Muon + AdamW recipe): their param_groups
+    in order, ``step`` and ``zero_grad``. (Gradient Smoothing takes such a list itself.)"""
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
         self.optimizers = optimizers
@@ -142,78 +152,71 @@ class _Both:
             o.zero_grad(set_to_none)
 
 
-def _lr_factor(step: int, config: RunConfig) -> float:
-    """Linear warm-up, then cosine decay to a tenth."""
-    warm = max(1, int(config.warmup * config.steps))
-    if step < warm:
-        return (step + 1) / warm
-    t = (step - warm) / max(1, config.steps - warm)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def _loss(model: nn.Module, config: RunConfig, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the model's logits on ``x`` against ``y`` (labels or next bytes)."""
     logits = model(x)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, config: RunConfig, data: Any, val: list | None = None) -> dict[str, float]:
+    """vit: test_loss and test_acc on the test images; lm: val_loss, the mean over the ``val`` batches."""
     model.eval()
     try:
         if config.task == "vit":
             logits = model(torch.from_numpy(data.x_test))
             y = torch.from_numpy(data.y_test)
             return {"test_loss": F.cross_entropy(logits, y).item(), "test_acc": (logits.argmax(1) == y).float().mean().item()}
-        losses = [_loss(model, config, x, y).item() for x, y in val]
+        losses = [_loss(model, x, y).item() for x, y in val]
         return {"val_loss": float(np.mean(losses))}
     finally:
         model.train()
 
 
+class Trainer:
+    """PyTorch's part of the loop (:class:`gradsmooth.experiments.loop.Trainer`): the model and
+    optimizer of ``config``; each step sets the scheduled learning rate, clips the gradient norm to 1."""
+
+    def __init__(self, config: RunConfig, data: Any, val: list[Batch] | None) -> None:
+        self.config, self.data = config, data
+        self.model = build_model(config)
+        self.optimizer = build_optimizer(self.model, config)
+        self.groups = self.optimizer.param_groups
+        self.base_lrs = [g["lr"] for g in self.groups]
+        self.schedule = WarmupCosine.of(config)
+        self.val = [tuple(map(torch.from_numpy, b)) for b in val] if val is not None else None
+
+    def step(self, step: int, x: np.ndarray, y: np.ndarray) -> float:
+        """One optimizer step on the batch at the schedule's learning rate; its loss before the step."""
+        factor = self.schedule.factor(step)
+        for g, lr in zip(self.groups, self.base_lrs):
+            g["lr"] = lr * factor
+        loss = _loss(self.model, torch.from_numpy(x), torch.from_numpy(y))
+        self.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        return loss.item()
+
+    def evaluate(self) -> dict[str, float]:
+        """The task's held-out metrics (:func:`evaluate`)."""
+        return evaluate(self.model, self.config, self.data, self.val)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter by name (the optimizer updates them in place)."""
+        return {n: p.detach().clone().numpy() for n, p in self.model.named_parameters()}
+
+    @torch.no_grad()
+    def block_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Each block's output on ``x`` in evaluation mode, as (tokens, features)."""
+        outputs: list[torch.Tensor] = []
+        self.model.eval()
+        self.model(torch.from_numpy(x), outputs=outputs)
+        self.model.train()
+        return [o.reshape(-1, o.shape[-1]).numpy() for o in outputs]
+
+
 def train(config: RunConfig, data: Any, result: RunResult, progress: Callable[[int], None] | None = None,
           diagnose: bool = False) -> None:
-    """Train ``config`` on ``data``, appending to ``result.history`` at every evaluation
-    (so a Ctrl-C leaves what was gathered so far)."""
-    model = build_model(config)
-    opt = build_optimizer(model, config)
-    groups = opt.param_groups
-    base_lrs = [g["lr"] for g in groups]
-    batches = train_batches(config.task, data, config.batch_size, config.context, config.seed)
-    val = [tuple(map(torch.from_numpy, b)) for b in val_batches(data, config.batch_size, config.context)] \
-        if config.task == "lm" else None
-    running, similarities = [], []
-    for step in range(config.steps):
-        factor = _lr_factor(step, config)
-        for g, lr in zip(groups, base_lrs):
-            g["lr"] = lr * factor
-        x, y = map(torch.from_numpy, next(batches))
-        loss = _loss(model, config, x, y)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        evaluating = (step + 1) % config.eval_every == 0 or step + 1 == config.steps
-        before = {n: p.detach().clone() for n, p in model.named_parameters()} if diagnose and evaluating else None
-        opt.step()
-        running.append(loss.item())
-        if before is not None:
-            after = {n: p.detach() for n, p in model.named_parameters()}
-            similarities.append(block_update_similarity({n: (after[n] - before[n]).numpy() for n in after}))
-        if evaluating:
-            entry = {"step": step + 1, "train_loss": float(np.mean(running[-config.eval_every :]))}
-            entry.update(evaluate(model, config, data, val))
-            result.history.append(entry)
-        if progress:
-            progress(step)
-    if diagnose:
-        result.diagnostics["update_similarity"] = np.mean(similarities, axis=0)
-        result.diagnostics["representation_similarity"] = _representations(model, config, data, val)
-
-
-@torch.no_grad()
-def _representations(model: nn.Module, config: RunConfig, data: Any, val: list | None) -> np.ndarray:
-    outputs: list[torch.Tensor] = []
-    x = torch.from_numpy(data.x_test[:256]) if config.task == "vit" else val[0][0]
-    model.eval()
-    model(x, outputs=outputs)
-    model.train()
-    return representation_similarity([o.reshape(-1, o.shape[-1]).numpy() for o in outputs])
+    """Train ``config`` on ``data`` in PyTorch: :func:`gradsmooth.experiments.loop.train` with :class:`Trainer`."""
+    loop.train(config, data, result, Trainer, progress=progress, diagnose=diagnose)

@@ -1,10 +1,14 @@
-"""The demo's models and training loop in MLX: the twins of gradsmooth.backends.torch.experiments."""
+"""The demo's models and training step in MLX: the twins of :mod:`gradsmooth.experiments.torch_models`.
+
+The loop itself is :func:`gradsmooth.experiments.loop.train`; :class:`Trainer` is this framework's part of
+it, with a compiled step.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -12,18 +16,23 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
-from gradsmooth.diagnostics import block_update_similarity, representation_similarity
-from gradsmooth.experiments.data import VOCAB, train_batches, val_batches
-from gradsmooth.experiments.runs import RunConfig, RunResult
+from gradsmooth.backends.mlx import GradientSmoothing
 
-from .optimizer import GradientSmoothing
+from . import loop
+from .data import VOCAB
+from .loop import Batch, WarmupCosine
 
-__all__ = ["ViT", "GPT", "build_model", "build_optimizer", "train"]
+if TYPE_CHECKING:
+    from .runs import RunConfig, RunResult
+
+__all__ = ["ViT", "GPT", "Trainer", "build_model", "build_optimizer", "evaluate", "train"]
 
 SIZES = {"vit": dict(depth=8, dim=64, heads=4), "lm": dict(depth=6, dim=128, heads=4)}
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention, causal or not."""
+
     def __init__(self, dim: int, heads: int, causal: bool) -> None:
         super().__init__()
         self.heads, self.causal = heads, causal
@@ -39,6 +48,8 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
+    """A pre-norm transformer block: attention, then a 4x GELU MLP, each residual."""
+
     def __init__(self, dim: int, heads: int, causal: bool) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
@@ -53,6 +64,8 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
+    """8 x 8 images -> 16 patches of 2 x 2 -> class token + patches through ``depth`` blocks -> 10 classes."""
+
     def __init__(self, depth: int = 8, dim: int = 64, heads: int = 4, classes: int = 10) -> None:
         super().__init__()
         self.embed = nn.Linear(4, dim)
@@ -75,6 +88,8 @@ class ViT(nn.Module):
 
 
 class GPT(nn.Module):
+    """Bytes -> ``depth`` causal blocks -> next-byte logits."""
+
     def __init__(self, depth: int = 6, dim: int = 128, heads: int = 4, context: int = 64) -> None:
         super().__init__()
         self.tok = nn.Embedding(VOCAB, dim)
@@ -93,6 +108,7 @@ class GPT(nn.Module):
 
 
 def build_model(config: RunConfig) -> nn.Module:
+    """The task's model, initialised from ``config.seed`` and evaluated."""
     mx.random.seed(config.seed)
     model = ViT(**SIZES["vit"]) if config.task == "vit" else GPT(**SIZES["lm"], context=config.context)
     mx.eval(model.parameters())
@@ -100,10 +116,11 @@ def build_model(config: RunConfig) -> nn.Module:
 
 
 def _schedule(config: RunConfig, peak: float) -> Callable[[mx.array], mx.array]:
-    """Linear warm-up, then cosine decay to a tenth (as the torch twin)."""
-    warm = max(1, int(config.warmup * config.steps))
-    return optim.join_schedules([optim.linear_schedule(peak / warm, peak, warm - 1 if warm > 1 else 1),
-                                 optim.cosine_decay(peak, max(1, config.steps - warm), peak * 0.1)], [warm])
+    """:class:`~gradsmooth.experiments.loop.WarmupCosine` as an MLX schedule peaking at ``peak``,
+    so that it runs inside the compiled step."""
+    s = WarmupCosine.of(config)
+    return optim.join_schedules([optim.linear_schedule(peak / s.warm, peak, s.warm - 1 if s.warm > 1 else 1),
+                                 optim.cosine_decay(peak, s.decay, peak * s.floor)], [s.warm])
 
 
 def build_optimizer(config: RunConfig) -> optim.Optimizer:
@@ -124,10 +141,12 @@ def build_optimizer(config: RunConfig) -> optim.Optimizer:
 
 
 def _loss(model: nn.Module, x: mx.array, y: mx.array) -> mx.array:
+    """Mean cross-entropy of the model's logits on ``x`` against ``y`` (labels or next bytes)."""
     return nn.losses.cross_entropy(model(x), y).mean()
 
 
-def evaluate(model: nn.Module, config: RunConfig, data: Any, val: tuple | None = None) -> dict[str, float]:
+def evaluate(model: nn.Module, config: RunConfig, data: Any, val: list | None = None) -> dict[str, float]:
+    """vit: test_loss and test_acc on the test images; lm: val_loss, the mean over the ``val`` batches."""
     if config.task == "vit":
         logits = model(mx.array(data.x_test))
         y = mx.array(data.y_test)
@@ -136,43 +155,54 @@ def evaluate(model: nn.Module, config: RunConfig, data: Any, val: tuple | None =
     return {"val_loss": float(np.mean([_loss(model, x, y).item() for x, y in val]))}
 
 
-def train(config: RunConfig, data: Any, result: RunResult, progress: Callable[[int], None] | None = None,
-          diagnose: bool = False) -> None:
-    """Train ``config`` on ``data`` with a compiled step, appending to ``result.history``."""
-    model = build_model(config)
-    opt = build_optimizer(config)
+def _compiled_step(model: nn.Module, optimizer: optim.Optimizer) -> tuple[Callable[[mx.array, mx.array], mx.array], list]:
+    """A compiled training step (loss, gradients clipped to norm 1, update) and the state it updates."""
     value_and_grad = nn.value_and_grad(model, _loss)
-    state = [model.state, opt.state]
+    state = [model.state, optimizer.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
     def step(x: mx.array, y: mx.array) -> mx.array:
         loss, grads = value_and_grad(model, x, y)
         grads, _ = optim.clip_grad_norm(grads, 1.0)
-        opt.update(model, grads)
+        optimizer.update(model, grads)
         return loss
 
-    batches = train_batches(config.task, data, config.batch_size, config.context, config.seed)
-    val = [tuple(map(mx.array, b)) for b in val_batches(data, config.batch_size, config.context)] \
-        if config.task == "lm" else None
-    running, similarities = [], []
-    for i in range(config.steps):
-        evaluating = (i + 1) % config.eval_every == 0 or i + 1 == config.steps
-        before = dict(tree_flatten(model.parameters())) if diagnose and evaluating else None
-        loss = step(*map(mx.array, next(batches)))
-        mx.eval(state)
-        running.append(loss.item())
-        if before is not None:
-            after = dict(tree_flatten(model.parameters()))
-            similarities.append(block_update_similarity({k: np.array(after[k] - before[k]) for k in after}))
-        if evaluating:
-            entry = {"step": i + 1, "train_loss": float(np.mean(running[-config.eval_every :]))}
-            entry.update(evaluate(model, config, data, val))
-            result.history.append(entry)
-        if progress:
-            progress(i)
-    if diagnose:
-        result.diagnostics["update_similarity"] = np.mean(similarities, axis=0)
+    return step, state
+
+
+class Trainer:
+    """MLX's part of the loop (:class:`gradsmooth.experiments.loop.Trainer`): the model and
+    optimizer of ``config`` and a compiled step (the schedule lives in the optimizer)."""
+
+    def __init__(self, config: RunConfig, data: Any, val: list[Batch] | None) -> None:
+        self.config, self.data = config, data
+        self.model = build_model(config)
+        self.optimizer = build_optimizer(config)
+        self._step, self._state = _compiled_step(self.model, self.optimizer)
+        self.val = [tuple(map(mx.array, b)) for b in val] if val is not None else None
+
+    def step(self, step: int, x: np.ndarray, y: np.ndarray) -> float:
+        """One compiled step on the batch (the optimizer counts the steps itself); its loss before the step."""
+        loss = self._step(mx.array(x), mx.array(y))
+        mx.eval(self._state)
+        return loss.item()
+
+    def evaluate(self) -> dict[str, float]:
+        """The task's held-out metrics (:func:`evaluate`)."""
+        return evaluate(self.model, self.config, self.data, self.val)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter by name."""
+        return {k: np.array(v) for k, v in tree_flatten(self.model.parameters())}
+
+    def block_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Each block's output on ``x``, as (tokens, features)."""
         outputs: list[mx.array] = []
-        model(mx.array(data.x_test[:256]) if config.task == "vit" else val[0][0], outputs=outputs)
-        result.diagnostics["representation_similarity"] = representation_similarity(
-            [np.array(o.reshape(-1, o.shape[-1])) for o in outputs])
+        self.model(mx.array(x), outputs=outputs)
+        return [np.array(o.reshape(-1, o.shape[-1])) for o in outputs]
+
+
+def train(config: RunConfig, data: Any, result: RunResult, progress: Callable[[int], None] | None = None,
+          diagnose: bool = False) -> None:
+    """Train ``config`` on ``data`` in MLX: :func:`gradsmooth.experiments.loop.train` with :class:`Trainer`."""
+    loop.train(config, data, result, Trainer, progress=progress, diagnose=diagnose)

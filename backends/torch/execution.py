@@ -1,0 +1,246 @@
+"""One smoothing step on torch tensors, group by group, as plain functions (the way torch.optim
+puts an optimizer's arithmetic in functions beside its class).
+
+A step has two halves around the base optimizer's step. Before it, :func:`plan_group_steps`
+plans every group's work and allocates all it needs (:class:`GroupStep`: the band's program,
+the fused kernel's bound call, the decay factors, the snapshot buffer; then one
+:class:`~.mixing.Workspace` for all groups), so anything that can fail fails before the first
+write. Then :func:`run_group_step` executes one group: its compiled kernel where it has one,
+else the eager kernels (also when the kernel refuses to run: it never compiles inside a step).
+
+Update mode (the paper's) mixes the base's step: ``theta_l <- d_l theta_l + sum_j A[l, j] delta_j``
+with ``delta_j = p_j - d_j theta_j`` recovered from a snapshot of ``theta`` taken before the
+base step (:class:`Snapshots`). Gradient mode mixes the gradients before the base step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from gradsmooth import Band
+
+from .fused import FUSED_MIN_ELEMENTS, FusedKernel, band_pattern, fused_kernel
+from .groups import local
+from .mixing import (BandProgram, Workspace, band_program, compute_dtype, device_weights, mix_gradients, mix_updates,
+                     warm_weights)
+
+__all__ = ["GroupStep", "Snapshots", "base_step", "fused_call", "plan_group_step", "raise_if_not_finite", "refuse_sparse",
+           "run_group_step", "to_device"]
+
+Versions = tuple[tuple[int, int, int], ...]
+
+
+class GroupStep(NamedTuple):
+    """One group's work at one step, planned (and its memory allocated) before anything changes."""
+
+    index: int  # the group's index in the plan
+    members: list[Tensor]  # the parameters, as the optimizer holds them
+    shards: list[Tensor]  # their local tensors (DTensor shards under FSDP2)
+    targets: list[Tensor]  # what is mixed: the shards (update) or their gradients (gradient)
+    program: BandProgram | None  # the eager kernels' band (of A - I in update mode); None on a pipeline stage
+    fused: tuple[FusedKernel, Callable[[], None]] | None  # the compiled kernel and its bound call; None: eager
+    decay: Tensor | None  # (n, 1) decoupled decay factors (update mode), None where all are 1
+    before: Tensor | None  # the (n, numel) snapshot of theta (update mode)
+
+
+class Snapshots:
+    """Update mode's copies of the blocks' parameters before the base step: one (n, numel)
+    buffer per group, kept across steps.
+
+    The fused update kernel writes ``s_l <- p_l`` as it writes each new parameter, so after a
+    step the buffer already holds the next step's snapshot. Whether it still does when the
+    next step starts is told without reading a value, by PyTorch's version counters: every
+    in-place write through a tensor (``p.mul_``, ``copy_``, an optimizer's foreach kernels,
+    ``load_state_dict``) bumps ``p._version``. Right after the kernel's write each member's
+    ``(object, storage, _version)`` is recorded (:meth:`carried_by_kernel`); at the next step,
+    if all are unchanged, nothing wrote the parameters since and the copy is skipped. Writes
+    that bypass version counters (``p.data``, and fused AdamW's kernel, which does not bump
+    them) are not seen, so the record is dropped at the start of every step
+    (:meth:`start_step`) and rewritten only by a kernel's successful write: a base step always
+    comes after the check and before the next record.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, Tensor] = {}
+        self._carried: dict[int, Versions] = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the buffers hold between steps (update mode's extra memory)."""
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def clear(self) -> None:
+        """Forget every buffer and record (the groups changed)."""
+        self._buffers.clear()
+        self._carried.clear()
+
+    def buffer(self, index: int, shards: list[Tensor], capacity: int) -> Tensor:
+        """The snapshot rows of group ``index`` for ``shards`` (allocated on first use for
+        ``capacity`` members; the present members take the first rows)."""
+        buf = self._buffers.get(index)
+        if buf is None:
+            p = shards[0]
+            buf = self._buffers[index] = torch.empty((capacity, p.numel()), dtype=p.dtype, device=p.device)
+        return buf[: len(shards)]
+
+    def start_step(self) -> dict[int, Versions]:
+        """The records of the last step's kernel writes; from now on none is valid."""
+        carried, self._carried = self._carried, {}
+        return carried
+
+    def carried_by_kernel(self, index: int, shards: list[Tensor]) -> None:
+        self._carried[index] = _versions(shards)
+
+    @staticmethod
+    def still_valid(carried: dict[int, Versions], index: int, shards: list[Tensor]) -> bool:
+        """Whether group ``index``'s buffer still holds its parameters (nothing wrote them since)."""
+        return carried.get(index) == _versions(shards)
+
+
+def _versions(tensors: list[Tensor]) -> Versions:
+    """What identifies the values of ``tensors`` without reading them: object, storage, version."""
+    return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+
+
+def to_device(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``values`` as a 1-D tensor on ``device``, copied without a host synchronisation."""
+    host = torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda")
+    return host.to(device, non_blocking=True)
+
+
+def fused_call(band: Band, targets: list[Tensor], mode: str) -> tuple[FusedKernel, Tensor] | None:
+    """The compiled kernel for ``band`` (prepared for the targets' dtype and device) and its
+    weights (``A``'s band, or ``A - I``'s in update mode), or None where the eager kernels run:
+    non-contiguous members, small members (a compiled call's fixed cost, about half a
+    millisecond, exceeds the work), and a kernel that could not compile (it warns once)."""
+    if targets[0].numel() < FUSED_MIN_ELEMENTS or not all(t.is_contiguous() for t in targets):
+        return None
+    pattern, values = band_pattern(band, mode == "update")
+    kernel = fused_kernel(pattern, mode)
+    if not kernel.ready(targets[0].dtype, targets[0].device):
+        return None
+    return kernel, device_weights(values, compute_dtype(targets[0].dtype), targets[0].device).view(-1)
+
+
+def plan_group_step(index: int, members: list[Tensor], band: Band, mode: str, *, fused: bool,
+                    snapshots: Snapshots, capacity: int, decays: dict[int, float]) -> GroupStep:
+    """Group ``index``'s work at this step: its program, its fused kernel bound to its tensors
+    (``fused=True``), and in update mode its decay factors and snapshot buffer. Allocates;
+    changes nothing."""
+    update = mode == "update"
+    shards = [local(p) for p in members]
+    targets = shards if update else [local(p.grad) for p in members]
+    program = band_program(band, minus_identity=update)
+    cdtype = compute_dtype(targets[0].dtype)
+    warm_weights(program, cdtype, targets[0].device)  # the eager kernels are the fallback
+    kernel = fused_call(band, targets, mode) if fused else None
+    decay = before = None
+    if update:
+        before = snapshots.buffer(index, shards, capacity)  # (n, local numel)
+        d = [decays.get(id(p), 1.0) for p in members]
+        if kernel is not None or any(x != 1.0 for x in d):  # the kernel always takes the factors
+            decay = to_device(d, cdtype, before.device).unsqueeze(1)
+    bound = None
+    if kernel is not None:
+        k, weights = kernel
+        args = (list(before.unbind(0)), weights, decay.view(-1)) if update else (weights,)
+        bound = k, k.bind(targets, *args)
+    return GroupStep(index, members, shards, targets, program, bound, decay, before)
+
+
+def run_group_step(step: GroupStep, mode: str, ws: Workspace, snapshots: Snapshots) -> None:
+    """Mix one group in place: its fused kernel, or the eager kernels (also when the kernel
+    refuses to run, before it writes anything: a recompile is never done inside a step)."""
+    if step.fused is not None:
+        kernel, run = step.fused
+        try:
+            run()
+            if mode == "update":
+                snapshots.carried_by_kernel(step.index, step.shards)
+            return
+        except RuntimeError as error:  # raised before the kernel wrote anything
+            kernel.give_up(step.targets[0].dtype, step.targets[0].device, error)
+    if mode == "update":
+        mix_updates(step.program, step.shards, step.before, step.decay, ws)
+    else:
+        mix_gradients(step.program, step.targets, ws)
+
+
+def refuse_sparse(members: list[Tensor], grads: list[Tensor], name: Callable[[Tensor], str]) -> None:
+    """Gradient mode mixes dense gradients only: refuse a sparse one before anything changes."""
+    for p, g in zip(members, grads):
+        if g.layout != torch.strided:
+            raise ValueError(
+                f"gradient of {name(p)!r} is {g.layout} (sparse); mode='gradient' smooths dense gradients "
+                "only and nothing was changed: use mode='update', or exclude the parameter"
+            )
+
+
+def base_step(base: Optimizer) -> None:
+    """``base.step()`` without torch's global optimizer hooks (the wrapper's own step already
+    ran them: they fire once per step); the base's own step hooks still fire, around it."""
+    step = type(base).step
+    if not getattr(step, "hooked", False) or not hasattr(step, "__wrapped__"):
+        base.step()
+        return
+    args: tuple[Any, ...] = (base,)
+    kwargs: dict[str, Any] = {}
+    with torch.autograd.profiler.record_function(f"Optimizer.step#{type(base).__name__}.step"):
+        for hook in list(base._optimizer_step_pre_hooks.values()):
+            result = hook(base, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        step.__wrapped__(*args, **kwargs)
+        base._optimizer_step_code()
+        for hook in list(base._optimizer_step_post_hooks.values()):
+            hook(base, args, kwargs)
+    base._opt_called = True  # an LR scheduler built on the base checks it, as its own step wrapper would
+
+
+def raise_if_not_finite(params: list[Tensor], name: Callable[[Tensor], str], step: int) -> None:
+    """Raise ``FloatingPointError`` naming the first parameter with a non-finite gradient.
+
+    One read of every gradient and one synchronisation per device: a sum is finite when its
+    terms are (inf, -inf and NaN all propagate); a sum that overflowed from finite terms
+    (float32 gradients near 3e38) is checked element by element, so a finite gradient is never
+    refused. Under FSDP2 the ranks decide together (one small all-reduce)."""
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for p in params:
+        by_device.setdefault(p.grad.device, []).append(p)
+    for device_params in by_device.values():
+        sums = torch.stack([_sum(local(p.grad)) for p in device_params])
+        distributed = any(local(p.grad) is not p.grad for p in device_params)
+        if distributed:
+            torch.distributed.all_reduce(sums)  # every rank takes the same decision
+        suspects = (~torch.isfinite(sums)).nonzero().view(-1).tolist()
+        if not suspects:
+            continue
+        exact = torch.tensor([_all_finite(local(device_params[i].grad)) for i in suspects], dtype=torch.float32,
+                             device=sums.device)
+        if distributed:  # a rank's shard may hold the non-finite value: decide together
+            torch.distributed.all_reduce(exact, op=torch.distributed.ReduceOp.MIN)
+        for i, finite in zip(suspects, exact.tolist()):
+            if not finite:
+                raise FloatingPointError(
+                    f"gradient of {name(device_params[i])!r} is not finite at step {step}; nothing was changed "
+                    "(pass check_finite=False to let the base optimizer see it)"
+                )
+
+
+def _sum(g: Tensor) -> Tensor:
+    """``g``'s sum in float32 or wider (float16 would overflow on large finite sums)."""
+    if g.is_sparse:
+        g = g.coalesce().values()
+    return g.sum(dtype=torch.promote_types(g.dtype, torch.float32))
+
+
+def _all_finite(g: Tensor) -> bool:
+    """Whether every element of ``g`` is finite (the exact check, for the rare sum that is not)."""
+    if g.is_sparse:
+        g = g.coalesce().values()
+    return bool(torch.isfinite(g).all())

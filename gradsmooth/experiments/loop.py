@@ -1,0 +1,129 @@
+"""The training loop of ``gradsmooth demo`` and ``gradsmooth compare``, written once for every framework.
+
+The loop owns what does not depend on the framework: the seeded batches of
+:mod:`gradsmooth.experiments.data`, when to evaluate, the history rows, the progress callback,
+the diagnostics and the learning-rate schedule's shape. A framework module
+(:mod:`~gradsmooth.experiments.torch_models`, :mod:`~gradsmooth.experiments.mlx_models`)
+supplies a :class:`Trainer`: it builds the model and the optimizer, takes one training step,
+evaluates, and hands over the diagnostics' raw data as NumPy arrays.
+
+A Ctrl-C (KeyboardInterrupt) goes on up out of :func:`train`; the rows appended to
+``result.history`` so far stay there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from gradsmooth.diagnostics import block_update_similarity, representation_similarity
+
+from .data import train_batches, val_batches
+
+if TYPE_CHECKING:
+    from .runs import RunConfig, RunResult
+
+__all__ = ["Batch", "Trainer", "TrainerFactory", "WarmupCosine", "train"]
+
+Batch = tuple[np.ndarray, np.ndarray]  # (inputs, targets) as NumPy arrays
+
+
+class Trainer(Protocol):
+    """One run's model and optimizer in one framework: the framework-specific pieces of the loop."""
+
+    def step(self, step: int, x: np.ndarray, y: np.ndarray) -> float:
+        """Train on one batch at step ``step`` (0-based; the schedule's position) and return its loss."""
+
+    def evaluate(self) -> dict[str, float]:
+        """The task's held-out metrics: vit: test_loss and test_acc; lm: val_loss."""
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter by name, in the model's order."""
+
+    def block_outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Each block's output on ``x`` in evaluation mode, flattened to (tokens, features)."""
+
+
+# builds a Trainer from the run's config, its data and the lm task's validation batches (None for vit)
+TrainerFactory = Callable[["RunConfig", Any, "list[Batch] | None"], Trainer]
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """The learning-rate schedule of every run: linear warm-up over ``warm`` steps to the peak
+    ((step + 1) / warm of it), then cosine decay over ``decay`` steps to ``floor`` x the peak.
+
+    :meth:`factor` is the schedule as a multiplier of the peak; a framework with schedules of its
+    own (MLX) builds the same curve from ``warm``, ``decay`` and ``floor``."""
+
+    warm: int
+    decay: int
+    floor: float = 0.1
+
+    @classmethod
+    def of(cls, config: RunConfig) -> WarmupCosine:
+        """The schedule of ``config``: warm-up over its ``warmup`` fraction of ``steps`` (at least one step)."""
+        warm = max(1, int(config.warmup * config.steps))
+        return cls(warm, max(1, config.steps - warm))
+
+    def factor(self, step: int) -> float:
+        """The multiplier of the peak learning rate at ``step`` (0-based)."""
+        if step < self.warm:
+            return (step + 1) / self.warm
+        t = (step - self.warm) / self.decay
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def train(config: RunConfig, data: Any, result: RunResult, trainer: TrainerFactory,
+          progress: Callable[[int], None] | None = None, diagnose: bool = False) -> None:
+    """Train ``config`` on ``data`` with the framework's ``trainer``, appending a row to
+    ``result.history`` at every evaluation (so a Ctrl-C leaves what was gathered so far), and,
+    with ``diagnose``, the depth diagnostics to ``result.diagnostics`` at the end."""
+    val = val_batches(data, config.batch_size, config.context) if config.task == "lm" else None
+    session = trainer(config, data, val)
+    batches = train_batches(config.task, data, config.batch_size, config.context, config.seed)
+    losses: list[float] = []
+    similarities: list[np.ndarray] = []
+    for step in range(config.steps):
+        evaluating = _evaluates(step, config)
+        before = session.parameters() if diagnose and evaluating else None
+        losses.append(session.step(step, *next(batches)))
+        if before is not None:
+            similarities.append(_update_similarity(before, session.parameters()))
+        if evaluating:
+            result.history.append(_row(step, losses, config.eval_every) | session.evaluate())
+        if progress:
+            progress(step)
+    if diagnose:
+        result.diagnostics.update(_diagnostics(session, similarities, _probe(config, data, val)))
+
+
+def _evaluates(step: int, config: RunConfig) -> bool:
+    """Whether the loop evaluates after ``step`` (0-based): every ``eval_every`` steps and after the last."""
+    return (step + 1) % config.eval_every == 0 or step + 1 == config.steps
+
+
+def _row(step: int, losses: Sequence[float], eval_every: int) -> dict[str, float]:
+    """A history row's start: the step count and the mean training loss of the last ``eval_every`` steps."""
+    return {"step": step + 1, "train_loss": float(np.mean(losses[-eval_every:]))}
+
+
+def _update_similarity(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> np.ndarray:
+    """How alike the blocks' updates of one step are: the step's update is ``after - before``."""
+    return block_update_similarity({name: after[name] - before[name] for name in after})
+
+
+def _probe(config: RunConfig, data: Any, val: list[Batch] | None) -> np.ndarray:
+    """The inputs the representations are measured on: 256 test images, or the first validation batch."""
+    return data.x_test[:256] if config.task == "vit" else val[0][0]
+
+
+def _diagnostics(session: Trainer, similarities: list[np.ndarray], probe: np.ndarray) -> dict[str, np.ndarray]:
+    """The depth diagnostics: the mean update similarity over the evaluated steps, and the
+    similarity of the blocks' representations of ``probe`` after training."""
+    return {"update_similarity": np.mean(similarities, axis=0),
+            "representation_similarity": representation_similarity(session.block_outputs(probe))}
