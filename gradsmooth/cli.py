@@ -23,7 +23,7 @@ from .experiments.runs import METRICS, BackendMissing, RunConfig, RunResult, bac
 from .experiments.runs import machine, run, summarize
 from .kernels import BOUNDARIES
 from .modes import MODES
-from .operators import make_operator
+from .operators import WINDOW_DEFAULTS, make_operator
 
 __all__ = ["main", "TASK_DEFAULTS", "DEMO_LRS"]
 
@@ -145,13 +145,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=("sgd", "adamw", "muon"), default="adamw",
                    help="base optimizer; muon is Muon for the blocks' matrices + AdamW at lr/10 for the rest "
                         "(default: %(default)s)")
-    p.add_argument("--window", type=_odd, default=3, help="window width, odd (default: %(default)s)")
-    p.add_argument("--kernel", type=_kernel, default="uniform",
+    p.add_argument("--window", type=_odd, default=WINDOW_DEFAULTS["window"], help="window width, odd (default: %(default)s)")
+    p.add_argument("--kernel", type=_kernel, default=WINDOW_DEFAULTS["kernel"],
                    help="uniform, triangular, gaussian, or comma-separated symmetric weights (default: %(default)s)")
-    p.add_argument("--boundary", choices=BOUNDARIES, default="renormalize", help="(default: %(default)s)")
-    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--boundary", choices=BOUNDARIES, default=WINDOW_DEFAULTS["boundary"], help="(default: %(default)s)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=WINDOW_DEFAULTS["normalize"],
                    help="divide the kernel by its sum (default: normalize)")
-    p.add_argument("--alpha", type=_fraction, default=1.0, help="strength in [0, 1] (default: %(default)s)")
+    p.add_argument("--alpha", type=_fraction, default=WINDOW_DEFAULTS["alpha"], help="strength in [0, 1] (default: %(default)s)")
     p.add_argument("--mode", choices=MODES, default="update", help="smooth the update or the gradient (default: %(default)s)")
     p.add_argument("--steps", type=_positive, default=None, help="training steps (default: vit 600, lm 300)")
     p.add_argument("--batch-size", type=_positive, default=None, help="(default: vit 32, lm 16)")

@@ -138,3 +138,22 @@ def test_importing_the_command_line_imports_no_framework():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mlx')), sorted(r.BACKENDS))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["[]", "['mlx',", "'torch']"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "reference").glob("*.py")), ids=lambda p: p.name)
+def test_the_reference_shares_no_code_with_what_it_checks(path):
+    # the oracle imports numpy, the standard library and itself: never the core, an adapter or a framework
+    imported = _imports(ast.parse(path.read_text()), _package_of(path))
+    outside = {m for m in imported if m.split(".")[0] not in {"numpy", "math", "__future__", "typing", "collections"}
+               and not m.startswith("gradsmooth.reference")}
+    assert not outside, f"reference/{path.name} imports {sorted(outside)}"
+
+
+def test_the_core_imports_nothing_from_the_adapters_the_experiments_or_the_reference():
+    for path in sorted((ROOT / "gradsmooth").glob("*.py")):
+        if path.name in ("cli.py", "__main__.py"):  # the command line runs the experiments
+            continue
+        imported = _imports(ast.parse(path.read_text()), _package_of(path))
+        bad = {m for m in imported if m.split(".")[:2] in (["gradsmooth", "backends"], ["gradsmooth", "experiments"],
+                                                           ["gradsmooth", "reference"], ["gradsmooth", "cli"])}
+        assert not bad, f"gradsmooth/{path.name} imports {sorted(bad)}"

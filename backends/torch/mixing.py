@@ -115,13 +115,16 @@ class Workspace:
     parameter, gradient and optimizer state as it was. The kernels then allocate nothing.
     """
 
-    def __init__(self, buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor]) -> None:
-        self._buffers = buffers  # per (compute dtype, device): a flat tensor of 3 blocks
+    def __init__(self, buffers: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]]) -> None:
+        # per (compute dtype, device): three flat buffers, allocated apart (one buffer cut in
+        # three puts the blocks a multiple of their size apart: their rows then share cache
+        # sets, and the kernels ran twice as slow)
+        self._buffers = buffers
 
     def blocks(self, n: int, c: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Three (n, c) blocks in ``like``'s compute dtype on its device."""
-        flat = self._buffers[(compute_dtype(like.dtype), like.device)]
-        return tuple(flat[i * n * c : (i + 1) * n * c].view(n, c) for i in range(3))  # type: ignore[return-value]
+        flats = self._buffers[(compute_dtype(like.dtype), like.device)]
+        return tuple(flat[: n * c].view(n, c) for flat in flats)  # type: ignore[return-value]
 
 
 def _block_size(tensors: list[torch.Tensor]) -> int:
@@ -138,7 +141,8 @@ def workspace(groups: list[list[torch.Tensor]]) -> Workspace:
     for tensors in groups:
         key = (compute_dtype(tensors[0].dtype), tensors[0].device)
         sizes[key] = max(sizes.get(key, 0), _block_size(tensors))
-    return Workspace({key: torch.empty(3 * size, dtype=key[0], device=key[1]) for key, size in sizes.items()})
+    return Workspace({key: tuple(torch.empty(size, dtype=key[0], device=key[1]) for _ in range(3))
+                      for key, size in sizes.items()})
 
 
 def _write(targets: list[torch.Tensor], flats: list[torch.Tensor] | None, rows: torch.Tensor, lo: int, hi: int) -> None:

@@ -212,7 +212,7 @@ class GradientSmoothing(Optimizer):
         for b in unclassified(self._bases, self.decoupled_decay):
             if type(b) not in self._warned:
                 self._warned.add(type(b))
-                warnings.warn(decay_warning(b), UserWarning, stacklevel=4)
+                warnings.warn(decay_warning(b), UserWarning, stacklevel=3)  # the caller of __init__ or add_param_group
 
     def _active_groups(self) -> list[tuple[int, list[Tensor]]]:
         """Per group, the members that have a gradient at this step (two or more)."""

@@ -11,6 +11,7 @@ optim = pytest.importorskip("mlx.optimizers")
 from mlx.utils import tree_flatten  # noqa: E402
 
 from gradsmooth.backends.mlx import GradientSmoothing, tree_sites  # noqa: E402
+from tests.backends.mlx.test_optimizer import train_fns  # noqa: E402
 
 W = "w"  # a leaf: tree_sites reads only the tree's structure
 
@@ -121,18 +122,6 @@ def test_the_sites_of_a_model_and_of_its_trainable_parameters(tiny_net):
 
 
 # -- moved from test_optimizer.py and test_models.py: detection through the optimizer --------------
-
-
-def train_fns(model, opt):  # as in test_optimizer.py
-    loss_fn = lambda m, x: (m(x) ** 2).mean()  # noqa: E731
-    value_and_grad = nn.value_and_grad(model, loss_fn)
-
-    def step(x):
-        loss, grads = value_and_grad(model, x)
-        opt.update(model, grads)
-        return loss
-
-    return step
 
 
 def test_frozen_parameters_and_lora_in_some_layers(tiny_net):
