@@ -116,9 +116,9 @@ class Workspace:
     """
 
     def __init__(self, buffers: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]]) -> None:
-        # per (compute dtype, device): three flat buffers, allocated apart (one buffer cut in
-        # three puts the blocks a multiple of their size apart: their rows then share cache
-        # sets, and the kernels ran twice as slow)
+        # per (compute dtype, device): three flat buffers, allocated apart (not cut from one
+        # buffer, which would put the blocks a multiple of their size apart: a precaution
+        # against their rows sharing cache sets)
         self._buffers = buffers
 
     def blocks(self, n: int, c: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
