@@ -232,7 +232,7 @@ def test_alpha_schedule_values_in_the_closed_interval_are_used(value):
 @pytest.mark.parametrize("value", [1.5, -0.1, math.nan, -math.inf, np.float64(2.0)], ids=repr)
 def test_alpha_schedule_out_of_range_is_a_value_error_naming_step_and_value(value):
     op = WindowSmoothing(3, alpha=lambda step: value)
-    with pytest.raises(ValueError, match=rf"alpha\(step\) should return a number in \[0, 1\] but alpha\(3\) returned: "):
+    with pytest.raises(ValueError, match=r"alpha\(step\) should return a number in \[0, 1\] but alpha\(3\) returned: "):
         op.band(4, step=3)
 
 

@@ -12,11 +12,14 @@ Loading checks the whole dict first, then loads the bases all or none.
 from __future__ import annotations
 
 import numbers
+import os
 import re
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch.optim import Optimizer
 
 __all__ = ["STATE_KEY", "checked_groups", "checked_own_state", "load_all_or_none", "pack", "split",
@@ -123,5 +126,15 @@ def warn_other_settings(saved: Mapping[str, Any], settings: Mapping[str, Any]) -
             f"the checkpoint was saved with {then}; this wrapper uses {now}: loaded anyway (the base state and "
             "the step counter carry over; smoothing continues with this wrapper's settings)",
             UserWarning,
-            stacklevel=4,
+            stacklevel=_caller_level(),
         )
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside gradsmooth and torch (torch's decorators
+    around ``load_state_dict`` add frames): the warning then names the user's line."""
+    inside = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))  # the adapters, torch
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level

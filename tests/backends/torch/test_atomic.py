@@ -319,13 +319,10 @@ def test_an_unclassifiable_optimizer_warns_once_and_can_be_declared(tiny_net):
 
 def test_declaring_adamw_decay_coupled_smooths_it_like_the_reference(tiny_net):
     model = tiny_net()
-    make_torch, _ = BASES["adamw"]
+    make_torch, make_reference = BASES["adamw"]
     opt = GradientSmoothing(make_torch(model), model, decoupled_decay=False)
-    from gradsmooth.reference import Adam
-
-    base = BASES["adamw"][1]()
     # coupled handling of AdamW's decay = the reference's AdamW whose decay is mixed with the step
-    reference = Smoothed(base, [g.names for g in opt.plan.groups], window=3, decoupled=False)
+    reference = Smoothed(make_reference(), [g.names for g in opt.plan.groups], window=3, decoupled=False)
     assert_tracks(model, opt, reference, steps=5)
 
 

@@ -1,6 +1,5 @@
 """fused=True: the compiled band kernels against the NumPy reference oracle and the eager kernels."""
 
-import copy
 import warnings
 
 import numpy as np
