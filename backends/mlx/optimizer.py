@@ -328,8 +328,14 @@ class GradientSmoothing(optim.Optimizer):
         return value
 
     def _probe_alpha(self, steps: Iterable[int]) -> None:
+        """Check a schedule ``alpha`` now, at ``steps``: under mx.compile its value at the
+        traced step cannot be read, so a bad schedule is caught here where it can be."""
         for t in steps:
-            self._alpha(mx.array(t, mx.uint64))
+            try:
+                self._alpha(mx.array(t, mx.uint64))
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{error} (checked in advance, when the optimizer was built or its state set: "
+                                  "under mx.compile alpha's value cannot be read at each step)") from None
 
     # -- the step ----------------------------------------------------------------------------
 

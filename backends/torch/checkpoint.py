@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-__all__ = ["STATE_KEY", "checked_groups", "checked_own_state", "load_all_or_none", "pack", "split",
+__all__ = ["STATE_KEY", "check_shapes", "checked_groups", "checked_own_state", "load_all_or_none", "pack", "split",
            "warn_other_settings"]
 
 STATE_KEY = "gradsmooth"
@@ -94,6 +94,32 @@ def split(saved: list[dict[str, Any]], state: Mapping[int, Any], bases: list[Opt
             "param_groups": [{**g, "params": [renumber[i] for i in g["params"]]} for g in groups],
         })
     return parts
+
+
+def check_shapes(parts: list[dict[str, Any]], bases: list[Optimizer], name: Any) -> None:
+    """Refuse a checkpoint of another model before anything loads: a saved state tensor must
+    have the shape of the base's current state under the same key, or, for torch.optim's own
+    optimizers (whose per-parameter tensors all have the parameter's shape) and no current
+    state, the parameter's shape. (torch.optim itself loads such a dict and fails, or
+    silently broadcasts, at the next step.)"""
+    for b, part in zip(bases, parts):
+        params = [p for g in b.param_groups for p in g["params"]]
+        builtin = type(b).__module__.startswith("torch.optim")
+        for index, saved in part["state"].items():
+            if not isinstance(saved, Mapping) or not 0 <= index < len(params):
+                continue
+            p, current = params[index], b.state.get(params[index], {})
+            for key, value in saved.items():
+                if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                    continue
+                now = current.get(key)
+                expected = tuple(now.shape) if isinstance(now, torch.Tensor) else tuple(p.shape) if builtin else None
+                if expected is not None and tuple(value.shape) != expected:
+                    raise ValueError(
+                        f"loaded state {key!r} of parameter {name(p)!r} has shape {tuple(value.shape)} but "
+                        f"{'its state' if isinstance(now, torch.Tensor) else 'the parameter'} has shape {expected}: "
+                        "the checkpoint is from another model (nothing was loaded)"
+                    )
 
 
 def load_all_or_none(bases: list[Optimizer], parts: list[dict[str, Any]]) -> None:

@@ -337,7 +337,9 @@ class GradientSmoothing(Optimizer):
                 state_dict = result
         saved = checkpoint.checked_groups(state_dict, self.param_groups)
         step, settings = checkpoint.checked_own_state(saved)
-        checkpoint.load_all_or_none(self._bases, checkpoint.split(saved, state_dict["state"], self._bases))
+        parts = checkpoint.split(saved, state_dict["state"], self._bases)
+        checkpoint.check_shapes(parts, self._bases, self._name)
+        checkpoint.load_all_or_none(self._bases, parts)
         if settings is not None:
             checkpoint.warn_other_settings(settings, self.settings)
         self._step_count = step
@@ -352,4 +354,6 @@ class GradientSmoothing(Optimizer):
 
     def __repr__(self) -> str:
         bases = ", ".join(type(b).__name__ for b in self._bases)
-        return f"GradientSmoothing([{bases}], {self.operator!r}, mode={self.mode!r}, {len(self.plan.groups)} groups)"
+        fused = ", fused=True" if self.fused else ""
+        return (f"GradientSmoothing([{bases}], {self.operator!r}, mode={self.mode!r}{fused}, "
+                f"{len(self.plan.groups)} groups)")

@@ -335,3 +335,26 @@ def test_decoupled_decay_must_be_a_bool_or_a_function(tiny_net):
                                         r"'yes'"):  # asked at construction, for every group with decay
         GradientSmoothing(torch.optim.AdamW(model.parameters(), weight_decay=0.1), model,
                           decoupled_decay=lambda group: "yes")
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_anything_loads():
+    # same parameter count, other shapes: torch.optim would load it and fail (or broadcast) at the next step
+    def net(rows, cols):
+        blocks = torch.nn.ModuleList([torch.nn.Linear(cols, rows, bias=False) for _ in range(4)])
+        return torch.nn.ModuleDict({"blocks": blocks})
+
+    source, target = net(16, 32), net(32, 16)
+    opts = [GradientSmoothing(torch.optim.AdamW(m.parameters(), lr=0.01), m) for m in (source, target)]
+    for m, o in zip((source, target), opts):
+        for p in m.parameters():
+            p.grad = torch.ones_like(p)
+        o.step()
+    before = snapshot(target, opts[1])
+    with pytest.raises(ValueError, match=r"loaded state 'exp_avg' of parameter 'blocks.0.weight' has shape \(16, 32\) "
+                                         r"but its state has shape \(32, 16\): the checkpoint is from another model"):
+        opts[1].load_state_dict(opts[0].state_dict())
+    assert_unchanged(target, opts[1], before)
+    fresh = GradientSmoothing(torch.optim.AdamW(target.parameters(), lr=0.01), target)  # no state yet: the parameter's shape
+    with pytest.raises(ValueError, match=r"has shape \(16, 32\) but the parameter has shape \(32, 16\)"):
+        fresh.load_state_dict(opts[0].state_dict())
+    assert fresh.state_dict()["state"] == {}
