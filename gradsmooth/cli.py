@@ -1,5 +1,6 @@
 """The ``gradsmooth`` command: ``demo`` and ``compare`` train small models with and without
-Gradient Smoothing, each at its own tuned learning rate, and show the difference.
+Gradient Smoothing, each at its own tuned learning rate, and show the difference; ``report``
+renders a results folder's tables and plots again from its results.json.
 
 Frameworks are imported only when a run needs one (``--backend torch`` or ``mlx``).
 """
@@ -20,16 +21,18 @@ from typing import Any, NoReturn
 from . import __version__
 from .experiments.data import DataError, load_digits_split, load_text
 from .experiments.runs import METRICS, BackendMissing, RunConfig, RunResult, backend_module, compare, format_summary
-from .experiments.runs import machine, run, summarize
+from .experiments.loop import MODEL_SIZES
+from .experiments.runs import SELECTION, machine, provenance, run, summarize
 from .kernels import BOUNDARIES
 from .modes import MODES
 from .operators import WINDOW_DEFAULTS, make_operator
 
-__all__ = ["main", "TASK_DEFAULTS", "DEMO_LRS"]
+__all__ = ["main", "TASK_DEFAULTS", "DEMO_LRS", "VAL_FRACTION", "TEST_FRACTION"]
 
 # the help's description: plain text (the module docstring above is reStructuredText)
 DESCRIPTION = """The gradsmooth command: demo and compare train small models with and without
-Gradient Smoothing, each at its own tuned learning rate, and show the difference.
+Gradient Smoothing, each at its own tuned learning rate, and show the difference; report
+renders a results folder's tables and plots again from its results.json.
 
 Frameworks are imported only when a run needs one (--backend torch or mlx)."""
 
@@ -38,6 +41,9 @@ TASK_DEFAULTS = {
     "vit": dict(steps=600, batch_size=32, eval_every=50),
     "lm": dict(steps=300, batch_size=16, eval_every=25),
 }
+# compare's held-out splits: the digits' validation part of the training images; the text's test part
+VAL_FRACTION = 0.2
+TEST_FRACTION = 0.1
 # learning rates (base, smoothed) the demo uses: each arm's best in the README's compare sweeps
 DEMO_LRS = {
     ("vit", "adamw"): (3e-3, 3e-3),
@@ -119,6 +125,18 @@ def _natural(text: str) -> int:
     return _integer(text, 0, "an integer >= 0")
 
 
+def _width(text: str) -> int:
+    heads = MODEL_SIZES["vit"]["heads"]
+    value = _integer(text, 1, f"a positive multiple of {heads} (the attention heads)")
+    if value % heads:
+        raise argparse.ArgumentTypeError(f"should be a positive multiple of {heads} (the attention heads) but is: {text!r}")
+    return value
+
+
+def _decay(text: str) -> float:
+    return _number(text, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+
+
 def _odd(text: str) -> int:
     value = _integer(text, 1, "an odd integer >= 1")
     if value % 2 == 0:
@@ -139,8 +157,8 @@ def _demo_lr_help(arm: int) -> str:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=sorted(METRICS), default="vit",
-                   help="vit: a small ViT on scikit-learn's digits (test accuracy); lm: a small byte-level GPT "
-                        "on a local corpus (validation loss) (default: %(default)s)")
+                   help="vit: a small ViT on scikit-learn's digits (accuracy); lm: a small byte-level GPT "
+                        "on a local corpus (loss) (default: %(default)s)")
     p.add_argument("--backend", choices=("torch", "mlx"), default="torch", help="framework (default: %(default)s)")
     p.add_argument("--optimizer", choices=("sgd", "adamw", "muon"), default="adamw",
                    help="base optimizer; muon is Muon for the blocks' matrices + AdamW at lr/10 for the rest "
@@ -158,6 +176,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=_positive, default=None, help="steps between evaluations (default: vit 50, lm 25)")
     p.add_argument("--context", type=_positive, default=64, help="lm context length in bytes (default: %(default)s)")
     p.add_argument("--data", default=None, help="lm: a UTF-8 text file (default: this Python's standard library sources)")
+    sizes = ", ".join(f"{task} {s['depth']}" for task, s in MODEL_SIZES.items())
+    p.add_argument("--depth", type=_positive, default=None, help=f"number of transformer blocks (default: {sizes})")
+    widths = ", ".join(f"{task} {s['width']}" for task, s in MODEL_SIZES.items())
+    p.add_argument("--width", type=_width, default=None, help=f"model dimension, a multiple of 4 (default: {widths})")
+    p.add_argument("--weight-decay", type=_decay, default=RunConfig.weight_decay,
+                   help="weight decay of adamw and muon (default: %(default)s)")
+    p.add_argument("--warmup", type=_fraction, default=RunConfig.warmup,
+                   help="fraction of the steps spent warming the learning rate up (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -174,13 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lr-smoothed", type=_lr, default=None, help=f"smoothed learning rate ({_demo_lr_help(1)})")
     demo.add_argument("--seed", type=_natural, default=0, help="(default: %(default)s)")
     demo.add_argument("--out", default="gradsmooth-demo", help="output folder (default: %(default)s)")
-    cmp = sub.add_parser("compare", help="sweep learning rates and seeds for base and smoothed; best vs best",
-                         description="Run base and smoothed at every learning rate for every seed; report mean ± std "
-                                     "per learning rate and best vs best; write results.json and PNG plots.")
+    cmp = sub.add_parser("compare", help="sweep learning rates and seeds for base and smoothed; paired test difference",
+                         description="Run base and smoothed at every learning rate for every seed; choose each arm's "
+                                     "learning rate on a validation split; report the validation metric per learning "
+                                     "rate, the test metric at the chosen rates, the per-seed paired difference with "
+                                     "its 95% Student-t interval, the win count and a verdict; write results.json "
+                                     "and PNG plots.")
     _common(cmp)
     cmp.add_argument("--lrs", type=_lrs, default=[1e-3, 3e-3, 1e-2], help="comma-separated (default: 1e-3,3e-3,1e-2)")
     cmp.add_argument("--seeds", type=_positive, default=3, help="number of seeds (default: %(default)s)")
     cmp.add_argument("--out", default="gradsmooth-compare", help="output folder (default: %(default)s)")
+    rep = sub.add_parser("report", help="print a results folder's tables and redraw its plots from its results.json",
+                         description="Read DIR/results.json (written by demo or compare) and print the same tables "
+                                     "the command printed, as Markdown; redraw its PNG plots into DIR.")
+    rep.add_argument("dir", metavar="DIR", help="a folder holding results.json")
     return parser
 
 
@@ -221,17 +254,21 @@ def _config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
         make_operator(**{k: v for k, v in smoothing.items() if k != "mode"})
     except (TypeError, ValueError) as err:
         _fail(f"gradsmooth {args.command}: error: {err}")
-    defaults = TASK_DEFAULTS[args.task]
+    defaults, sizes = TASK_DEFAULTS[args.task], MODEL_SIZES[args.task]
     config = RunConfig(task=args.task, backend=args.backend, optimizer=args.optimizer,
                        steps=args.steps or defaults["steps"], batch_size=args.batch_size or defaults["batch_size"],
-                       eval_every=args.eval_every or defaults["eval_every"], data=args.data, context=args.context)
+                       eval_every=args.eval_every or defaults["eval_every"], data=args.data, context=args.context,
+                       weight_decay=args.weight_decay, warmup=args.warmup,
+                       depth=args.depth or sizes["depth"], width=args.width or sizes["width"])
     return config, smoothing
 
 
-def _data(config: RunConfig) -> Any:
+def _data(config: RunConfig, held_out: bool = False) -> Any:
+    """The task's data; with ``held_out`` (compare) a validation split of the digits' training
+    images, or a test part of the text, beside the split the demo uses."""
     if config.task == "vit":
-        return load_digits_split()
-    return load_text(config.data, config.context)
+        return load_digits_split(val_fraction=VAL_FRACTION if held_out else 0.0)
+    return load_text(config.data, config.context, test_fraction=TEST_FRACTION if held_out else 0.0)
 
 
 def _progress(quiet: bool):
@@ -281,7 +318,7 @@ def _interrupted(out: pathlib.Path, payload: dict[str, Any]) -> NoReturn:
     _fail(f"interrupted: the results gathered so far are in {path}", 130)
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace, argv: list[str]) -> int:
     config, smoothing = _config(args)
     lr_base, lr_smoothed = DEMO_LRS[(config.task, config.optimizer)]
     arms = [replace(config, lr=lr_base if args.lr_base is None else args.lr_base, seed=args.seed),
@@ -292,22 +329,31 @@ def _demo(args: argparse.Namespace) -> int:
     _check_out(args.command, out)
     results: list[RunResult] = []
     progress = _progress(args.quiet)
+    origin = provenance(argv, config.backend, [args.seed])
     try:
         for cfg in arms:
             run(cfg, data, progress=progress(cfg), diagnose=True, into=results)
     except KeyboardInterrupt:
-        _interrupted(out, {"command": "demo", "interrupted": True, "machine": machine(),
+        _interrupted(out, {"command": "demo", "interrupted": True, "provenance": origin, "machine": machine(),
                            "runs": [r.to_json() for r in results]})
+    path = _write(out, {"command": "demo", "provenance": origin, "machine": machine(),
+                        "runs": [r.to_json() for r in results]})
+    paths = _render_demo(results, out)
+    print(f"\nwrote {', '.join(str(p) for p in paths)} and {path}")
+    return 0
+
+
+def _render_demo(results: list[RunResult], out: pathlib.Path) -> list[pathlib.Path]:
+    """Print the demo's table of ``results`` (base, smoothed) and draw its plots into ``out``."""
     base, smoothed = results
-    path = _write(out, {"command": "demo", "machine": machine(), "runs": [r.to_json() for r in results]})
+    config = base.config
     print(_demo_table(base, smoothed))
     from .experiments.plots import plot_curves, plot_depth_structure
 
     plot_curves([base], [smoothed], out / "curves.png",
                 title=f"{config.task}: {config.optimizer} vs {config.optimizer} + Gradient Smoothing")
     plot_depth_structure(base, smoothed, out / "depth_structure.png")
-    print(f"\nwrote {out / 'curves.png'}, {out / 'depth_structure.png'} and {path}")
-    return 0
+    return [out / "curves.png", out / "depth_structure.png"]
 
 
 def _demo_table(base: RunResult, smoothed: RunResult) -> str:
@@ -327,38 +373,91 @@ def _demo_table(base: RunResult, smoothed: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _compare(args: argparse.Namespace) -> int:
+def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     config, smoothing = _config(args)
     out = pathlib.Path(args.out)
-    data = _data(config)
+    data = _data(config, held_out=True)
     _check_out(args.command, out)
     results: list[RunResult] = []
-    settings = {"config": asdict(config), "smoothing": smoothing, "lrs": args.lrs, "seeds": list(range(args.seeds))}
+    seeds = list(range(args.seeds))
+    settings = {"config": asdict(config), "smoothing": smoothing, "lrs": args.lrs, "seeds": seeds,
+                "val_fraction": VAL_FRACTION if config.task == "vit" else None,
+                "test_fraction": TEST_FRACTION if config.task == "lm" else None}
+    origin = provenance(argv, config.backend, seeds)
 
     def payload(interrupted: bool) -> dict[str, Any]:
         done = [r for r in results if r.complete]
-        return {"command": "compare", "interrupted": interrupted, "settings": settings, "machine": machine(),
-                "summary": summarize(done) if done else None, "runs": [r.to_json() for r in results]}
+        return {"command": "compare", "interrupted": interrupted, "provenance": origin, "settings": settings,
+                "machine": machine(), "summary": summarize(done) if done else None,
+                "runs": [r.to_json() for r in results]}
 
     try:
         compare(config, smoothing, args.lrs, range(args.seeds), data, results,
                 on_result=lambda r: _write(out, payload(False)), progress_for=_progress(args.quiet))
     except KeyboardInterrupt:
         _interrupted(out, payload(True))
-    summary = summarize(results)
-    print(format_summary(summary))
-    from .experiments.plots import plot_compare
-
-    paths = plot_compare(results, summary, out)
+    paths = _render_compare(results, out)
     path = _write(out, payload(False))
     print(f"\nwrote {path} and {', '.join(str(p) for p in paths)}")
     return 0
 
 
+def _render_compare(results: list[RunResult], out: pathlib.Path) -> list[pathlib.Path]:
+    """Print compare's tables of ``results`` (:func:`format_summary`) and draw its plots into ``out``."""
+    summary = summarize(results)
+    print(format_summary(summary))
+    from .experiments.plots import plot_compare
+
+    return plot_compare(results, summary, out)
+
+
+def _load(folder: pathlib.Path) -> dict[str, Any]:
+    """``folder``/results.json, refused in the CLI's terms when missing or not a demo or compare result."""
+    path = folder / "results.json"
+    if not path.is_file():
+        _fail(f"gradsmooth report: error: DIR {str(folder)!r} holds no results.json")
+    try:
+        payload = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        _fail(f"gradsmooth report: error: {str(path)!r} is not JSON: {err}")
+    if not isinstance(payload, dict) or payload.get("command") not in ("demo", "compare"):
+        _fail(f"gradsmooth report: error: {str(path)!r} is not a results.json of gradsmooth demo or compare")
+    return payload
+
+
+def _check_selection(folder: pathlib.Path, complete: list[RunResult]) -> None:
+    """A compare result records the validation metric its learning rates are chosen on: one from
+    before the validation split did not, and is refused rather than reported as NaN."""
+    key = SELECTION[complete[0].config.task][0]
+    if not any(r.history and key in r.history[-1] for r in complete):
+        _fail(f"gradsmooth report: error: {str(folder / 'results.json')!r} has no {key} (written before compare "
+              f"chose learning rates on a validation split): run compare again")
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Print the tables of DIR/results.json and redraw its plots into DIR, without training."""
+    folder = pathlib.Path(args.dir)
+    payload = _load(folder)
+    results = [RunResult.from_json(entry) for entry in payload.get("runs", [])]
+    complete = [r for r in results if r.complete]
+    if payload["command"] == "demo" and len(complete) == 2:
+        paths = _render_demo(complete, folder)
+    elif payload["command"] == "compare" and complete:
+        _check_selection(folder, complete)
+        paths = _render_compare(results, folder)
+    else:
+        _fail(f"gradsmooth report: error: {str(folder / 'results.json')!r} holds no complete runs to report")
+    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.command == "report":
+        return _report(args)
     try:
         backend_module(args.backend)
-        return _demo(args) if args.command == "demo" else _compare(args)
+        return _demo(args, argv) if args.command == "demo" else _compare(args, argv)
     except (BackendMissing, DataError) as err:
         _fail(f"gradsmooth {args.command}: error: {err}")

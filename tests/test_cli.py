@@ -29,17 +29,69 @@ def test_demo_writes_table_curves_and_results(tmp_path, capsys):
     assert len(runs[1]["diagnostics"]["update_similarity"]) == 8
 
 
-def test_compare_sweeps_and_reports_best_vs_best(tmp_path, capsys):
-    args = ["compare", "--task", "lm", "--lrs", "1e-3,1e-2", "--seeds", "2", "--context", "16", "--batch-size", "4",
-            "--window", "5", "--kernel", "triangular", "--mode", "gradient", *TINY, "--out", str(tmp_path)]
+COMPARE_LM = ["compare", "--task", "lm", "--lrs", "1e-3,1e-2", "--seeds", "2", "--context", "16", "--batch-size", "4",
+              "--window", "5", "--kernel", "triangular", "--mode", "gradient", "--depth", "2", "--width", "32",
+              "--weight-decay", "0.1", "--warmup", "0.25", *TINY]
+
+
+def test_compare_chooses_on_val_and_reports_the_paired_test_difference(tmp_path, capsys):
+    args = [*COMPARE_LM, "--out", str(tmp_path)]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
-    assert "best vs best (val_loss, lower is better)" in out
+    assert "| lr | base val_loss | smoothed val_loss |" in out
+    assert "test_loss at each arm's chosen learning rate (lower is better)" in out
+    assert "95% CI [" in out and "smoothed better on" in out and "of 2 seeds; verdict: " in out
     result = json.loads((tmp_path / "results.json").read_text())
     assert len(result["runs"]) == 2 * 2 * 2 and not result["interrupted"]
     assert result["settings"]["smoothing"]["window"] == 5 and result["machine"]["torch"]
-    assert len(result["summary"]["best_vs_best"]["per_seed_diff"]) == 2
+    config = result["settings"]["config"]
+    assert (config["depth"], config["width"], config["weight_decay"], config["warmup"]) == (2, 32, 0.1, 0.25)
+    assert {"val_loss", "test_loss"} <= set(result["runs"][0]["history"][-1])
+    headline = result["summary"]["best_vs_best"]
+    assert len(headline["per_seed_diff"]) == 2 and headline["n"] == 2 and len(headline["ci"]) == 2
+    assert headline["verdict"] in ("win", "loss", "no significant difference")
+    origin = result["provenance"]
+    assert origin["command"] == "gradsmooth " + " ".join(args) and origin["seeds"] == [0, 1]
+    assert origin["threads"]["torch"] >= 1 and "OMP_NUM_THREADS" in origin["threads"]
+    assert origin["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", origin["git_commit"])
+    assert origin["git_dirty"] in (None, True, False)
     assert (tmp_path / "metric_vs_lr.png").exists() and (tmp_path / "curves_at_best_lr.png").exists()
+
+
+def test_report_reprints_compare_tables_from_results_json(tmp_path, capsys):
+    assert cli.main([*COMPARE_LM, "--seeds", "1", "--lrs", "1e-3", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.split("\nwrote ")[0]
+    for name in ("metric_vs_lr.png", "curves_at_best_lr.png"):
+        (tmp_path / name).unlink()
+    assert cli.main(["report", str(tmp_path)]) == 0
+    reported = capsys.readouterr().out
+    assert reported.split("\nwrote ")[0] == printed
+    assert (tmp_path / "metric_vs_lr.png").exists() and (tmp_path / "curves_at_best_lr.png").exists()
+
+
+def test_report_reprints_the_demo_table(tmp_path, capsys):
+    assert cli.main(["demo", *TINY, "--depth", "2", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.split("\nwrote ")[0]
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split("\nwrote ")[0] == printed
+
+
+def test_report_refuses_a_compare_result_without_validation(tmp_path, capsys):
+    run = {"config": {"task": "vit", "lr": 1e-3, "seed": 0}, "history": [{"step": 1, "test_acc": 0.5}],
+           "complete": True}
+    (tmp_path / "results.json").write_text(json.dumps({"command": "compare", "runs": [run]}))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["report", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "has no val_acc (written before compare chose learning rates on a validation split)" in \
+        capsys.readouterr().err
+
+
+def test_report_refuses_a_folder_without_results(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["report", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == f"gradsmooth report: error: DIR {str(tmp_path)!r} holds no results.json"
 
 
 def test_help_explains_every_option_with_its_default(capsys):
@@ -48,9 +100,10 @@ def test_help_explains_every_option_with_its_default(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     for option in ("--task", "--backend", "--optimizer", "--window", "--kernel", "--boundary", "--normalize",
-                   "--alpha", "--mode", "--lrs", "--steps", "--seeds", "--out", "--quiet", "--data"):
+                   "--alpha", "--mode", "--lrs", "--steps", "--seeds", "--out", "--quiet", "--data", "--depth",
+                   "--width", "--weight-decay", "--warmup"):
         assert option in text
-    assert text.count("default") >= 14
+    assert text.count("default") >= 18
 
 
 def _no_training(monkeypatch):
@@ -103,6 +156,10 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, ar
         (["compare", "--seeds", "0"], "argument --seeds: should be a positive integer but is: '0'"),
         (["demo", "--seed", "-1"], "argument --seed: should be an integer >= 0 but is: '-1'"),
         (["compare", "--window", "abc"], "argument --window: should be an odd integer >= 1 but is: 'abc'"),
+        (["compare", "--depth", "0"], "argument --depth: should be a positive integer but is: '0'"),
+        (["demo", "--width", "30"], "argument --width: should be a positive multiple of 4 (the attention heads) but is: '30'"),
+        (["compare", "--weight-decay", "-1"], "argument --weight-decay: should be a finite number >= 0 but is: '-1'"),
+        (["demo", "--warmup", "1.5"], "argument --warmup: should be a number in [0, 1] but is: '1.5'"),
         (["compare", "--kernel", "0.5,1"], "--kernel 0.5,1 has 2 weights: an explicit kernel needs an odd number of "
                                            "symmetric weights, one per block of the window, and --window set to that"),
         (["compare", "--kernel", "1,2,1,2,1"], "--kernel 1,2,1,2,1 has 5 weights but --window is 3: pass --window 5"),

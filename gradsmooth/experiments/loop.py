@@ -22,14 +22,40 @@ import numpy as np
 
 from gradsmooth.diagnostics import block_update_similarity, representation_similarity
 
-from .data import train_batches, val_batches
+from .data import held_out_batches, train_batches
 
 if TYPE_CHECKING:
     from .runs import RunConfig, RunResult
 
-__all__ = ["Batch", "Trainer", "TrainerFactory", "WarmupCosine", "train"]
+__all__ = ["Batch", "Trainer", "TrainerFactory", "WarmupCosine", "train", "MODEL_SIZES", "model_size", "held_out"]
 
 Batch = tuple[np.ndarray, np.ndarray]  # (inputs, targets) as NumPy arrays
+
+# each task's model when the run does not say: blocks (depth), model dimension (width), heads
+MODEL_SIZES = {"vit": dict(depth=8, width=64, heads=4), "lm": dict(depth=6, width=128, heads=4)}
+
+
+def model_size(config: RunConfig) -> dict[str, int]:
+    """The model's ``depth``, ``dim`` and ``heads``: ``config.depth`` and ``config.width`` where
+    set, else the task's :data:`MODEL_SIZES`."""
+    sizes = MODEL_SIZES[config.task]
+    depth = sizes["depth"] if config.depth is None else config.depth
+    width = sizes["width"] if config.width is None else config.width
+    if depth < 1:
+        raise ValueError(f"depth should be a positive integer but is: {depth!r}")
+    if width < 1 or width % sizes["heads"]:
+        raise ValueError(f"width should be a positive multiple of {sizes['heads']} (the heads) but is: {width!r}")
+    return {"depth": depth, "dim": width, "heads": sizes["heads"]}
+
+
+def held_out(config: RunConfig, data: Any) -> dict[str, list[Batch]] | None:
+    """The lm task's fixed evaluation batches by split ("val", and "test" when the text has a
+    test part); None for vit (its held-out images are evaluated whole)."""
+    if config.task != "lm":
+        return None
+    splits = {"val": data.val, "test": getattr(data, "test", None)}
+    return {name: held_out_batches(text, config.batch_size, config.context)
+            for name, text in splits.items() if text is not None}
 
 
 class Trainer(Protocol):
@@ -39,7 +65,8 @@ class Trainer(Protocol):
         """Train on one batch at step ``step`` (0-based; the schedule's position) and return its loss."""
 
     def evaluate(self) -> dict[str, float]:
-        """The task's held-out metrics: vit: test_loss and test_acc; lm: val_loss."""
+        """The task's held-out metrics: vit: test_loss and test_acc (and val_loss, val_acc when the
+        data has a validation split); lm: val_loss (and test_loss when the text has a test part)."""
 
     def parameters(self) -> dict[str, np.ndarray]:
         """A copy of every parameter by name, in the model's order."""
@@ -48,8 +75,8 @@ class Trainer(Protocol):
         """Each block's output on ``x`` in evaluation mode, flattened to (tokens, features)."""
 
 
-# builds a Trainer from the run's config, its data and the lm task's validation batches (None for vit)
-TrainerFactory = Callable[["RunConfig", Any, "list[Batch] | None"], Trainer]
+# builds a Trainer from the run's config, its data and the lm task's held-out batches by split (None for vit)
+TrainerFactory = Callable[["RunConfig", Any, "dict[str, list[Batch]] | None"], Trainer]
 
 
 @dataclass(frozen=True)
@@ -83,7 +110,7 @@ def train(config: RunConfig, data: Any, result: RunResult, trainer: TrainerFacto
     """Train ``config`` on ``data`` with the framework's ``trainer``, appending a row to
     ``result.history`` at every evaluation (so a Ctrl-C leaves what was gathered so far), and,
     with ``diagnose``, the depth diagnostics to ``result.diagnostics`` at the end."""
-    val = val_batches(data, config.batch_size, config.context) if config.task == "lm" else None
+    val = held_out(config, data)
     session = trainer(config, data, val)
     batches = train_batches(config.task, data, config.batch_size, config.context, config.seed)
     losses: list[float] = []
@@ -117,9 +144,9 @@ def _update_similarity(before: dict[str, np.ndarray], after: dict[str, np.ndarra
     return block_update_similarity({name: after[name] - before[name] for name in after})
 
 
-def _probe(config: RunConfig, data: Any, val: list[Batch] | None) -> np.ndarray:
+def _probe(config: RunConfig, data: Any, val: dict[str, list[Batch]] | None) -> np.ndarray:
     """The inputs the representations are measured on: 256 test images, or the first validation batch."""
-    return data.x_test[:256] if config.task == "vit" else val[0][0]
+    return data.x_test[:256] if config.task == "vit" else val["val"][0][0]
 
 
 def _diagnostics(session: Trainer, similarities: list[np.ndarray], probe: np.ndarray) -> dict[str, np.ndarray]:

@@ -20,13 +20,14 @@ from gradsmooth.backends.mlx import GradientSmoothing
 
 from . import loop
 from .data import VOCAB
-from .loop import Batch, WarmupCosine
+from .loop import Batch, WarmupCosine, model_size
 
 if TYPE_CHECKING:
     from .runs import RunConfig, RunResult
 
 __all__ = ["ViT", "GPT", "Trainer", "build_model", "build_optimizer", "evaluate", "train"]
 
+# the task's default model (loop.MODEL_SIZES in these classes' terms)
 SIZES = {"vit": dict(depth=8, dim=64, heads=4), "lm": dict(depth=6, dim=128, heads=4)}
 
 
@@ -108,9 +109,11 @@ class GPT(nn.Module):
 
 
 def build_model(config: RunConfig) -> nn.Module:
-    """The task's model, initialised from ``config.seed`` and evaluated."""
+    """The task's model (``config.depth`` blocks of width ``config.width``, or the task's
+    defaults), initialised from ``config.seed`` and evaluated."""
     mx.random.seed(config.seed)
-    model = ViT(**SIZES["vit"]) if config.task == "vit" else GPT(**SIZES["lm"], context=config.context)
+    size = model_size(config)
+    model = ViT(**size) if config.task == "vit" else GPT(**size, context=config.context)
     mx.eval(model.parameters())
     return model
 
@@ -145,14 +148,23 @@ def _loss(model: nn.Module, x: mx.array, y: mx.array) -> mx.array:
     return nn.losses.cross_entropy(model(x), y).mean()
 
 
-def evaluate(model: nn.Module, config: RunConfig, data: Any, val: list | None = None) -> dict[str, float]:
-    """vit: test_loss and test_acc on the test images; lm: val_loss, the mean over the ``val`` batches."""
+def evaluate(model: nn.Module, config: RunConfig, data: Any, val: dict[str, list] | None = None) -> dict[str, float]:
+    """vit: test_loss and test_acc on the test images (and val_loss, val_acc on the validation
+    images when the data has them); lm: ``<split>_loss``, the mean over each split's batches in ``val``."""
     if config.task == "vit":
-        logits = model(mx.array(data.x_test))
-        y = mx.array(data.y_test)
-        return {"test_loss": nn.losses.cross_entropy(logits, y).mean().item(),
-                "test_acc": (logits.argmax(axis=1) == y).astype(mx.float32).mean().item()}
-    return {"val_loss": float(np.mean([_loss(model, x, y).item() for x, y in val]))}
+        out = _classify(model, "test", data.x_test, data.y_test)
+        if data.x_val is not None:
+            out |= _classify(model, "val", data.x_val, data.y_val)
+        return out
+    return {f"{name}_loss": float(np.mean([_loss(model, x, y).item() for x, y in batches]))
+            for name, batches in val.items()}
+
+
+def _classify(model: nn.Module, split: str, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """``<split>_loss`` and ``<split>_acc`` of the model on images ``x`` with labels ``y``."""
+    logits, labels = model(mx.array(x)), mx.array(y)
+    return {f"{split}_loss": nn.losses.cross_entropy(logits, labels).mean().item(),
+            f"{split}_acc": (logits.argmax(axis=1) == labels).astype(mx.float32).mean().item()}
 
 
 def _compiled_step(model: nn.Module, optimizer: optim.Optimizer) -> tuple[Callable[[mx.array, mx.array], mx.array], list]:
@@ -174,12 +186,13 @@ class Trainer:
     """MLX's part of the loop (:class:`gradsmooth.experiments.loop.Trainer`): the model and
     optimizer of ``config`` and a compiled step (the schedule lives in the optimizer)."""
 
-    def __init__(self, config: RunConfig, data: Any, val: list[Batch] | None) -> None:
+    def __init__(self, config: RunConfig, data: Any, val: dict[str, list[Batch]] | None) -> None:
         self.config, self.data = config, data
         self.model = build_model(config)
         self.optimizer = build_optimizer(config)
         self._step, self._state = _compiled_step(self.model, self.optimizer)
-        self.val = [tuple(map(mx.array, b)) for b in val] if val is not None else None
+        self.val = ({name: [tuple(map(mx.array, b)) for b in batches] for name, batches in val.items()}
+                    if val is not None else None)
 
     def step(self, step: int, x: np.ndarray, y: np.ndarray) -> float:
         """One compiled step on the batch (the optimizer counts the steps itself); its loss before the step."""

@@ -9,6 +9,8 @@ The loop itself is :func:`gradsmooth.experiments.loop.train`; :class:`Trainer` i
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,14 +22,28 @@ from gradsmooth.backends.torch import GradientSmoothing
 
 from . import loop
 from .data import VOCAB
-from .loop import Batch, WarmupCosine
+from .loop import Batch, WarmupCosine, model_size
 
 if TYPE_CHECKING:
     from .runs import RunConfig, RunResult
 
-__all__ = ["ViT", "GPT", "Both", "Trainer", "build_model", "build_optimizer", "evaluate", "train"]
+__all__ = ["ViT", "GPT", "Both", "Trainer", "build_model", "build_optimizer", "evaluate", "train", "deterministic"]
 
+# the task's default model (loop.MODEL_SIZES in these classes' terms)
 SIZES = {"vit": dict(depth=8, dim=64, heads=4), "lm": dict(depth=6, dim=128, heads=4)}
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Within: ``torch.use_deterministic_algorithms(True)``; after: torch's previous setting
+    (and its warn-only flag) again, so that a run leaves torch's global configuration as it was."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 class Attention(nn.Module):
@@ -109,11 +125,12 @@ class GPT(nn.Module):
 
 
 def build_model(config: RunConfig) -> nn.Module:
-    """The task's model, initialised from ``config.seed``."""
+    """The task's model (``config.depth`` blocks of width ``config.width``, or the task's
+    defaults), initialised from ``config.seed``."""
     torch.manual_seed(config.seed)
     if config.task == "vit":
-        return ViT(**SIZES["vit"])
-    return GPT(**SIZES["lm"], context=config.context)
+        return ViT(**model_size(config))
+    return GPT(**model_size(config), context=config.context)
 
 
 def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
@@ -159,32 +176,42 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, config: RunConfig, data: Any, val: list | None = None) -> dict[str, float]:
-    """vit: test_loss and test_acc on the test images; lm: val_loss, the mean over the ``val`` batches."""
+def evaluate(model: nn.Module, config: RunConfig, data: Any, val: dict[str, list] | None = None) -> dict[str, float]:
+    """vit: test_loss and test_acc on the test images (and val_loss, val_acc on the validation
+    images when the data has them); lm: ``<split>_loss``, the mean over each split's batches in ``val``."""
     model.eval()
     try:
         if config.task == "vit":
-            logits = model(torch.from_numpy(data.x_test))
-            y = torch.from_numpy(data.y_test)
-            return {"test_loss": F.cross_entropy(logits, y).item(), "test_acc": (logits.argmax(1) == y).float().mean().item()}
-        losses = [_loss(model, x, y).item() for x, y in val]
-        return {"val_loss": float(np.mean(losses))}
+            out = _classify(model, "test", data.x_test, data.y_test)
+            if data.x_val is not None:
+                out |= _classify(model, "val", data.x_val, data.y_val)
+            return out
+        return {f"{name}_loss": float(np.mean([_loss(model, x, y).item() for x, y in batches]))
+                for name, batches in val.items()}
     finally:
         model.train()
+
+
+def _classify(model: nn.Module, split: str, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """``<split>_loss`` and ``<split>_acc`` of the model on images ``x`` with labels ``y``."""
+    logits, labels = model(torch.from_numpy(x)), torch.from_numpy(y)
+    return {f"{split}_loss": F.cross_entropy(logits, labels).item(),
+            f"{split}_acc": (logits.argmax(1) == labels).float().mean().item()}
 
 
 class Trainer:
     """PyTorch's part of the loop (:class:`gradsmooth.experiments.loop.Trainer`): the model and
     optimizer of ``config``; each step sets the scheduled learning rate, clips the gradient norm to 1."""
 
-    def __init__(self, config: RunConfig, data: Any, val: list[Batch] | None) -> None:
+    def __init__(self, config: RunConfig, data: Any, val: dict[str, list[Batch]] | None) -> None:
         self.config, self.data = config, data
         self.model = build_model(config)
         self.optimizer = build_optimizer(self.model, config)
         self.groups = self.optimizer.param_groups
         self.base_lrs = [g["lr"] for g in self.groups]
         self.schedule = WarmupCosine.of(config)
-        self.val = [tuple(map(torch.from_numpy, b)) for b in val] if val is not None else None
+        self.val = ({name: [tuple(map(torch.from_numpy, b)) for b in batches] for name, batches in val.items()}
+                    if val is not None else None)
 
     def step(self, step: int, x: np.ndarray, y: np.ndarray) -> float:
         """One optimizer step on the batch at the schedule's learning rate; its loss before the step."""

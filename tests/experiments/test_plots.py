@@ -11,7 +11,8 @@ from gradsmooth.experiments.runs import RunConfig, RunResult, summarize  # noqa:
 
 def result(lr, seed, smoothed, steps=(50, 100, 150), acc=0.5):
     cfg = RunConfig(task="vit", lr=lr, seed=seed, smoothing={"window": 3} if smoothed else None, steps=steps[-1])
-    history = [{"step": s, "train_loss": 1.0 / s, "test_loss": 2.0 / s, "test_acc": acc + 0.01 * seed} for s in steps]
+    history = [{"step": s, "train_loss": 1.0 / s, "test_loss": 2.0 / s, "test_acc": acc + 0.01 * seed,
+                "val_acc": acc + 0.02 * seed} for s in steps]
     diagnostics = {"update_similarity": np.eye(4), "representation_similarity": np.ones((4, 4))}
     return RunResult(cfg, history, diagnostics, complete=True)
 
@@ -43,7 +44,7 @@ def test_metric_vs_lr_has_a_title_and_says_what_the_error_bars_are(tmp_path):
     summary = summarize(results)
     fig = plots.plot_metric_vs_lr(summary, 3, tmp_path / "m.png")
     ax = fig.axes[0]
-    assert ax.get_title() == "final test acc vs learning rate (higher is better)"
+    assert ax.get_title() == "final val acc vs learning rate (higher is better)"
     notes = [t.get_text() for t in ax.texts]
     assert notes == ["mean over 3 seeds; error bars: ±1 standard deviation over the 3 seeds"]
     one = plots.plot_metric_vs_lr(summary, 1, tmp_path / "m1.png")
