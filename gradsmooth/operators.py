@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 __all__ = ["Band", "DepthOperator", "WindowSmoothing", "MatrixOperator", "Alpha", "WINDOW_DEFAULTS", "WINDOW_OPTIONS",
-           "WindowOptions",
+           "WindowOptions", "checked_alpha",
            "check_operator", "make_operator"]
 
 Alpha = Union[float, Callable[[int], float]]
@@ -109,6 +109,29 @@ def _mix(band: Band, alpha: Any) -> Band:
     return Band(tuple(rows))
 
 
+def checked_alpha(value: object, step: int) -> float:
+    """``value``, what a schedule returned at ``step``, as a float in [0, 1]: a Python or NumPy
+    real number or a real single-element array (read with ``float``). A value outside [0, 1]
+    or NaN raises ValueError; a string, bool, complex number or anything ``float`` cannot read
+    raises TypeError."""
+    what = f"alpha(step) should return a number in [0, 1] but alpha({step}) returned: {value!r}"
+    dtype = str(getattr(value, "dtype", ""))
+    if (
+        isinstance(value, (str, bytes, bool, complex))
+        or (isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real))
+        or "bool" in dtype
+        or "complex" in dtype
+    ):
+        raise TypeError(what)
+    try:
+        alpha = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(what) from None
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(what)
+    return alpha
+
+
 class DepthOperator(ABC):
     """Base of every depth operator: a subclass defines :meth:`depth_band`, the matrix A.
 
@@ -122,32 +145,11 @@ class DepthOperator(ABC):
         """The operator's matrix A for ``n`` members, before ``alpha`` is applied."""
 
     def alpha_at(self, step: int = 0) -> float:
-        """The strength used at ``step`` (the number of steps taken before this one), a float in [0, 1].
-
-        A schedule ``alpha(step)`` may return a Python or NumPy real number, or a real
-        single-element array (an MLX or torch scalar): it is read with ``float``. A value
-        outside [0, 1] or NaN raises ValueError; a string, bool, complex number or anything
-        ``float`` cannot read raises TypeError.
-        """
+        """The strength used at ``step`` (the number of steps taken before this one), a float in
+        [0, 1]: a schedule's value is checked by :func:`checked_alpha`."""
         if not callable(self.alpha):
             return self.alpha
-        value = self.alpha(step)
-        what = f"alpha(step) should return a number in [0, 1] but alpha({step}) returned: {value!r}"
-        dtype = str(getattr(value, "dtype", ""))
-        if (
-            isinstance(value, (str, bytes, bool, complex))
-            or (isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real))
-            or "bool" in dtype
-            or "complex" in dtype
-        ):
-            raise TypeError(what)
-        try:
-            alpha = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise TypeError(what) from None
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(what)
-        return alpha
+        return checked_alpha(self.alpha(step), step)
 
     def band(self, n: int, step: int = 0) -> Band:
         """The band of ``(1 - alpha) I + alpha A`` for ``n`` members at ``step``."""

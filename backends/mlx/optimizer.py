@@ -26,7 +26,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from gradsmooth import MODES, Band, BlockPlan, DepthOperator, check_mode, find_blocks, make_operator
 from gradsmooth.blocks import Exclude, Stacks
 from gradsmooth.decay import check_decoupled_decay, classify_decay, decay_warning
-from gradsmooth.operators import WindowOptions
+from gradsmooth.operators import WindowOptions, checked_alpha
 from gradsmooth.smoothing import weighted_sum
 
 from .blocks import tree_sites
@@ -319,7 +319,7 @@ class GradientSmoothing(optim.Optimizer):
         if isinstance(value, mx.array):
             return _checked_alpha_array(value, None if t is None else int(t))
         if t is not None:
-            return op.alpha_at(int(t))  # the core checks a Python number (calling alpha(t) again)
+            return checked_alpha(value, int(t))  # the core checks a Python number
         try:  # traced step: the core needs the step's value; the number is checked as an array
             as_array = mx.array(value)
         except (TypeError, ValueError):

@@ -25,7 +25,7 @@ from torch.optim import Optimizer
 from gradsmooth import Band
 
 from .fused import FUSED_MIN_ELEMENTS, FusedKernel, band_pattern, fused_kernel
-from .groups import local
+from .groups import DTensor, local
 from .mixing import (BandProgram, Workspace, band_program, compute_dtype, device_weights, mix_gradients, mix_updates,
                      warm_weights)
 
@@ -171,12 +171,12 @@ def run_group_step(step: GroupStep, mode: str, ws: Workspace, snapshots: Snapsho
         mix_gradients(step.program, step.targets, ws)
 
 
-def refuse_sparse(members: list[Tensor], grads: list[Tensor], name: Callable[[Tensor], str]) -> None:
+def refuse_sparse(members: list[Tensor], name: Callable[[Tensor], str]) -> None:
     """Gradient mode mixes dense gradients only: refuse a sparse one before anything changes."""
-    for p, g in zip(members, grads):
-        if g.layout != torch.strided:
+    for p in members:
+        if p.grad.layout != torch.strided:
             raise ValueError(
-                f"gradient of {name(p)!r} is {g.layout} (sparse); mode='gradient' smooths dense gradients "
+                f"gradient of {name(p)!r} is {p.grad.layout} (sparse); mode='gradient' smooths dense gradients "
                 "only and nothing was changed: use mode='update', or exclude the parameter"
             )
 
@@ -214,7 +214,7 @@ def raise_if_not_finite(params: list[Tensor], name: Callable[[Tensor], str], ste
         by_device.setdefault(p.grad.device, []).append(p)
     for device_params in by_device.values():
         sums = torch.stack([_sum(local(p.grad)) for p in device_params])
-        distributed = any(local(p.grad) is not p.grad for p in device_params)
+        distributed = any(isinstance(p.grad, DTensor) for p in device_params)
         if distributed:
             torch.distributed.all_reduce(sums)  # every rank takes the same decision
         suspects = (~torch.isfinite(sums)).nonzero().view(-1).tolist()

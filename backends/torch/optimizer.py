@@ -32,7 +32,7 @@ from . import checkpoint
 from .blocks import ModelParameters
 from .execution import (GroupStep, Snapshots, base_step, plan_group_step, raise_if_not_finite, refuse_sparse,
                         run_group_step)
-from .groups import check_muon, decay_factors, local, make_groups, owners, unclassified
+from .groups import check_muon, decay_factors, make_groups, owners, unclassified
 from .mixing import Workspace, workspace
 from .pipeline import PipelineStages, check_stage, stage_gradients, stage_snapshots, stage_updates
 
@@ -281,7 +281,7 @@ class GradientSmoothing(Optimizer):
             if band.is_identity:
                 continue
             if self.mode == "gradient":
-                refuse_sparse(members, [local(p.grad) for p in members], self._name)
+                refuse_sparse(members, self._name)
             work.append(plan_group_step(gi, members, band, self.mode, fused=self.fused, snapshots=self._snapshots,
                                         capacity=len(self._members[gi]), decays=decays))
         return work
