@@ -8,9 +8,7 @@ Frameworks are imported only when a run needs one (``--backend torch`` or ``mlx`
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import numbers
 import os
 import pathlib
 import sys
@@ -19,13 +17,14 @@ from dataclasses import asdict, replace
 from typing import Any, NoReturn
 
 from . import __version__
+from .compare import format_summary, overview, render
 from .experiments.data import DataError, load_digits_split, load_text
-from .experiments.runs import METRICS, BackendMissing, RunConfig, RunResult, backend_module, compare, format_summary
 from .experiments.loop import MODEL_SIZES
-from .experiments.runs import SELECTION, machine, provenance, run, summarize
+from .experiments.runs import METRICS, BackendMissing, RunConfig, RunResult, backend_module, compare, run
 from .kernels import BOUNDARIES
 from .modes import MODES
 from .operators import WINDOW_DEFAULTS, make_operator
+from .results import ResultsError, machine, provenance, read_results, write_results
 
 __all__ = ["main", "TASK_DEFAULTS", "DEMO_LRS", "VAL_FRACTION", "TEST_FRACTION"]
 
@@ -209,11 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(cmp)
     cmp.add_argument("--lrs", type=_lrs, default=[1e-3, 3e-3, 1e-2], help="comma-separated (default: 1e-3,3e-3,1e-2)")
     cmp.add_argument("--seeds", type=_positive, default=3, help="number of seeds (default: %(default)s)")
+    cmp.add_argument("--first-seed", type=_natural, default=0,
+                     help="the seeds are first-seed, first-seed + 1, ...: --seeds 1 --first-seed 5 runs seed 5 "
+                          "alone (default: %(default)s)")
     cmp.add_argument("--out", default="gradsmooth-compare", help="output folder (default: %(default)s)")
     rep = sub.add_parser("report", help="print a results folder's tables and redraw its plots from its results.json",
-                         description="Read DIR/results.json (written by demo or compare) and print the same tables "
-                                     "the command printed, as Markdown; redraw its PNG plots into DIR.")
-    rep.add_argument("dir", metavar="DIR", help="a folder holding results.json")
+                         description="Read DIR/results.json (written by demo, compare or gradsmooth.compare.sweep) "
+                                     "and print the same tables the command printed, as Markdown; redraw its PNG "
+                                     "plots into DIR. Several DIRs (comparisons): one overview table, a row each.")
+    rep.add_argument("dirs", metavar="DIR", nargs="+", help="a folder holding results.json")
     return parser
 
 
@@ -290,34 +293,6 @@ def _progress(quiet: bool):
     return make
 
 
-def _strict(value: Any) -> Any:
-    """``value`` with every NaN or infinity made None (JSON null) and NumPy scalars made Python's."""
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    return float(value) if math.isfinite(value) else None
-
-
-def _write(out: pathlib.Path, payload: dict[str, Any]) -> pathlib.Path:
-    """results.json in strict JSON: a NaN or infinite number (a diverged run, a missing arm) is null."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    path.write_text(json.dumps(_strict(payload), indent=1, default=str, allow_nan=False))
-    return path
-
-
-def _interrupted(out: pathlib.Path, payload: dict[str, Any]) -> NoReturn:
-    """Ctrl-C: keep what was gathered, say where, on a line of its own (not after the progress bar or ^C)."""
-    path = _write(out, payload)
-    sys.stderr.write("\n")
-    _fail(f"interrupted: the results gathered so far are in {path}", 130)
-
-
 def _demo(args: argparse.Namespace, argv: list[str]) -> int:
     config, smoothing = _config(args)
     lr_base, lr_smoothed = DEMO_LRS[(config.task, config.optimizer)]
@@ -329,15 +304,18 @@ def _demo(args: argparse.Namespace, argv: list[str]) -> int:
     _check_out(args.command, out)
     results: list[RunResult] = []
     progress = _progress(args.quiet)
-    origin = provenance(argv, config.backend, [args.seed])
+    def payload(interrupted: bool) -> dict[str, Any]:
+        return {"command": "demo", "interrupted": interrupted, "provenance": provenance(["gradsmooth", *argv],
+                [args.seed]), "machine": machine(), "runs": [r.to_json() for r in results]}
+
     try:
         for cfg in arms:
             run(cfg, data, progress=progress(cfg), diagnose=True, into=results)
     except KeyboardInterrupt:
-        _interrupted(out, {"command": "demo", "interrupted": True, "provenance": origin, "machine": machine(),
-                           "runs": [r.to_json() for r in results]})
-    path = _write(out, {"command": "demo", "provenance": origin, "machine": machine(),
-                        "runs": [r.to_json() for r in results]})
+        path = write_results(out, payload(True))
+        sys.stderr.write("\n")  # the message on a line of its own, not after the progress bar or ^C
+        _fail(f"interrupted: the results gathered so far are in {path}", 130)
+    path = write_results(out, payload(False))
     paths = _render_demo(results, out)
     print(f"\nwrote {', '.join(str(p) for p in paths)} and {path}")
     return 0
@@ -348,9 +326,10 @@ def _render_demo(results: list[RunResult], out: pathlib.Path) -> list[pathlib.Pa
     base, smoothed = results
     config = base.config
     print(_demo_table(base, smoothed))
-    from .experiments.plots import plot_curves, plot_depth_structure
+    from .experiments.plots import plot_depth_structure
+    from .plots import plot_curves
 
-    plot_curves([base], [smoothed], out / "curves.png",
+    plot_curves({r.config.label: (r.config.lr, [r.history]) for r in (base, smoothed)}, out / "curves.png",
                 title=f"{config.task}: {config.optimizer} vs {config.optimizer} + Gradient Smoothing")
     plot_depth_structure(base, smoothed, out / "depth_structure.png")
     return [out / "curves.png", out / "depth_structure.png"]
@@ -373,81 +352,55 @@ def _demo_table(base: RunResult, smoothed: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _label(config: RunConfig, smoothing: dict[str, Any]) -> str:
+    """The setting in a few words, for the overview of several results folders."""
+    changed = {k: v for k, v in smoothing.items() if k != "mode" and v != WINDOW_DEFAULTS[k]}
+    extra = "".join(f", {k} {v}" for k, v in changed.items())
+    return (f"{config.task} {config.optimizer}, {config.depth} blocks, width {config.width}, {config.steps} steps; "
+            f"{smoothing['mode']} mode{extra}")
+
+
 def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     config, smoothing = _config(args)
     out = pathlib.Path(args.out)
     data = _data(config, held_out=True)
     _check_out(args.command, out)
-    results: list[RunResult] = []
-    seeds = list(range(args.seeds))
-    settings = {"config": asdict(config), "smoothing": smoothing, "lrs": args.lrs, "seeds": seeds,
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    settings = {"config": asdict(config), "label": _label(config, smoothing),
                 "val_fraction": VAL_FRACTION if config.task == "vit" else None,
                 "test_fraction": TEST_FRACTION if config.task == "lm" else None}
-    origin = provenance(argv, config.backend, seeds)
-
-    def payload(interrupted: bool) -> dict[str, Any]:
-        done = [r for r in results if r.complete]
-        return {"command": "compare", "interrupted": interrupted, "provenance": origin, "settings": settings,
-                "machine": machine(), "summary": summarize(done) if done else None,
-                "runs": [r.to_json() for r in results]}
-
     try:
-        compare(config, smoothing, args.lrs, range(args.seeds), data, results,
-                on_result=lambda r: _write(out, payload(False)), progress_for=_progress(args.quiet))
+        result = compare(config, smoothing, args.lrs, seeds, data, out=out, verbose=not args.quiet,
+                         progress_for=_progress(args.quiet), command=["gradsmooth", *argv], settings=settings)
     except KeyboardInterrupt:
-        _interrupted(out, payload(True))
-    paths = _render_compare(results, out)
-    path = _write(out, payload(False))
-    print(f"\nwrote {path} and {', '.join(str(p) for p in paths)}")
+        raise SystemExit(130) from None  # sweep wrote what was gathered and said where
+    if args.quiet:
+        print(format_summary(result["summary"]))
+    print(f"\nwrote {out / 'results.json'} and the plots in {out}")
     return 0
 
 
-def _render_compare(results: list[RunResult], out: pathlib.Path) -> list[pathlib.Path]:
-    """Print compare's tables of ``results`` (:func:`format_summary`) and draw its plots into ``out``."""
-    summary = summarize(results)
-    print(format_summary(summary))
-    from .experiments.plots import plot_compare
-
-    return plot_compare(results, summary, out)
-
-
-def _load(folder: pathlib.Path) -> dict[str, Any]:
-    """``folder``/results.json, refused in the CLI's terms when missing or not a demo or compare result."""
-    path = folder / "results.json"
-    if not path.is_file():
-        _fail(f"gradsmooth report: error: DIR {str(folder)!r} holds no results.json")
-    try:
-        payload = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        _fail(f"gradsmooth report: error: {str(path)!r} is not JSON: {err}")
-    if not isinstance(payload, dict) or payload.get("command") not in ("demo", "compare"):
-        _fail(f"gradsmooth report: error: {str(path)!r} is not a results.json of gradsmooth demo or compare")
-    return payload
-
-
-def _check_selection(folder: pathlib.Path, complete: list[RunResult]) -> None:
-    """A compare result records the validation metric its learning rates are chosen on: one from
-    before the validation split did not, and is refused rather than reported as NaN."""
-    key = SELECTION[complete[0].config.task][0]
-    if not any(r.history and key in r.history[-1] for r in complete):
-        _fail(f"gradsmooth report: error: {str(folder / 'results.json')!r} has no {key} (written before compare "
-              f"chose learning rates on a validation split): run compare again")
-
-
 def _report(args: argparse.Namespace) -> int:
-    """Print the tables of DIR/results.json and redraw its plots into DIR, without training."""
-    folder = pathlib.Path(args.dir)
-    payload = _load(folder)
-    results = [RunResult.from_json(entry) for entry in payload.get("runs", [])]
-    complete = [r for r in results if r.complete]
-    if payload["command"] == "demo" and len(complete) == 2:
-        paths = _render_demo(complete, folder)
-    elif payload["command"] == "compare" and complete:
-        _check_selection(folder, complete)
-        paths = _render_compare(results, folder)
-    else:
-        _fail(f"gradsmooth report: error: {str(folder / 'results.json')!r} holds no complete runs to report")
-    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    """Print the tables of each DIR/results.json (several comparisons: one overview table) and
+    redraw a single DIR's plots, without training."""
+    try:
+        if len(args.dirs) > 1:
+            print(overview(args.dirs))
+            return 0
+        folder = pathlib.Path(args.dirs[0])
+        payload = read_results(folder)
+        if payload.get("command") == "demo":
+            complete = [RunResult.from_json(entry) for entry in payload.get("runs", [])]
+            complete = [r for r in complete if r.complete]
+            if len(complete) != 2:
+                raise ResultsError(f"{str(folder / 'results.json')!r} holds no complete demo runs to report")
+            paths = _render_demo(complete, folder)
+            print(f"\nwrote {', '.join(str(p) for p in paths)}")
+            return 0
+        print(render(folder))
+    except ResultsError as err:
+        _fail(f"gradsmooth report: error: {err}")
+    print(f"\nwrote the plots in {folder}")
     return 0
 
 

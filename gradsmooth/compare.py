@@ -5,19 +5,36 @@ Student-t interval, a win count and a verdict (docs/method.md, "Comparing fairly
 
 Framework-free: the user's ``train(make_optimizer, seed)`` builds the model and the optimizer
 (``make_optimizer``, an :class:`Arm`, says which learning rate and smoothing) and returns
-``{"val": float, "test": float, ...}``. ``gradsmooth compare`` is built on it.
+``{"val": float, "test": float, ...}`` (and, for curves, ``"history"``: a list of
+``{"step": ..., "<metric>": ...}``). With ``out`` it writes ``results.json`` after every run (on
+Ctrl-C too) and draws the plots; ``gradsmooth report DIR`` prints the tables again. ``gradsmooth
+compare`` is built on it.
 """
 
 from __future__ import annotations
 
 import math
+import pathlib
+import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["Arm", "sweep", "summarize_records", "paired_difference", "CONFIDENCE"]
+from .results import ResultsError, machine, provenance, read_results, write_results
+
+__all__ = [
+    "CONFIDENCE",
+    "Arm",
+    "format_summary",
+    "overview",
+    "paired_difference",
+    "render",
+    "summarize_records",
+    "sweep",
+]
 
 CONFIDENCE = 0.95
 ARMS = ("base", "smoothed")
@@ -124,31 +141,178 @@ def summarize_records(records: Sequence[Mapping[str, Any]], higher_is_better: bo
             "best": best, "best_vs_best": headline}
 
 
-def _record(arm: Arm, seed: int, out: Mapping[str, Any]) -> dict[str, Any]:
-    """One run's record: its learning rate, arm and seed, and what ``train`` returned."""
-    if not isinstance(out, Mapping) or "val" not in out or "test" not in out:
+def _signed(value: float | None) -> str:
+    return "nan" if value is None or math.isnan(value) else f"{value:+.4f}"
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The summary as a Markdown table: the validation metric per learning rate (the chosen
+    rates marked), then the test metric at the chosen rates and the paired difference with its
+    confidence interval, win count and verdict."""
+    key = summary["metric"]
+    lines = [f"| lr | base {key} | smoothed {key} |", "| --- | --- | --- |"]
+    for row in summary["rows"]:
+        mark = {arm: " *" if summary["best"][arm] == row["lr"] else "" for arm in ARMS}
+        lines.append(f"| {row['lr']:g} | {row['base'][0]:.4f} ± {row['base'][1]:.4f}{mark['base']} | "
+                     f"{row['smoothed'][0]:.4f} ± {row['smoothed'][1]:.4f}{mark['smoothed']} |")
+    lines.append(f"(* the learning rate each arm chose on {key}; ± is the standard deviation over seeds)")
+    h = summary["best_vs_best"]
+    if h:
+        better = "higher" if h["higher_is_better"] else "lower"
+        low, high = h["ci"]
+        lines.append("")
+        lines.append(f"{h['metric']} at each arm's chosen learning rate ({better} is better): base "
+                     f"{h['base'][0]:.4f} ± {h['base'][1]:.4f} at lr {h['base_lr']:g}; smoothed "
+                     f"{h['smoothed'][0]:.4f} ± {h['smoothed'][1]:.4f} at lr {h['smoothed_lr']:g}")
+        lines.append(f"smoothed - base, paired over seeds {h['seeds']}: mean {_signed(h['mean'])}, "
+                     f"{round(100 * h['confidence'])}% CI [{_signed(low)}, {_signed(high)}] (Student t); "
+                     f"smoothed better on {h['wins']} of {h['n']} seeds; verdict: {h['verdict']}")
+    return "\n".join(lines)
+
+
+def _record(arm: Arm, seed: int, out: Mapping[str, Any], seconds: float) -> dict[str, Any]:
+    """One run's record: its learning rate, arm and seed, what ``train`` returned, and its time."""
+    if not isinstance(out, Mapping) or not all(isinstance(out.get(k), (int, float)) for k in ("val", "test")):
         raise TypeError(f"train should return a mapping with 'val' and 'test' numbers but returned: {out!r} "
                         f"(lr {arm.lr:g}, {arm.label}, seed {seed})")
-    return {"lr": arm.lr, "arm": arm.label, "seed": seed} | dict(out)
+    return {"lr": arm.lr, "arm": arm.label, "seed": seed, "seconds": round(seconds, 2)} | dict(out)
 
 
-def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], seeds: Iterable[int],
-          smoothing: Mapping[str, Any] | None = None, higher_is_better: bool = True,
-          on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run ``train(make_optimizer, seed)`` for the base and the smoothed arm (``smoothing``: the
-    wrapper's arguments, ``{}`` for its defaults) at every learning rate in ``lrs`` and every seed;
-    ``train`` returns ``{"val": float, "test": float, ...}``. Returns ``{"records": [...],
-    "summary": ...}`` (:func:`summarize_records`); ``on_record`` sees each record as it comes."""
+def _checked(lrs: Iterable[float], seeds: Iterable[int]) -> tuple[list[float], list[int]]:
     lrs, seeds = list(lrs), list(seeds)
     if not lrs or any(not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0) for lr in lrs):
         raise ValueError(f"lrs should be finite positive numbers, at least one, but are: {lrs!r}")
-    if not seeds:
-        raise ValueError(f"seeds should hold at least one seed but is: {seeds!r}")
-    records = []
-    for lr in lrs:
-        for seed in seeds:
-            for arm in (Arm(lr), Arm(lr, dict(smoothing or {}))):
-                records.append(_record(arm, seed, train(arm, seed)))
-                if on_record:
-                    on_record(records[-1])
-    return {"records": records, "summary": summarize_records(records, higher_is_better)}
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds should hold at least one seed, distinct integers, but is: {seeds!r}")
+    return lrs, seeds
+
+
+def _draw(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], out: pathlib.Path) -> list[pathlib.Path]:
+    """The plots of :func:`gradsmooth.plots.plot_compare`; none, with a warning, without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        import warnings
+
+        warnings.warn("matplotlib is not installed: no plots drawn (pip install matplotlib)", RuntimeWarning,
+                      stacklevel=3)
+        return []
+    from .plots import plot_compare
+
+    return plot_compare(records, summary, out)
+
+
+def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], seeds: Iterable[int],
+          smoothing: Mapping[str, Any] | None = None, higher_is_better: bool = True, *,
+          out: str | pathlib.Path | None = None, metric: str = "val", test_metric: str = "test",
+          settings: Mapping[str, Any] | None = None, command: Sequence[str] | None = None, verbose: bool = True,
+          on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run ``train(make_optimizer, seed)`` for the base and the smoothed arm (``smoothing``: the
+    wrapper's arguments, ``{}`` for its defaults) at every learning rate in ``lrs`` and every seed;
+    ``train`` returns ``{"val": float, "test": float, ...}`` (``"history"``, a list of
+    ``{"step": ..., "<metric>": ...}``, gives the curves plot). Each arm's learning rate is chosen
+    on ``val``; ``test`` is compared there, seed by seed (:func:`summarize_records`).
+
+    ``verbose``: a line per run and the tables at the end (stderr, stdout). ``out``: a folder
+    where ``results.json`` (records, summary, ``settings``, the ``command`` — default: this
+    process's — git commit, threads, machine) is written after every run, and the plots at the
+    end; ``gradsmooth report out`` prints the tables again. On Ctrl-C what was gathered is
+    written (``"interrupted": true``) before the KeyboardInterrupt goes on up.
+    ``metric``/``test_metric`` name ``val``/``test`` in the tables. Returns ``{"records": [...],
+    "summary": ...}``; ``on_record`` sees each record as it comes."""
+    lrs, seeds = _checked(lrs, seeds)
+    smoothing = dict(smoothing or {})
+    records: list[dict[str, Any]] = []
+
+    def summary() -> dict[str, Any]:
+        return summarize_records(records, higher_is_better, metric, test_metric)
+
+    payload = {"command": "compare", "interrupted": False,
+               "provenance": provenance(command if command is not None else sys.orig_argv, seeds),
+               "settings": {"lrs": lrs, "seeds": seeds, "smoothing": smoothing, "higher_is_better": higher_is_better,
+                            "metric": metric, "test_metric": test_metric} | dict(settings or {}),
+               "machine": machine(), "summary": None, "records": records}
+
+    def save(interrupted: bool = False) -> pathlib.Path:
+        payload["interrupted"], payload["summary"] = interrupted, summary() if records else None
+        return write_results(out, payload)
+
+    if out is not None:
+        out = pathlib.Path(out)
+        save()  # an unwritable folder fails here, before any training
+    runs = [(Arm(lr, smoothing if smoothed else None), seed) for lr in lrs for seed in seeds for smoothed in (False, True)]
+    try:
+        for i, (arm, seed) in enumerate(runs):
+            start = time.perf_counter()
+            records.append(_record(arm, seed, train(arm, seed), time.perf_counter() - start))
+            r = records[-1]
+            if verbose:
+                print(f"[{i + 1}/{len(runs)}] lr {arm.lr:g} {arm.label} seed {seed}: {metric} {r['val']:.4f}, "
+                      f"{test_metric} {r['test']:.4f} ({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
+            if on_record:
+                on_record(r)
+            if out is not None:
+                save()
+    except KeyboardInterrupt:
+        if out is not None:
+            path = save(interrupted=True)
+            sys.stderr.write(f"\ninterrupted: the results gathered so far are in {path}\n")
+        raise
+    result = {"records": records, "summary": summary()}
+    if out is not None:
+        save()
+        _draw(records, result["summary"], out)
+    if verbose:
+        print(format_summary(result["summary"]))
+    return result
+
+
+def _records(payload: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    """The records of a compare results.json, a null val or test (a diverged run) NaN again."""
+    if payload.get("command") != "compare" or not isinstance(payload.get("records"), list):
+        raise ResultsError(f"{where!r} holds no records of a comparison (a results.json written before "
+                           f"gradsmooth compare chose learning rates on a validation split): run the comparison again")
+    nan = lambda v: math.nan if v is None else v
+    return [dict(r) | {"val": nan(r["val"]), "test": nan(r["test"])} for r in payload["records"]]
+
+
+def _summary_of(payload: Mapping[str, Any], where: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    records = _records(payload, where)
+    s = payload.get("settings", {})
+    if not records:
+        raise ResultsError(f"{where!r} holds no complete runs to report")
+    return records, summarize_records(records, s.get("higher_is_better", True), s.get("metric", "val"),
+                                      s.get("test_metric", "test"))
+
+
+def render(folder: str | pathlib.Path, draw: bool = True) -> str:
+    """The tables of ``folder``/results.json written by :func:`sweep` (or ``gradsmooth compare``),
+    as Markdown, recomputed from its records; with ``draw`` its plots are drawn into ``folder`` again."""
+    folder = pathlib.Path(folder)
+    records, summary = _summary_of(read_results(folder), str(folder / "results.json"))
+    if draw:
+        _draw(records, summary, folder)
+    return format_summary(summary)
+
+
+def overview(folders: Sequence[str | pathlib.Path]) -> str:
+    """One Markdown row per results folder: its setting, each arm's test metric at its chosen
+    learning rate, the paired difference with its interval, the win count and the verdict."""
+    lines = ["| results | setting | seeds | base (lr) | smoothed (lr) | smoothed - base [95% CI] | wins | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for folder in folders:
+        payload = read_results(folder)
+        _, summary = _summary_of(payload, str(pathlib.Path(folder) / "results.json"))
+        h = summary["best_vs_best"]
+        label = payload.get("settings", {}).get("label", "")
+        if h is None:
+            lines.append(f"| {folder} | {label} | | | | | | no arm has a finite {summary['metric']} |")
+            continue
+        low, high = h["ci"]
+        lines.append(f"| {folder} | {label} | {h['n']} | {h['base'][0]:.4f} ({h['base_lr']:g}) | "
+                     f"{h['smoothed'][0]:.4f} ({h['smoothed_lr']:g}) | {_signed(h['mean'])} "
+                     f"[{_signed(low)}, {_signed(high)}] | {h['wins']}/{h['n']} | {h['verdict']} |")
+    metrics = {read_results(f).get("settings", {}).get("test_metric", "test") for f in folders}
+    lines.append(f"(test metric: {', '.join(sorted(metrics))}; each arm at the learning rate it chose on the "
+                 f"validation metric; the interval is Student t over the paired seeds)")
+    return "\n".join(lines)

@@ -1,7 +1,6 @@
 """The gradsmooth command: demo and compare end to end on tiny budgets, help, errors, Ctrl-C."""
 
 import json
-import math
 import os
 import re
 import subprocess
@@ -42,11 +41,13 @@ def test_compare_chooses_on_val_and_reports_the_paired_test_difference(tmp_path,
     assert "test_loss at each arm's chosen learning rate (lower is better)" in out
     assert "95% CI [" in out and "smoothed better on" in out and "of 2 seeds; verdict: " in out
     result = json.loads((tmp_path / "results.json").read_text())
-    assert len(result["runs"]) == 2 * 2 * 2 and not result["interrupted"]
+    assert len(result["records"]) == 2 * 2 * 2 and not result["interrupted"]
     assert result["settings"]["smoothing"]["window"] == 5 and result["machine"]["torch"]
     config = result["settings"]["config"]
     assert (config["depth"], config["width"], config["weight_decay"], config["warmup"]) == (2, 32, 0.1, 0.25)
-    assert {"val_loss", "test_loss"} <= set(result["runs"][0]["history"][-1])
+    assert {"val_loss", "test_loss"} <= set(result["records"][0]["history"][-1])
+    assert result["records"][0]["val"] == result["records"][0]["history"][-1]["val_loss"]
+    assert result["settings"]["metric"] == "val_loss" and result["settings"]["higher_is_better"] is False
     headline = result["summary"]["best_vs_best"]
     assert len(headline["per_seed_diff"]) == 2 and headline["n"] == 2 and len(headline["ci"]) == 2
     assert headline["verdict"] in ("win", "loss", "no significant difference")
@@ -83,8 +84,19 @@ def test_report_refuses_a_compare_result_without_validation(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["report", str(tmp_path)])
     assert exit_.value.code == 2
-    assert "has no val_acc (written before compare chose learning rates on a validation split)" in \
-        capsys.readouterr().err
+    assert "holds no records of a comparison (a results.json written before gradsmooth compare chose learning " \
+           "rates on a validation split): run the comparison again" in capsys.readouterr().err
+
+
+def test_report_of_several_folders_is_one_overview_table(tmp_path, capsys):
+    for name, window in (("w3", "3"), ("w5", "5")):
+        assert cli.main(["compare", "--lrs", "1e-3", "--seeds", "2", "--window", window, "--depth", "2", *TINY,
+                         "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path / "w3"), str(tmp_path / "w5")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| results | setting | seeds | base (lr) | smoothed (lr) |") and len(lines) == 5
+    assert f"| {tmp_path / 'w5'} | vit adamw, 2 blocks, width 64, 4 steps; update mode, window 5 | 2 |" in lines[3]
 
 
 def test_report_refuses_a_folder_without_results(tmp_path, capsys):
@@ -232,14 +244,6 @@ def test_help_is_plain_text(capsys, command):
                "sgd 0.1 (vit), 0.3 (lm); muon 0.02)" in flat
 
 
-def test_results_json_is_strict():
-    import numpy as np
-
-    value = {"a": math.nan, "b": [math.inf, -math.inf, 1.5, np.float32(2.5), (np.int64(3), True)], "c": None}
-    text = json.dumps(cli._strict(value), allow_nan=False)
-    assert json.loads(text) == {"a": None, "b": [None, None, 1.5, 2.5, [3, True]], "c": None}
-
-
 def _strict_json(text):
     def refuse(name):
         raise ValueError(f"not JSON: {name}")
@@ -276,8 +280,10 @@ def test_ctrl_c_writes_strict_json_and_its_message_on_its_own_line(tmp_path, mon
     message = f"interrupted: the results gathered so far are in {tmp_path / 'results.json'}"
     assert message in re.split(r"[\r\n]", err)  # not glued to the bar's line
     result = _strict_json((tmp_path / "results.json").read_text())
-    assert result["interrupted"] and [r["complete"] for r in result["runs"]] == [True, False]
-    if command == "compare":  # no complete smoothed run: its mean and best are null, not NaN
+    if command == "demo":
+        assert result["interrupted"] and [r["complete"] for r in result["runs"]] == [True, False]
+    else:  # the base run finished, the smoothed one did not: one record
+        assert result["interrupted"] and [r["arm"] for r in result["records"]] == ["base"]  # no complete smoothed run: its mean and best are null, not NaN
         summary = result["summary"]
         assert summary["rows"][0]["smoothed"] == [None, None] and summary["best"]["smoothed"] is None
 
@@ -313,7 +319,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_gathered(tmp_path, monkeypatch,
     assert exit_.value.code == 130
     assert "interrupted: the results gathered so far are in" in capsys.readouterr().err
     result = json.loads((tmp_path / "results.json").read_text())
-    assert result["interrupted"] and [r["complete"] for r in result["runs"]] == [True, True, False]
+    assert result["interrupted"] and [r["seed"] for r in result["records"]] == [0, 0]
     assert result["summary"]["rows"][0]["lr"] == 1e-3
 
 

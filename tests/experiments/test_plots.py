@@ -1,4 +1,4 @@
-"""The PNG figures say what they show: titles, colourbar labels, the error bars' meaning, markers."""
+"""The demo's depth-structure figure says what it shows: titles, colourbar labels, its steps."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from gradsmooth.experiments import plots  # noqa: E402
-from gradsmooth.experiments.runs import RunConfig, RunResult, summarize  # noqa: E402
+from gradsmooth.experiments.runs import RunConfig, RunResult  # noqa: E402
 
 
 def result(lr, seed, smoothed, steps=(50, 100, 150), acc=0.5):
@@ -15,15 +15,6 @@ def result(lr, seed, smoothed, steps=(50, 100, 150), acc=0.5):
                 "val_acc": acc + 0.02 * seed} for s in steps]
     diagnostics = {"update_similarity": np.eye(4), "representation_similarity": np.ones((4, 4))}
     return RunResult(cfg, history, diagnostics, complete=True)
-
-
-def test_curves_with_one_checkpoint_are_drawn_as_markers(tmp_path):
-    base, smoothed = result(1e-3, 0, False, steps=(4,)), result(1e-3, 0, True, steps=(4,))
-    fig = plots.plot_curves([base], [smoothed], tmp_path / "c.png")
-    lines = [line for ax in fig.axes for line in ax.get_lines()]
-    assert len(lines) == 6 and all(line.get_marker() == "o" for line in lines)
-    assert [list(ax.get_xticks()) for ax in fig.axes] == [[4], [4]]
-    assert (tmp_path / "c.png").stat().st_size > 0
 
 
 def test_depth_structure_has_titles_colourbar_labels_and_its_steps(tmp_path):
@@ -37,17 +28,3 @@ def test_depth_structure_has_titles_colourbar_labels_and_its_steps(tmp_path):
         "base (lr 0.003): representation linear CKA", "smoothed (lr 0.003): representation linear CKA"]
     colourbars = [ax.get_ylabel() for ax in fig.axes if not ax.get_images()]
     assert colourbars == ["cosine similarity"] * 2 + ["linear CKA"] * 2
-
-
-def test_metric_vs_lr_has_a_title_and_says_what_the_error_bars_are(tmp_path):
-    results = [result(lr, seed, smoothed) for lr in (1e-3, 1e-2) for seed in (0, 1, 2) for smoothed in (False, True)]
-    summary = summarize(results)
-    fig = plots.plot_metric_vs_lr(summary, 3, tmp_path / "m.png")
-    ax = fig.axes[0]
-    assert ax.get_title() == "final val acc vs learning rate (higher is better)"
-    notes = [t.get_text() for t in ax.texts]
-    assert notes == ["mean over 3 seeds; error bars: ±1 standard deviation over the 3 seeds"]
-    one = plots.plot_metric_vs_lr(summary, 1, tmp_path / "m1.png")
-    assert [t.get_text() for t in one.axes[0].texts] == ["one seed: no error bars"]
-    paths = plots.plot_compare(results, summary, tmp_path)
-    assert [p.name for p in paths] == ["metric_vs_lr.png", "curves_at_best_lr.png"]

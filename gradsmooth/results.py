@@ -1,0 +1,108 @@
+"""results.json: what reproduces a result (:func:`provenance`, :func:`machine`), written as
+strict JSON (:func:`write_results`) and read back (:func:`read_results`).
+
+Framework-free: the thread count of a framework is recorded only when that framework is
+already imported by the run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import numbers
+import os
+import pathlib
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["ResultsError", "machine", "provenance", "read_results", "strict", "write_results"]
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class ResultsError(ValueError):
+    """A folder holds no readable results.json."""
+
+
+def _git(*args: str) -> str | None:
+    """``git -C ROOT args`` 's output, or None when git is missing or fails."""
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def provenance(command: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+    """What reproduces a results.json: the exact ``command``, the git commit of gradsmooth's
+    checkout and whether it had uncommitted changes (None when gradsmooth is installed from a
+    wheel, not run from a checkout), the thread counts, and the seeds."""
+    top = _git("rev-parse", "--show-toplevel")
+    inside = top is not None and pathlib.Path(top.strip()).resolve() == ROOT
+    commit = _git("rev-parse", "HEAD") if inside else None
+    status = _git("status", "--porcelain") if inside else None
+    threads: dict[str, Any] = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    if "torch" in sys.modules:  # never imported here: only what the run itself uses
+        threads["torch"] = sys.modules["torch"].get_num_threads()
+    return {"command": shlex.join(command), "git_commit": commit.strip() if commit else None,
+            "git_dirty": bool(status.strip()) if status is not None else None, "threads": threads,
+            "seeds": list(seeds)}
+
+
+def machine() -> dict[str, Any]:
+    """The machine and the versions of the packages a run may use (those installed)."""
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    for name in ("numpy", "torch", "mlx", "gradsmooth", "scipy", "sklearn"):
+        if name in ("torch", "mlx") and name not in sys.modules:
+            continue  # a framework the run did not use is not imported to read its version
+        try:
+            module = importlib.import_module(name if name != "mlx" else "mlx.core")
+            info[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            pass
+    return info
+
+
+def strict(value: Any) -> Any:
+    """``value`` with every NaN or infinity made None (JSON null), tuples made lists and NumPy
+    scalars made Python's."""
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return float(value) if math.isfinite(value) else None
+
+
+def write_results(out: str | pathlib.Path, payload: dict[str, Any]) -> pathlib.Path:
+    """``out``/results.json in strict JSON (a NaN or infinite number is null); written to a
+    temporary file first, so that a Ctrl-C while writing never leaves half a file."""
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path, part = out / "results.json", out / f".results.json.{os.getpid()}"
+    part.write_text(json.dumps(strict(payload), indent=1, default=str, allow_nan=False))
+    part.replace(path)
+    return path
+
+
+def read_results(folder: str | pathlib.Path) -> dict[str, Any]:
+    """``folder``/results.json as written by :func:`write_results`; :class:`ResultsError` when
+    it is missing or not JSON."""
+    path = pathlib.Path(folder) / "results.json"
+    if not path.is_file():
+        raise ResultsError(f"DIR {str(folder)!r} holds no results.json")
+    try:
+        payload = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ResultsError(f"{str(path)!r} is not JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise ResultsError(f"{str(path)!r} is not a results.json of gradsmooth")
+    return payload

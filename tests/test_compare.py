@@ -1,0 +1,187 @@
+"""gradsmooth.compare: the fair comparison for any training code, framework-free — each arm's
+learning rate chosen on validation, the test metric there as paired per-seed differences with a
+Student-t interval, win count and verdict; sweep's progress, results.json, Ctrl-C and report."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from gradsmooth.compare import Arm, format_summary, overview, paired_difference, render, summarize_records, sweep
+
+
+def result(lr, seed, smoothed, val, test):
+    return {"lr": lr, "arm": "smoothed" if smoothed else "base", "seed": seed, "val": val, "test": test}
+
+
+def summarize(records, task="vit"):
+    return summarize_records(records, task == "vit", *(("val_acc", "test_acc") if task == "vit"
+                                                         else ("val_loss", "test_loss")))
+
+
+def test_learning_rates_are_chosen_on_val_not_test():
+    # on val base prefers 1e-3 and smoothed 1e-2; on test the opposite: the choice follows val
+    results = [result(1e-3, 0, False, 0.80, 0.60), result(1e-3, 1, False, 0.82, 0.62),
+               result(1e-2, 0, False, 0.70, 0.90), result(1e-2, 1, False, 0.72, 0.92),
+               result(1e-3, 0, True, 0.75, 0.95), result(1e-3, 1, True, 0.77, 0.97),
+               result(1e-2, 0, True, 0.85, 0.65), result(1e-2, 1, True, 0.89, 0.68)]
+    s = summarize(results)
+    assert s["metric"] == "val_acc" and s["test_metric"] == "test_acc"
+    assert s["best"] == {"base": 1e-3, "smoothed": 1e-2}
+    h = s["best_vs_best"]
+    assert (h["base_lr"], h["smoothed_lr"]) == (1e-3, 1e-2)
+    assert h["per_seed_diff"] == pytest.approx([0.05, 0.06])  # test at the chosen rates: 0.65 - 0.60, 0.68 - 0.62
+    assert h["base"][0] == pytest.approx(0.61) and h["smoothed"][0] == pytest.approx(0.665)
+    assert s["rows"][0]["base"][0] == pytest.approx(0.81)  # the table shows val
+    text = format_summary(s)
+    assert "| lr | base val_acc | smoothed val_acc |" in text and "0.8100 ± 0.0141 *" in text
+    assert "test_acc at each arm's chosen learning rate (higher is better)" in text
+
+
+def test_the_interval_is_students_t_over_seeds():
+    from scipy import stats
+
+    diffs = [0.01, 0.03, -0.005, 0.02, 0.015]
+    p = paired_difference(diffs, higher_is_better=True)
+    low, high = stats.t.interval(0.95, len(diffs) - 1, loc=np.mean(diffs), scale=stats.sem(diffs))
+    assert p["ci"] == pytest.approx([low, high])
+    assert p["mean"] == pytest.approx(np.mean(diffs)) and p["std"] == pytest.approx(np.std(diffs, ddof=1))
+    # a known case: two seeds, differences 1 and 3: mean 2, sem 1, t(0.975, 1) = 12.7062
+    assert paired_difference([1.0, 3.0], True)["ci"] == pytest.approx([2 - 12.7062047, 2 + 12.7062047])
+
+
+def test_the_win_count_respects_the_direction():
+    assert paired_difference([0.1, -0.2, 0.3, 0.0], higher_is_better=True)["wins"] == 2
+    assert paired_difference([0.1, -0.2, 0.3, 0.0], higher_is_better=False)["wins"] == 1
+
+
+@pytest.mark.parametrize("diffs, higher, verdict", [
+    ([0.05, 0.06, 0.055], True, "win"),
+    ([0.05, 0.06, 0.055], False, "loss"),
+    ([-0.05, -0.06, -0.055], False, "win"),
+    ([-0.05, -0.06, -0.055], True, "loss"),
+    ([0.05, -0.04, 0.01], True, "no significant difference"),
+    ([0.05], True, "no significant difference"),  # one seed: no interval
+])
+def test_the_verdict_needs_an_interval_that_excludes_zero(diffs, higher, verdict):
+    assert paired_difference(diffs, higher)["verdict"] == verdict
+
+
+def test_the_headline_says_the_interval_wins_and_verdict():
+    results = [result(1e-3, s, smoothed, 3.0, 3.0 - (0.1 + 0.01 * s if smoothed else 0))
+               for s in range(3) for smoothed in (False, True)]
+    text = format_summary(summarize(results, task="lm"))
+    assert "test_loss at each arm's chosen learning rate (lower is better)" in text
+    assert "smoothed - base, paired over seeds [0, 1, 2]: mean -0.1100, 95% CI [" in text
+    assert "smoothed better on 3 of 3 seeds; verdict: win" in text
+
+
+def test_a_seed_run_by_one_arm_only_is_not_paired():
+    results = [result(1e-3, 0, False, 0.8, 0.8), result(1e-3, 0, True, 0.9, 0.9), result(1e-3, 1, False, 0.1, 0.1)]
+    h = summarize(results)["best_vs_best"]
+    assert h["seeds"] == [0] and h["n"] == 1 and math.isnan(h["ci"][0])
+
+
+def test_a_diverged_learning_rate_is_not_chosen():
+    results = [result(1e-3, 0, False, 0.8, 0.8), result(1e-3, 0, True, 0.7, 0.7),
+               result(1e-2, 0, False, math.nan, math.nan), result(1e-2, 0, True, 0.9, 0.9)]
+    assert summarize(results)["best"] == {"base": 1e-3, "smoothed": 1e-2}
+
+
+def toy_train(make_optimizer, seed):
+    """A fake training run: the optimizer is a tuple; val peaks at lr 1e-2 for smoothed, 1e-3 for base."""
+    opt = make_optimizer(lambda lr: ("sgd", lr), lambda o, kw: ("smoothed", o, kw["window"]))
+    best = 1e-2 if opt[0] == "smoothed" else 1e-3
+    score = 0.9 - abs(make_optimizer.lr - best) * 10 + 0.001 * seed
+    return {"val": score, "test": score + (0.02 if opt[0] == "smoothed" else 0.0) + 0.001 * (seed % 2), "opt": opt}
+
+
+def test_sweep_runs_both_arms_everywhere_and_summarizes():
+    seen = []
+    out = sweep(toy_train, [1e-3, 1e-2], range(3), smoothing={"window": 3}, higher_is_better=True,
+                on_record=seen.append)
+    records = out["records"]
+    assert len(records) == 2 * 3 * 2 and seen == records
+    assert [r["arm"] for r in records[:2]] == ["base", "smoothed"]
+    assert records[1]["opt"] == ("smoothed", ("sgd", 1e-3), 3)
+    s = out["summary"]
+    assert s["best"] == {"base": 1e-3, "smoothed": 1e-2}
+    h = s["best_vs_best"]
+    assert h["n"] == 3 and h["wins"] == 3 and h["verdict"] == "win"
+    assert h["per_seed_diff"] == pytest.approx([0.02] * 3)
+
+
+def test_lower_is_better_flips_the_choice_and_the_verdict():
+    s = sweep(toy_train, [1e-3, 1e-2], [0, 1, 2], smoothing={"window": 3}, higher_is_better=False)["summary"]
+    assert s["best"] == {"base": 1e-2, "smoothed": 1e-3}
+
+
+def test_bad_arguments_name_the_argument_and_value():
+    with pytest.raises(ValueError, match=r"lrs should be finite positive numbers, at least one, but are: \[0.1, -1\]"):
+        sweep(toy_train, [0.1, -1], [0])
+    with pytest.raises(ValueError, match=r"seeds should hold at least one seed, distinct integers, but is: \[\]"):
+        sweep(toy_train, [0.1], [])
+    with pytest.raises(TypeError, match="train should return a mapping with 'val' and 'test' numbers but returned: 1"):
+        sweep(lambda make, seed: 1, [0.1], [0])
+    with pytest.raises(TypeError, match="the smoothed arm .* needs smooth"):
+        Arm(0.1, {"window": 3})(lambda lr: lr)
+
+
+def test_sweep_writes_results_after_every_run_and_report_renders_them(tmp_path, capsys):
+    def train(make_optimizer, seed):
+        out = toy_train(make_optimizer, seed)
+        saved = json.loads((tmp_path / "results.json").read_text())  # what the earlier runs wrote
+        assert len(saved["records"]) == len(seen) and not saved["interrupted"]
+        return out | {"history": [{"step": 1, "loss": 1.0 - out["val"]}]}
+
+    seen = []
+    result = sweep(train, [1e-3, 1e-2], [0, 1], smoothing={"window": 3}, out=tmp_path, metric="val_score",
+                   test_metric="test_score", settings={"label": "toy"}, command=["python", "train.py"],
+                   on_record=seen.append)
+    captured = capsys.readouterr()
+    assert "[1/8] lr 0.001 base seed 0: val_score" in captured.err and "[8/8]" in captured.err
+    assert captured.out.strip() == format_summary(result["summary"])  # the tables, as report prints them
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["provenance"]["command"] == "python train.py" and saved["settings"]["label"] == "toy"
+    assert saved["settings"]["smoothing"] == {"window": 3} and saved["settings"]["seeds"] == [0, 1]
+    assert len(saved["records"]) == 8 and all(r["seconds"] >= 0 for r in saved["records"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves_at_best_lr.png", "metric_vs_lr.png", "results.json"]
+    assert render(tmp_path, draw=False) == format_summary(result["summary"])
+    assert "| toy | 2 |" in overview([tmp_path])
+
+
+def test_ctrl_c_keeps_what_was_gathered_and_goes_on_up(tmp_path, capsys):
+    def train(make_optimizer, seed):
+        if make_optimizer.lr == 1e-2:
+            raise KeyboardInterrupt
+        return toy_train(make_optimizer, seed)
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(train, [1e-3, 1e-2], [0, 1], smoothing={"window": 3}, out=tmp_path, verbose=False)
+    assert f"interrupted: the results gathered so far are in {tmp_path / 'results.json'}" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["interrupted"] and len(saved["records"]) == 4
+    assert render(tmp_path, draw=False).startswith("| lr | base val | smoothed val |")
+
+
+def test_a_diverged_run_is_written_as_null_and_read_back_as_nan(tmp_path):
+    def train(make_optimizer, seed):
+        out = toy_train(make_optimizer, seed)
+        return out | {"val": math.nan, "test": math.nan} if make_optimizer.lr == 1e-2 else out
+
+    sweep(train, [1e-3, 1e-2], [0, 1], smoothing={"window": 3}, out=tmp_path, verbose=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["records"][-1]["val"] is None
+    assert "| 0.01 | nan ± nan | nan ± nan |" in render(tmp_path, draw=False)
+
+
+def test_an_unwritable_out_fails_before_any_training(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):
+        sweep(lambda make, seed: pytest.fail("trained"), [1e-3], [0], out=tmp_path / "file" / "sub", verbose=False)
+
+
+def test_seeds_are_distinct_integers():
+    with pytest.raises(ValueError, match=r"seeds should hold at least one seed, distinct integers, but is: \[0, 0\]"):
+        sweep(toy_train, [0.1], [0, 0])

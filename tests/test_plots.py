@@ -1,0 +1,38 @@
+"""The comparison figures say what they show: titles, panels, the error bars' meaning, markers."""
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from gradsmooth import plots as core_plots  # noqa: E402
+from gradsmooth.compare import summarize_records  # noqa: E402
+
+
+def history(seed, steps=(50, 100, 150), acc=0.5):
+    return [{"step": s, "train_loss": 1.0 / s, "test_loss": 2.0 / s, "test_acc": acc + 0.01 * seed,
+             "val_acc": acc + 0.02 * seed} for s in steps]
+
+
+def test_curves_with_one_checkpoint_are_drawn_as_markers(tmp_path):
+    fig = core_plots.plot_curves({"base": (1e-3, [history(0, steps=(4,))]), "smoothed": (1e-3, [history(0, steps=(4,))])},
+                                 tmp_path / "c.png")
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert len(lines) == 2 * 4 and all(line.get_marker() == "o" for line in lines)  # 2 arms x 4 metrics
+    assert [list(ax.get_xticks()) for ax in fig.axes] == [[4], [4]]
+    assert [ax.get_yscale() for ax in fig.axes] == ["log", "linear"]  # losses apart from accuracies
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_metric_vs_lr_has_a_title_and_says_what_the_error_bars_are(tmp_path):
+    records = [{"lr": lr, "arm": arm, "seed": seed, "val": h[-1]["val_acc"], "test": h[-1]["test_acc"], "history": h}
+               for lr in (1e-3, 1e-2) for seed in (0, 1, 2) for arm in ("base", "smoothed") for h in [history(seed)]]
+    summary = summarize_records(records, True, "val_acc", "test_acc")
+    fig = core_plots.plot_metric_vs_lr(summary, 3, tmp_path / "m.png")
+    ax = fig.axes[0]
+    assert ax.get_title() == "final val acc vs learning rate (higher is better)"
+    notes = [t.get_text() for t in ax.texts]
+    assert notes == ["mean over 3 seeds; error bars: ±1 standard deviation over the 3 seeds"]
+    one = core_plots.plot_metric_vs_lr(summary, 1, tmp_path / "m1.png")
+    assert [t.get_text() for t in one.axes[0].texts] == ["one seed: no error bars"]
+    paths = core_plots.plot_compare(records, summary, tmp_path)
+    assert [p.name for p in paths] == ["metric_vs_lr.png", "curves_at_best_lr.png"]
