@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Regenerates the comparisons under docs/results/ with the code of this checkout. Each run is
+# single-threaded and deterministic on a CPU; run the two queues side by side on a 2-core machine,
+# from the repository root:
+#   bash docs/results/regenerate.sh vit & bash docs/results/regenerate.sh lm; wait
+# Every results.json records its own command, commit, threads, seeds and versions.
+set -euo pipefail
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+adamw=1e-3,3e-3,1e-2
+muon=1e-2,2e-2,5e-2
+c() { gradsmooth compare --quiet "$@"; }
+
+vit() {
+  c --task vit --lrs $adamw --seeds 8 --out docs/results/vit-adamw                 # headline: 8 blocks
+  c --task vit --lrs $adamw --seeds 5 --depth 4 --out docs/results/vit-adamw-depth4
+  c --task vit --lrs $adamw --seeds 5 --depth 16 --out docs/results/vit-adamw-depth16
+  c --task vit --optimizer muon --lrs $muon --seeds 5 --out docs/results/vit-muon
+  # ablations at the headline setting (each against the same base, LR-matched)
+  c --task vit --lrs $adamw --seeds 5 --window 5 --out docs/results/vit-ablation-window5
+  c --task vit --lrs $adamw --seeds 5 --kernel gaussian --out docs/results/vit-ablation-gaussian
+  c --task vit --lrs $adamw --seeds 5 --mode gradient --out docs/results/vit-ablation-gradient
+  c --task vit --lrs $adamw --seeds 5 --alpha 0.5 --out docs/results/vit-ablation-alpha0.5
+}
+
+lm() {
+  c --task lm --lrs $adamw --seeds 8 --out docs/results/lm-adamw                   # headline: 6 blocks
+  c --task lm --lrs $adamw --seeds 5 --depth 3 --out docs/results/lm-adamw-depth3
+  c --task lm --lrs $adamw --seeds 5 --depth 12 --out docs/results/lm-adamw-depth12
+  c --task lm --optimizer muon --lrs $muon --seeds 5 --out docs/results/lm-muon
+  c --task lm --lrs $adamw --seeds 5 --steps 1200 --eval-every 100 --out docs/results/lm-adamw-long
+}
+
+case "${1:-all}" in
+  vit) vit ;;
+  lm) lm ;;
+  all) vit; lm ;;
+  *) echo "usage: bash docs/results/regenerate.sh [vit|lm|all]" >&2; exit 2 ;;
+esac
