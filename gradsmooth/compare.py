@@ -155,6 +155,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         mark = {arm: " *" if summary["best"][arm] == row["lr"] else "" for arm in ARMS}
         lines.append(f"| {row['lr']:g} | {row['base'][0]:.4f} ± {row['base'][1]:.4f}{mark['base']} | "
                      f"{row['smoothed'][0]:.4f} ± {row['smoothed'][1]:.4f}{mark['smoothed']} |")
+    lines.append("")  # a line right under a Markdown table would be read as one more row
     lines.append(f"(* the learning rate each arm chose on {key}; ± is the standard deviation over seeds)")
     h = summary["best_vs_best"]
     if h:
@@ -313,6 +314,7 @@ def overview(folders: Sequence[str | pathlib.Path]) -> str:
                      f"{h['smoothed'][0]:.4f} ({h['smoothed_lr']:g}) | {_signed(h['mean'])} "
                      f"[{_signed(low)}, {_signed(high)}] | {h['wins']}/{h['n']} | {h['verdict']} |")
     metrics = {read_results(f).get("settings", {}).get("test_metric", "test") for f in folders}
+    lines.append("")
     lines.append(f"(test metric: {', '.join(sorted(metrics))}; each arm at the learning rate it chose on the "
                  f"validation metric; the interval is Student t over the paired seeds)")
     return "\n".join(lines)

@@ -95,7 +95,7 @@ def test_report_of_several_folders_is_one_overview_table(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["report", str(tmp_path / "w3"), str(tmp_path / "w5")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("| results | setting | seeds | base (lr) | smoothed (lr) |") and len(lines) == 5
+    assert lines[0].startswith("| results | setting | seeds | base (lr) | smoothed (lr) |") and len(lines) == 6
     assert f"| {tmp_path / 'w5'} | vit adamw, 2 blocks, width 64, 4 steps; update mode, window 5 | 2 |" in lines[3]
 
 

@@ -1,10 +1,13 @@
 """The examples in the docs run as written."""
 
 import doctest
+import json
 import pathlib
 import re
 import runpy
 import subprocess
+
+import pytest
 
 import gradsmooth
 
@@ -79,3 +82,51 @@ def test_method_worked_examples_match_the_operator():
     assert set(table) == set(gradsmooth.BOUNDARIES)
     for boundary, row in table.items():
         assert gradsmooth.WindowSmoothing(window=3, boundary=boundary).band(4).dense()[0] == parse(row), boundary
+
+
+# the README's sweep examples, made tiny: each replacement must find its text, so the README cannot drift
+TINY_SWEEP = {"seeds=range(5)": "seeds=range(2)", "lrs=[1e-3, 3e-3, 1e-2]": "lrs=[1e-3, 1e-2]", "steps=150": "steps=3"}
+
+
+@pytest.mark.parametrize("framework, module", [("PyTorch", "torch"), ("MLX", "mlx.core")])
+def test_readme_sweep_examples_run(framework, module, tmp_path, monkeypatch, capsys):
+    pytest.importorskip(module)
+    pytest.importorskip("matplotlib")
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Compare on your own model", 1)[1]
+    block = re.search(rf"With {framework}.*?```python\n(.*?)```", section, re.S).group(1)
+    for real, tiny in TINY_SWEEP.items():
+        assert real in block, f"the README's {framework} sweep example no longer holds {real!r}"
+        block = block.replace(real, tiny)
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    records = scope["result"]["records"]
+    assert len(records) == 2 * 2 * 2 and {r["arm"] for r in records} == {"base", "smoothed"}
+    out = next(tmp_path.glob("sweep-*"))
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["records"]) == 8 and (out / "metric_vs_lr.png").exists()
+    from gradsmooth.compare import render
+
+    assert render(out, draw=False) in capsys.readouterr().out
+
+
+def test_published_tables_are_what_report_prints(monkeypatch):
+    """Every table between report markers in README.md and docs/results/README.md is what
+    ``gradsmooth report`` prints for its folders (docs/results/update_tables.py writes them), and
+    every comparison under docs/results/ has its tables in docs/results/README.md."""
+    monkeypatch.syspath_prepend(str(ROOT / "docs" / "results"))
+    monkeypatch.chdir(ROOT)
+    from update_tables import FILES, MARKER, report
+
+    blocks = {name: [(m.group(2).split(), m.group(3)) for m in MARKER.finditer((ROOT / name).read_text())]
+              for name in FILES}
+    for name, found in blocks.items():
+        for folders, table in found:
+            assert table == report(folders) + "\n", f"{name}: the table of {folders} is not report's output: " \
+                                                     f"run python docs/results/update_tables.py"
+    compared = {str(p.parent.relative_to(ROOT)) for p in (ROOT / "docs" / "results").glob("*/results.json")
+                if json.loads(p.read_text()).get("command") == "compare"}
+    single = {folders[0] for folders, _ in blocks["docs/results/README.md"] if len(folders) == 1}
+    assert compared <= single, f"comparisons without their tables in docs/results/README.md: {compared - single}"
+    assert "(docs/results/README.md)" in (ROOT / "README.md").read_text()
