@@ -154,6 +154,8 @@ class Muon(Optimizer):
         self.adjust_lr_fn = adjust_lr_fn
 
     def adjusted_lr(self, shape):
+        """torch's Muon learning rate for an (A, B) matrix: lr * sqrt(max(1, A / B)) ("original")
+        or lr * 0.2 * sqrt(max(A, B)) ("match_rms_adamw")."""
         A, B = shape[:2]
         if self.adjust_lr_fn in (None, "original"):
             return self.lr * math.sqrt(max(1, A / B))

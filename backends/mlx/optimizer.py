@@ -184,8 +184,9 @@ class GradientSmoothing(optim.Optimizer):
         optimizer: the base optimizer.
         mode: ``"update"`` or ``"gradient"``.
         operator: any :class:`gradsmooth.DepthOperator`, in place of the window arguments.
-        stacks, exclude: as :func:`gradsmooth.find_blocks`; by default stacks are the lists
-            of blocks in the parameter tree.
+        stacks: as :func:`gradsmooth.find_blocks`; by default stacks are the lists of blocks
+            in the parameter tree.
+        exclude: as :func:`gradsmooth.find_blocks`: parameters never smoothed.
         check_finite: ``True`` raises ``FloatingPointError`` on a non-finite gradient before
             anything changes (each element is tested: finite values near the float32 maximum
             pass). It evaluates the gradients, so it works eagerly, not under ``mx.compile``.

@@ -14,6 +14,7 @@ per layer and is never mixed; coupled L2 decay is part of the gradient, hence of
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -57,6 +58,65 @@ def _as_bases(optimizer: Optimizer | Sequence[Optimizer]) -> list[Optimizer]:
     return bases
 
 
+def _checked_settings(mode: object, operator: DepthOperator | None, check_finite: object, fused: object,
+                      pipeline: object, decoupled_decay: object,
+                      window: Mapping[str, Any]) -> tuple[DepthOperator, DecoupledDecay]:
+    """The operator and the decoupled-decay declaration, after checking every smoothing setting."""
+    check_mode(mode)
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite should be True or False but is: {check_finite!r}")
+    if not isinstance(fused, bool):
+        raise TypeError(f"fused should be True or False but is: {fused!r}")
+    if pipeline is not None and not isinstance(pipeline, PipelineStages):
+        raise TypeError(f"pipeline should be a PipelineStages but is: {pipeline!r}")
+    if fused and pipeline is not None:
+        raise ValueError("fused=True is not available with pipeline stages: pass fused=False")
+    return make_operator(operator, **window), check_decoupled_decay(decoupled_decay)
+
+
+def _check_base(base: object) -> None:
+    """``base`` should build a torch optimizer: an ``Optimizer`` subclass (not a wrapper) or a function."""
+    if isinstance(base, type):
+        if not issubclass(base, Optimizer):
+            raise TypeError("base should be a torch.optim.Optimizer subclass or a function (params, **kwargs) -> "
+                            f"Optimizer but is: {base!r}")
+        if issubclass(base, GradientSmoothing):
+            raise TypeError(f"base should be the base optimizer's class but is a GradientSmoothing class: {base!r}")
+    elif not callable(base):
+        raise TypeError("base should be a torch.optim.Optimizer subclass or a function (params, **kwargs) -> "
+                        f"Optimizer but is: {base!r}")
+
+
+def _as_pairs(model: object) -> list[tuple[str, Tensor]]:
+    """``model``'s ``(name, parameter)`` pairs as a list (read once), each checked."""
+    if isinstance(model, (str, bytes, Mapping)) or not isinstance(model, Iterable):
+        raise TypeError(f"model should be an nn.Module or an iterable of (name, parameter) pairs but is: {model!r}")
+    pairs = list(model)
+    for pair in pairs:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)
+                and isinstance(pair[1], Tensor)):
+            raise TypeError(
+                f"model should be an nn.Module or an iterable of (name, parameter) pairs but holds: {pair!r}")
+    return pairs
+
+
+def _check_smoothing(model: nn.Module | list[tuple[str, Tensor]], smoothing: Mapping[str, Any]) -> None:
+    """Check ``GradientSmoothing``'s keyword arguments ``smoothing`` as its ``__init__`` would, and
+    plan ``model``'s trainable parameters with them (``stacks`` and ``exclude`` are checked
+    against the names)."""
+    if "optimizer" in smoothing:
+        raise TypeError("optimizer is not a smoothing argument: the factory builds the optimizer from base; "
+                        f"got optimizer={smoothing['optimizer']!r}")
+    bound = inspect.signature(GradientSmoothing.__init__).bind(None, None, None, **smoothing)
+    bound.apply_defaults()
+    s = bound.arguments
+    operator, _ = _checked_settings(s["mode"], s["operator"], s["check_finite"], s["fused"], s["pipeline"],
+                                    s["decoupled_decay"], s["window"])
+    params = ModelParameters.of(model, from_structure=s["stacks"] is None)
+    trainable = {id(p): 0 for p in params.named.values() if p.requires_grad}
+    make_groups(params, trainable, operator, s["stacks"], s["exclude"], whole_stages=s["pipeline"] is not None)
+
+
 class GradientSmoothing(Optimizer):
     """Gradient Smoothing around any torch optimizer (or a list of them).
 
@@ -67,7 +127,8 @@ class GradientSmoothing(Optimizer):
             ``(name, parameter)`` pairs (blocks found from the names).
         mode: ``"update"`` (smooth the base's step) or ``"gradient"`` (smooth the gradients).
         operator: any :class:`gradsmooth.DepthOperator`, in place of the window arguments.
-        stacks, exclude: as :func:`gradsmooth.find_blocks` (``stacks`` switches to names).
+        stacks: as :func:`gradsmooth.find_blocks` (given, blocks are found from the names).
+        exclude: as :func:`gradsmooth.find_blocks`: parameters never smoothed.
         check_finite: raise ``FloatingPointError`` on a non-finite gradient, before anything
             changes. Off by default, as in torch.optim: it reads every gradient once more and
             synchronises with the device once per step (under ``GradScaler`` the scaler
@@ -119,18 +180,9 @@ class GradientSmoothing(Optimizer):
         **window: Unpack[WindowOptions],
     ) -> None:
         bases = _as_bases(optimizer)
-        check_mode(mode)
-        if not isinstance(check_finite, bool):
-            raise TypeError(f"check_finite should be True or False but is: {check_finite!r}")
-        if not isinstance(fused, bool):
-            raise TypeError(f"fused should be True or False but is: {fused!r}")
-        if pipeline is not None and not isinstance(pipeline, PipelineStages):
-            raise TypeError(f"pipeline should be a PipelineStages but is: {pipeline!r}")
-        if fused and pipeline is not None:
-            raise ValueError("fused=True is not available with pipeline stages: pass fused=False")
-        self.operator = make_operator(operator, **window)
+        self.operator, self.decoupled_decay = _checked_settings(mode, operator, check_finite, fused, pipeline,
+                                                                decoupled_decay, window)
         self.mode, self.check_finite, self.fused, self.pipeline = mode, check_finite, fused, pipeline
-        self.decoupled_decay = check_decoupled_decay(decoupled_decay)
         self._bases = bases
         self._params = ModelParameters.of(model, from_structure=stacks is None)
         self._stacks, self._exclude = stacks, exclude
@@ -144,6 +196,62 @@ class GradientSmoothing(Optimizer):
         # torch's machinery (hooks, the profiled step) the way an unpickled optimizer does;
         # its defaults are the bases' (schedulers such as OneCycleLR read them), the first's first.
         Optimizer.__setstate__(self, {"defaults": {k: v for b in reversed(bases) for k, v in b.defaults.items()}})
+
+    @classmethod
+    def factory(
+        cls,
+        base: type[Optimizer] | Callable[..., Optimizer],
+        model: nn.Module | Iterable[tuple[str, Tensor]],
+        **smoothing: Any,
+    ) -> type[GradientSmoothing]:
+        """An optimizer class that builds ``base`` over the parameters it is given and wraps it.
+
+        For frameworks that create the optimizer themselves, from a class and its keyword
+        arguments, as Hugging Face's ``Trainer(optimizer_cls_and_kwargs=(cls, kwargs))`` does
+        (``cls(param_groups, **kwargs)``):
+
+        ```python
+        AdamWSmoothed = GradientSmoothing.factory(torch.optim.AdamW, model, window=3)
+        opt = AdamWSmoothed(model.parameters(), lr=3e-4)
+        # the same as GradientSmoothing(torch.optim.AdamW(model.parameters(), lr=3e-4), model, window=3)
+        ```
+
+        Every argument is checked now, and the model's trainable parameters are planned with
+        ``stacks`` and ``exclude``, so a mistake raises here, naming the argument, and not later
+        inside the framework.
+
+        Args:
+            base: the base optimizer's class (a ``torch.optim.Optimizer`` subclass), or any
+                function ``(params, **kwargs) -> Optimizer`` (a ``functools.partial`` of a class).
+            model: as for ``GradientSmoothing``. An ``nn.Module`` is read each time the class is
+                instantiated (after a framework has moved, wrapped or sharded it); ``(name,
+                parameter)`` pairs are read once, now.
+            **smoothing: ``GradientSmoothing``'s keyword arguments (``window``, ``kernel``,
+                ``mode``, ``operator``, ``stacks``, ``exclude``, ...).
+
+        Returns:
+            A subclass of this class whose ``__init__`` is ``(params, **kwargs)``; its instances
+            are ``GradientSmoothing`` instances. Being an ``Optimizer`` subclass matters:
+            transformers 5 takes anything else for an optimizer factory and calls it with no
+            arguments first.
+        """
+        _check_base(base)
+        model = model if isinstance(model, nn.Module) else _as_pairs(model)
+        _check_smoothing(model, smoothing)
+        wrapper = next(k for k in cls.__mro__ if "_factory_base" not in vars(k))  # not a class made here
+
+        def __init__(self: GradientSmoothing, params: Any, **kwargs: Any) -> None:
+            optimizer = base(params, **kwargs)
+            if not isinstance(optimizer, Optimizer):
+                raise TypeError(f"base should return a torch.optim.Optimizer but {base!r} returned: {optimizer!r}")
+            wrapper.__init__(self, optimizer, model, **smoothing)
+
+        name = f"{wrapper.__name__}[{getattr(base, '__name__', type(base).__name__)}]"
+        return type(name, (wrapper,), {
+            "__init__": __init__, "__module__": wrapper.__module__, "__qualname__": name, "_factory_base": base,
+            "__doc__": f"``{wrapper.__name__}.factory({base!r}, model, **{smoothing!r})``: ``(params, **kwargs)`` "
+                       "builds the base and wraps it.",
+        })
 
     # -- the base's groups and state, read through ----------------------------------------
 

@@ -2,6 +2,7 @@
 GradScaler, low precision, torch.compile, bad input."""
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -395,3 +396,72 @@ def test_any_depth_operator_is_accepted(tiny_net):
     train(model_b, b, 3)
     for p, q in zip(model_a.parameters(), model_b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-14)
+
+
+# -- GradientSmoothing.factory: an optimizer class for frameworks that build the optimizer ------
+
+
+def test_factory_class_builds_the_base_and_wraps_it(tiny_net):
+    model_a = tiny_net()
+    model_b = copy.deepcopy(model_a)
+    cls = GradientSmoothing.factory(torch.optim.AdamW, model_a, window=3, kernel="triangular")
+    assert isinstance(cls, type) and issubclass(cls, GradientSmoothing) and cls.__name__ == "GradientSmoothing[AdamW]"
+    a = cls([{"params": list(model_a.parameters())}], lr=1e-2, weight_decay=0.1)
+    b = GradientSmoothing(torch.optim.AdamW(model_b.parameters(), lr=1e-2, weight_decay=0.1), model_b, window=3,
+                          kernel="triangular")
+    assert isinstance(a.optimizers[0], torch.optim.AdamW) and a.param_groups[0]["lr"] == 1e-2
+    assert a.settings == b.settings and str(a.plan) == str(b.plan)
+    train(model_a, a, 3)
+    train(model_b, b, 3)
+    assert same_params(model_a, model_b)
+    b.load_state_dict(a.state_dict())  # the same checkpoints
+    again = cls.factory(torch.optim.SGD, model_a)  # from a made class: the same as GradientSmoothing.factory
+    assert again.__name__ == "GradientSmoothing[SGD]" and again.__mro__[1] is GradientSmoothing
+    assert isinstance(again(model_a.parameters(), lr=0.1).optimizers[0], torch.optim.SGD)
+
+
+def test_factory_takes_a_function_and_pairs_read_once(tiny_net):
+    model = tiny_net()
+    cls = GradientSmoothing.factory(functools.partial(torch.optim.SGD, momentum=0.9), model.named_parameters(),
+                                    window=5)
+    assert cls.__name__ == "GradientSmoothing[partial]"
+    for _ in range(2):  # the pairs were listed once: the class can be instantiated again
+        opt = cls(model.parameters(), lr=0.1)
+        assert opt.optimizers[0].param_groups[0]["momentum"] == 0.9 and len(opt.plan.groups) > 0
+
+
+def test_factory_reads_the_module_when_the_class_is_instantiated(tiny_net):
+    """A framework may replace parameters (move, shard) between the factory and the optimizer."""
+    model = tiny_net()
+    cls = GradientSmoothing.factory(torch.optim.SGD, model)
+    model.blocks[1].attn.weight = torch.nn.Parameter(model.blocks[1].attn.weight.detach().clone())
+    opt = cls(model.parameters(), lr=0.1)
+    train(model, opt, 1)
+    assert opt._name(model.blocks[1].attn.weight) == "blocks.1.attn.weight"
+
+
+@pytest.mark.parametrize("base, model, smoothing, error, message", [
+    ("adamw", None, {}, TypeError, r"base should be a torch.optim.Optimizer subclass .* but is: 'adamw'"),
+    (torch.nn.Linear, None, {}, TypeError, r"base should be .* but is: <class 'torch.nn.modules.linear.Linear'>"),
+    (GradientSmoothing, None, {}, TypeError, "base should be the base optimizer's class but is a GradientSmoothing"),
+    (torch.optim.SGD, "blocks", {}, TypeError, "model should be an nn.Module or an iterable .* but is: 'blocks'"),
+    (torch.optim.SGD, [("w", 1.0)], {}, TypeError, r"model should be .* but holds: \('w', 1.0\)"),
+    (torch.optim.SGD, None, {"window": 2}, ValueError, "window should be an odd integer >= 1 but is: 2"),
+    (torch.optim.SGD, None, {"windw": 3}, TypeError, r"unexpected smoothing option\(s\) \['windw'\]"),
+    (torch.optim.SGD, None, {"mode": "grad"}, ValueError, "mode should be one of .* but is: 'grad'"),
+    (torch.optim.SGD, None, {"fused": 1}, TypeError, "fused should be True or False but is: 1"),
+    (torch.optim.SGD, None, {"decoupled_decay": "yes"}, TypeError, "decoupled_decay should be .* but is: 'yes'"),
+    (torch.optim.SGD, None, {"stacks": "layers"}, ValueError, "stacks entry 'layers' matches no parameter name"),
+    (torch.optim.SGD, None, {"exclude": 3}, TypeError, "exclude should be .* but is: 3"),
+    (torch.optim.SGD, None, {"optimizer": "adamw"}, TypeError, "optimizer is not a smoothing argument.*'adamw'"),
+])
+def test_factory_checks_every_argument_when_called(tiny_net, base, model, smoothing, error, message):
+    with pytest.raises(error, match=message):
+        GradientSmoothing.factory(base, tiny_net() if model is None else model, **smoothing)
+
+
+def test_factory_class_refuses_a_base_that_returns_no_optimizer(tiny_net):
+    model = tiny_net()
+    cls = GradientSmoothing.factory(lambda params, **kwargs: list(params), model)
+    with pytest.raises(TypeError, match=r"base should return a torch.optim.Optimizer but .* returned: \[Parameter"):
+        cls(model.parameters(), lr=0.1)
