@@ -51,12 +51,14 @@ class BlockPlan:
     """What will be smoothed: ``groups`` (each of two or more members) and ``ungrouped`` names.
 
     ``operator`` (set by :meth:`with_operator`, not part of equality) lets the printed plan
-    mark the groups the operator moves in lockstep.
+    mark the groups the operator moves in lockstep; ``paths`` (set by :meth:`with_paths`, not
+    part of equality either) say which kernels an adapter runs for each group.
     """
 
     groups: tuple[BlockGroup, ...]
     ungrouped: tuple[str, ...]
     operator: DepthOperator | None = field(default=None, compare=False, repr=False)
+    paths: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     def with_operator(self, operator: DepthOperator) -> BlockPlan:
         """The same plan, knowing the operator that will smooth it.
@@ -67,6 +69,14 @@ class BlockPlan:
         ``renormalize``: two LoRA layers with ``window=3`` move in lockstep).
         """
         return replace(self, operator=check_operator(operator))
+
+    def with_paths(self, paths: Collection[str]) -> BlockPlan:
+        """The same plan, printed with a ``path`` column: one entry per group, in order (an
+        adapter's word for the kernels that mix it, e.g. "fused" or "eager (why)")."""
+        paths = tuple(paths)
+        if len(paths) != len(self.groups) or not all(isinstance(p, str) for p in paths):
+            raise ValueError(f"paths should hold one string per group ({len(self.groups)}) but is: {paths!r}")
+        return replace(self, paths=paths)
 
     def _lockstep(self, group: BlockGroup) -> bool:
         """Whether the plan's operator gives every member of ``group`` the same update (all rows
@@ -116,10 +126,11 @@ class BlockPlan:
             f"BlockPlan: {_count(len(self.groups), 'group')} in {_count(len(self.stacks), 'stack')}, "
             f"{_count(n_members, 'parameter')} smoothed ({_human(elements)} elements), {len(self.ungrouped)} not smoothed"
         )
-        rows = [("stack", "role", "members", "depths", "shape", "dtype")]
-        for g in self.groups:
+        rows = [("stack", "role", "members", "depths", "shape", "dtype") + (("path",) if self.paths else ())]
+        for i, g in enumerate(self.groups):
             dtype = "" if g.dtype is None else str(g.dtype).rsplit(".", 1)[-1]  # torch.float32 -> float32
-            rows.append((g.stack or "(top)", g.role or "(self)", str(len(g.names)), _ranges(g.depths), str(g.shape), dtype))
+            rows.append((g.stack or "(top)", g.role or "(self)", str(len(g.names)), _ranges(g.depths), str(g.shape), dtype)
+                        + ((self.paths[i],) if self.paths else ()))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [head] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         for i, g in enumerate(self.groups, start=2):

@@ -24,13 +24,13 @@ from torch.optim import Optimizer
 
 from gradsmooth import Band
 
-from .fused import FUSED_MIN_ELEMENTS, FusedKernel, band_pattern, fused_kernel
+from .fused import FUSED_MIN_ELEMENTS, FusedKernel, band_pattern, compiler_missing, fused_kernel
 from .groups import DTensor, local
 from .mixing import (BandProgram, Workspace, band_program, compute_dtype, device_weights, mix_gradients, mix_updates,
                      warm_weights)
 
-__all__ = ["GroupStep", "Snapshots", "base_step", "fused_call", "plan_group_step", "raise_if_not_finite", "refuse_sparse",
-           "run_group_step", "to_device"]
+__all__ = ["GroupStep", "Snapshots", "base_step", "eager_reason", "fused_call", "group_path", "plan_group_step",
+           "raise_if_not_finite", "refuse_sparse", "run_group_step", "to_device"]
 
 Versions = tuple[tuple[int, int, int], ...]
 
@@ -113,12 +113,25 @@ def to_device(values: Sequence[float], dtype: torch.dtype, device: torch.device)
     return host.to(device, non_blocking=True)
 
 
-def fused_call(band: Band, targets: list[Tensor], mode: str) -> tuple[FusedKernel, Tensor] | None:
-    """The compiled kernel for ``band`` (prepared for the targets' dtype and device) and its
-    weights (``A``'s band, or ``A - I``'s in update mode), or None where the eager kernels run:
-    non-contiguous members, small members (a compiled call's fixed cost, about half a
-    millisecond, exceeds the work), and a kernel that could not compile (it warns once)."""
-    if targets[0].numel() < FUSED_MIN_ELEMENTS or not all(t.is_contiguous() for t in targets):
+def eager_reason(targets: list[Tensor], fused: bool | None) -> str | None:
+    """Why a group's ``targets`` are mixed by the eager kernels, or None when the compiled kernel
+    may run: ``fused=False``; small members (a compiled call's fixed cost, about half a
+    millisecond, exceeds the work); non-contiguous members; and, by default (``fused=None``),
+    no compiler for the device (``fused=True`` tries anyway, and warns if it cannot compile)."""
+    if fused is False:
+        return "fused=False"
+    if targets[0].numel() < FUSED_MIN_ELEMENTS:
+        return f"members under {FUSED_MIN_ELEMENTS:,} elements"
+    if not all(t.is_contiguous() for t in targets):
+        return "members not contiguous"
+    return compiler_missing(targets[0].device.type) if fused is None else None
+
+
+def fused_call(band: Band, targets: list[Tensor], mode: str, fused: bool | None = True) -> tuple[FusedKernel, Tensor] | None:
+    """The compiled kernel for ``band`` (prepared for the targets' dtype and device: compiled on
+    first use) and its weights (``A``'s band, or ``A - I``'s in update mode), or None where the
+    eager kernels run (:func:`eager_reason`, or a kernel that could not compile: it warns once)."""
+    if eager_reason(targets, fused) is not None:
         return None
     pattern, values = band_pattern(band, mode == "update")
     kernel = fused_kernel(pattern, mode)
@@ -127,18 +140,29 @@ def fused_call(band: Band, targets: list[Tensor], mode: str) -> tuple[FusedKerne
     return kernel, device_weights(values, compute_dtype(targets[0].dtype), targets[0].device).view(-1)
 
 
-def plan_group_step(index: int, members: list[Tensor], band: Band, mode: str, *, fused: bool,
+def group_path(band: Band, targets: list[Tensor], mode: str, fused: bool | None) -> str:
+    """Which kernels mix a group, for the printed plan: "fused", "fused (compiles at the first
+    step)", or "eager (why)". Compiles nothing."""
+    reason = eager_reason(targets, fused)
+    if reason is not None:
+        return f"eager ({reason})"
+    status = fused_kernel(band_pattern(band, mode == "update")[0], mode).status(targets[0].dtype, targets[0].device)
+    return {"compiled": "fused", "failed": "eager (its fused kernel did not compile)"}.get(
+        status, "fused (compiles at the first step)")
+
+
+def plan_group_step(index: int, members: list[Tensor], band: Band, mode: str, *, fused: bool | None,
                     snapshots: Snapshots, capacity: int, decays: dict[int, float]) -> GroupStep:
     """Group ``index``'s work at this step: its program, its fused kernel bound to its tensors
-    (``fused=True``), and in update mode its decay factors and snapshot buffer. Allocates;
-    changes nothing."""
+    (where one runs: :func:`fused_call`), and in update mode its decay factors and snapshot
+    buffer. Allocates (and compiles a new kernel); changes nothing."""
     update = mode == "update"
     shards = [local(p) for p in members]
     targets = shards if update else [local(p.grad) for p in members]
     program = band_program(band, minus_identity=update)
     cdtype = compute_dtype(targets[0].dtype)
     warm_weights(program, cdtype, targets[0].device)  # the eager kernels are the fallback
-    kernel = fused_call(band, targets, mode) if fused else None
+    kernel = fused_call(band, targets, mode, fused)
     decay = before = None
     if update:
         before = snapshots.buffer(index, shards, capacity)  # (n, local numel)

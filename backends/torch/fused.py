@@ -18,8 +18,10 @@ Low-precision members are mixed in float32 and rounded once on the write.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import shutil
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -28,7 +30,7 @@ from gradsmooth import Band
 
 from .mixing import compute_dtype
 
-__all__ = ["FUSED_MIN_ELEMENTS", "FusedKernel", "band_pattern", "fused_kernel", "kernel_source"]
+__all__ = ["FUSED_MIN_ELEMENTS", "FusedKernel", "band_pattern", "compiler_missing", "fused_kernel", "kernel_source"]
 
 # members smaller than this are mixed by the eager kernels: below it a compiled call's fixed
 # cost (guards over 2n tensors, about 0.5 ms on a CPU) is more than the eager launches
@@ -82,6 +84,27 @@ def kernel_source(pattern: Pattern, mode: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@lru_cache(maxsize=8)
+def compiler_missing(device_type: str) -> str | None:
+    """Why ``torch.compile`` cannot build kernels for ``device_type`` here, or None when it can:
+    inductor needs a C++ compiler for a CPU and Triton for CUDA (other devices: eager)."""
+    if device_type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            compiler = get_cpp_compiler()
+        except Exception as error:  # no compiler found, or inductor's private API moved
+            return f"no C++ compiler ({type(error).__name__})"
+        return None if shutil.which(compiler) or os.path.exists(compiler) else f"no C++ compiler ({compiler})"
+    if device_type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:  # pragma: no cover
+            return "no Triton"
+        return None if has_triton() else "no Triton"
+    return f"no compiled kernels for {device_type} devices"
+
+
 class FusedKernel:
     """A compiled kernel for one pattern and mode; :meth:`prepare` compiles it for a dtype and
     device (call it before anything changes: compilation can fail), calling it runs it."""
@@ -100,6 +123,11 @@ class FusedKernel:
                                        options={"cpp.dynamic_threads": True})
         self._ready: set[tuple[torch.dtype, torch.device]] = set()
         self._failed: set[tuple[torch.dtype, torch.device]] = set()
+
+    def status(self, dtype: torch.dtype, device: torch.device) -> str:
+        """"compiled", "failed" (it warned; the eager kernels run) or "not compiled yet"."""
+        key = (dtype, device)
+        return "failed" if key in self._failed else "compiled" if key in self._ready else "not compiled yet"
 
     def ready(self, dtype: torch.dtype, device: torch.device) -> bool:
         """Whether the kernel runs for ``dtype`` on ``device``: :meth:`prepare` it (compiling

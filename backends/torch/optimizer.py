@@ -31,9 +31,9 @@ from gradsmooth.operators import WindowOptions
 
 from . import checkpoint
 from .blocks import ModelParameters
-from .execution import (GroupStep, Snapshots, base_step, plan_group_step, raise_if_not_finite, refuse_sparse,
-                        run_group_step)
-from .groups import check_muon, decay_factors, make_groups, owners, unclassified
+from .execution import (GroupStep, Snapshots, base_step, group_path, plan_group_step, raise_if_not_finite,
+                        refuse_sparse, run_group_step)
+from .groups import check_muon, decay_factors, local, make_groups, owners, unclassified
 from .mixing import Workspace, workspace
 from .pipeline import PipelineStages, check_stage, stage_gradients, stage_snapshots, stage_updates
 
@@ -65,8 +65,8 @@ def _checked_settings(mode: object, operator: DepthOperator | None, check_finite
     check_mode(mode)
     if not isinstance(check_finite, bool):
         raise TypeError(f"check_finite should be True or False but is: {check_finite!r}")
-    if not isinstance(fused, bool):
-        raise TypeError(f"fused should be True or False but is: {fused!r}")
+    if fused is not None and not isinstance(fused, bool):
+        raise TypeError(f"fused should be None (compiled kernels where they can run), True or False but is: {fused!r}")
     if pipeline is not None and not isinstance(pipeline, PipelineStages):
         raise TypeError(f"pipeline should be a PipelineStages but is: {pipeline!r}")
     if fused and pipeline is not None:
@@ -133,11 +133,15 @@ class GradientSmoothing(Optimizer):
             changes. Off by default, as in torch.optim: it reads every gradient once more and
             synchronises with the device once per step (under ``GradScaler`` the scaler
             already skips steps with non-finite gradients).
-        fused: mix each group with one compiled kernel (``torch.compile``: inductor's C++ on a
-            CPU, Triton on CUDA) instead of the eager chunked kernels; kernels compile before
-            anything changes (the first step with a new band pattern: seconds, cached on disk
-            by inductor) and never inside a step: one that cannot compile or run warns once
-            and the eager kernels run instead. In update mode the kernel also writes the next
+        fused: ``None`` (default): mix each group of large members (65,536 elements or more)
+            with one compiled kernel (``torch.compile``: inductor's C++ on a CPU, Triton on
+            CUDA) where a compiler is there, else with the eager chunked kernels; ``True``:
+            compile even where no compiler was found (it warns if that fails); ``False``: the
+            eager kernels always. Results agree to rounding (the order of the sums differs).
+            Kernels compile before anything changes (the first step with a new band pattern:
+            seconds, cached on disk by inductor) and never inside a step: one that cannot
+            compile or run warns once and the eager kernels run instead. ``print(opt.plan)``
+            says which path each group takes. In update mode the kernel also writes the next
             step's snapshot, so no copy is taken while every member's version counter and
             storage are unchanged since that write (``execution.Snapshots``). In-place
             changes that bypass version counters (through ``p.data``) are then not seen: make
@@ -174,7 +178,7 @@ class GradientSmoothing(Optimizer):
         stacks: Stacks = None,
         exclude: Exclude = None,
         check_finite: bool = False,
-        fused: bool = False,
+        fused: bool | None = None,
         pipeline: PipelineStages | None = None,
         decoupled_decay: DecoupledDecay = None,
         **window: Unpack[WindowOptions],
@@ -312,7 +316,7 @@ class GradientSmoothing(Optimizer):
         owner = owners(self._bases, self._params)
         groups = make_groups(self._params, owner, self.operator, self._stacks, self._exclude,
                              whole_stages=self.pipeline is not None)
-        self.plan: BlockPlan = groups.plan
+        self._plan: BlockPlan = groups.plan
         self._members = groups.members
         self._snapshots.clear()
         self._active_key: tuple | None = None
@@ -321,6 +325,26 @@ class GradientSmoothing(Optimizer):
             if type(b) not in self._warned:
                 self._warned.add(type(b))
                 warnings.warn(decay_warning(b), UserWarning, stacklevel=3)  # the caller of __init__ or add_param_group
+
+    @property
+    def _fused(self) -> bool | None:
+        """``fused`` as the step applies it: pipeline stages mix with the eager kernels."""
+        return False if self.pipeline is not None else self.fused
+
+    @property
+    def plan(self) -> BlockPlan:
+        """What is smoothed: the groups, in depth order, and what is not; printed, each group's
+        ``path``: "fused" (one compiled kernel), "fused (compiles at the first step)", or
+        "eager (why)": ``fused=False``, small or non-contiguous members, no compiler, a pipeline
+        stage, or a kernel that did not compile."""
+        paths = []
+        for members in self._members:
+            if self.pipeline is not None:
+                paths.append("eager (pipeline stage)")
+                continue
+            band = self.operator.band(len(members), self._step_count)
+            paths.append(group_path(band, [local(p) for p in members], self.mode, self._fused))
+        return self._plan.with_paths(paths)
 
     def _active_groups(self) -> list[tuple[int, list[Tensor]]]:
         """Per group, the members that have a gradient at this step (two or more)."""
@@ -390,7 +414,7 @@ class GradientSmoothing(Optimizer):
                 continue
             if self.mode == "gradient":
                 refuse_sparse(members, self._name)
-            work.append(plan_group_step(gi, members, band, self.mode, fused=self.fused, snapshots=self._snapshots,
+            work.append(plan_group_step(gi, members, band, self.mode, fused=self._fused, snapshots=self._snapshots,
                                         capacity=len(self._members[gi]), decays=decays))
         return work
 
@@ -462,6 +486,6 @@ class GradientSmoothing(Optimizer):
 
     def __repr__(self) -> str:
         bases = ", ".join(type(b).__name__ for b in self._bases)
-        fused = ", fused=True" if self.fused else ""
+        fused = "" if self.fused is None else f", fused={self.fused}"
         return (f"GradientSmoothing([{bases}], {self.operator!r}, mode={self.mode!r}{fused}, "
-                f"{len(self.plan.groups)} groups)")
+                f"{len(self._plan.groups)} groups)")

@@ -206,9 +206,56 @@ def test_small_members_and_non_contiguous_members_use_the_eager_kernels():
     assert fused_call(band, [b.contiguous() for b in big], "update") is not None
 
 
+def _wide(blocks=4, width=256):
+    """A stack whose weights are large enough to be fused by default (width**2 >= FUSED_MIN_ELEMENTS)."""
+    torch.manual_seed(0)
+    return torch.nn.ModuleDict({"layers": torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(blocks))})
+
+
+def _train(model, opt, steps=3):
+    for _ in range(steps):
+        x = torch.randn(2, 256)
+        for layer in model["layers"]:
+            x = x + torch.tanh(layer(x))
+        x.pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("mode", ["update", "gradient"])
+def test_by_default_large_members_are_fused_and_the_plan_says_so(mode):
+    models = [_wide(), _wide()]
+    # SGD: Adam divides by sqrt(v), which magnifies the rounding of tiny gradients (the sums' order differs)
+    opts = [GradientSmoothing(torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), m, mode=mode, fused=f)
+            for m, f in zip(models, (None, False))]
+    before = str(opts[0].plan).splitlines()
+    assert before[1].split()[-1] == "path"
+    assert "fused (compiles at the first step)" in before[3] and "eager (members under 65,536 elements)" in before[2]
+    assert "eager (fused=False)" in str(opts[1].plan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # compiled without a fallback
+        for m, o in zip(models, opts):
+            torch.manual_seed(1)
+            _train(m, o)
+    assert str(opts[0].plan).splitlines()[3].endswith("  fused")
+    for (k, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_without_a_compiler_the_default_runs_the_eager_kernels_silently(monkeypatch):
+    monkeypatch.setattr(execution_module, "compiler_missing", lambda device_type: "no C++ compiler (test)")
+    model = _wide()
+    opt = GradientSmoothing(torch.optim.AdamW(model.parameters(), lr=1e-2), model)
+    assert "eager (no C++ compiler (test))" in str(opt.plan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(model, opt, steps=1)
+
+
 def test_fused_argument_errors(tiny_net):
     model = tiny_net()
-    with pytest.raises(TypeError, match="fused should be True or False but is: 'yes'"):
+    with pytest.raises(TypeError, match=r"fused should be None \(compiled kernels where they can run\), True or False "
+                                        "but is: 'yes'"):
         GradientSmoothing(torch.optim.SGD(model.parameters(), lr=0.1), model, fused="yes")
     from gradsmooth.backends.torch import PipelineStages
 

@@ -449,7 +449,7 @@ def test_factory_reads_the_module_when_the_class_is_instantiated(tiny_net):
     (torch.optim.SGD, None, {"window": 2}, ValueError, "window should be an odd integer >= 1 but is: 2"),
     (torch.optim.SGD, None, {"windw": 3}, TypeError, r"unexpected smoothing option\(s\) \['windw'\]"),
     (torch.optim.SGD, None, {"mode": "grad"}, ValueError, "mode should be one of .* but is: 'grad'"),
-    (torch.optim.SGD, None, {"fused": 1}, TypeError, "fused should be True or False but is: 1"),
+    (torch.optim.SGD, None, {"fused": 1}, TypeError, r"fused should be None \(compiled kernels where they can run\), True or False but is: 1"),
     (torch.optim.SGD, None, {"decoupled_decay": "yes"}, TypeError, "decoupled_decay should be .* but is: 'yes'"),
     (torch.optim.SGD, None, {"stacks": "layers"}, ValueError, "stacks entry 'layers' matches no parameter name"),
     (torch.optim.SGD, None, {"exclude": 3}, TypeError, "exclude should be .* but is: 3"),
