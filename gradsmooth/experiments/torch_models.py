@@ -148,7 +148,9 @@ def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimize
         base = [torch.optim.Muon(decay, lr=config.lr, weight_decay=wd),
                 torch.optim.AdamW(rest, lr=config.lr / 10, weight_decay=0.0)]
     if config.smoothing:
-        return GradientSmoothing(base, model, **config.smoothing)
+        # the eager kernels: a published result then reproduces exactly whatever the default
+        # path becomes (fused and eager agree to rounding, not bit for bit)
+        return GradientSmoothing(base, model, fused=False, **config.smoothing)
     return base if not isinstance(base, list) else Both(base)
 
 

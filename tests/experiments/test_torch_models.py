@@ -10,7 +10,7 @@ from gradsmooth.backends.torch import GradientSmoothing  # noqa: E402
 from gradsmooth.experiments import torch_models as tm  # noqa: E402
 from gradsmooth.experiments.data import load_digits_split, load_text  # noqa: E402
 from gradsmooth.experiments.loop import WarmupCosine  # noqa: E402
-from gradsmooth.experiments.runs import RunConfig, RunResult, run  # noqa: E402
+from gradsmooth.experiments.runs import RunConfig, run  # noqa: E402
 
 
 def test_models_give_logits_and_one_output_per_block():
