@@ -54,11 +54,55 @@ def band_pattern(band: Band, minus_identity: bool = False) -> tuple[Pattern, tup
     return tuple(pattern), tuple(values)
 
 
+# per native kind: the state lists the kernel reads and writes besides p and g, and the number
+# of per-member coefficients (laid out coefficient-major: c[k * n + j] for member j)
+NATIVE = {"adamw": (("m", "v"), 7), "sgd": (("b",), 6)}
+
+
+def _native_source(pattern: Pattern, kind: str) -> str:
+    """Straight-line Python for a native smoothed step (``SmoothedAdamW``, ``SmoothedSGD``):
+    ``mix(p, g, *state, w, c)`` computes every member's update ``u_j`` from its gradient and
+    state, writes the state, and writes ``p_l <- d_l p_l + sum_j A[l, j] u_j`` (AdamW) or
+    ``p_l <- p_l + sum_j A[l, j] u_j`` (SGD): one read of p, g and the state, one write of p
+    and the state. ``c`` holds the per-member coefficients (native_steps.py builds them)."""
+    n = len(pattern)
+    state, _ = NATIVE[kind]
+    head = f"def mix(p, g, {', '.join(state)}, w, c):  # {kind}, {n} members"
+    lines = [head]
+    for j in range(n):
+        c = [f"c[{k * n + j}]" for k in range(7)]
+        lines.append(f"    g{j} = g[{j}].to(w.dtype)")
+        if kind == "adamw":  # c: 1 - beta1, beta2, 1 - beta2, sqrt(bias corr. 2), eps, -lr / bias corr. 1, decay
+            lines.append(f"    m{j} = m[{j}].to(w.dtype)")
+            lines.append(f"    m{j} = m{j} + {c[0]} * (g{j} - m{j})")
+            lines.append(f"    v{j} = v[{j}].to(w.dtype) * {c[1]} + {c[2]} * g{j} * g{j}")
+            lines.append(f"    u{j} = {c[5]} * (m{j} / (v{j}.sqrt() / {c[3]} + {c[4]}))")
+        else:  # c: weight decay, momentum (0 at the first step), 1 - dampening (1 then), a, b, -lr
+            lines.append(f"    e{j} = g{j} + {c[0]} * p[{j}].to(w.dtype)")
+            lines.append(f"    b{j} = b[{j}].to(w.dtype) * {c[1]} + {c[2]} * e{j}")
+            lines.append(f"    u{j} = {c[5]} * ({c[3]} * e{j} + {c[4]} * b{j})")
+    k = 0
+    for l, js in enumerate(pattern):
+        terms = []
+        for j in js:
+            terms.append(f"w[{k}] * u{j}")
+            k += 1
+        own = f"c[{6 * n + l}] * p[{l}].to(w.dtype)" if kind == "adamw" else f"p[{l}].to(w.dtype)"
+        lines.append(f"    y{l} = " + " + ".join([own, *terms]))
+    for l in range(n):
+        lines.append(f"    p[{l}].copy_(y{l})")
+        for name in state:
+            lines.append(f"    {name}[{l}].copy_({name}{l})")
+    return "\n".join(lines) + "\n"
+
+
 @lru_cache(maxsize=128)
 def kernel_source(pattern: Pattern, mode: str) -> str:
     """Straight-line Python for one pattern: ``mix(p, s, w, d)`` (update) or ``mix(p, w)``
     (gradient), ``p`` and ``s`` lists of 1-D tensors, ``w`` the flat weights, ``d`` the decay
-    factors; both in the compute dtype."""
+    factors; both in the compute dtype. ``"adamw"`` and ``"sgd"``: :func:`_native_source`."""
+    if mode in NATIVE:
+        return _native_source(pattern, mode)
     n = len(pattern)
     lines = [f"def mix(p, s, w, d):  # update, {n} members" if mode == "update" else f"def mix(p, w):  # gradient, {n} members"]
     read = sorted({j for js in pattern for j in js})
@@ -162,7 +206,11 @@ class FusedKernel:
         n, cdtype = len(self.pattern), compute_dtype(dtype)
         p = [torch.zeros(8, dtype=dtype, device=device) for _ in range(n)]
         w = torch.zeros(sum(map(len, self.pattern)), dtype=cdtype, device=device)
-        if self.mode == "update":
+        if self.mode in NATIVE:
+            state, coefficients = NATIVE[self.mode]
+            lists = [[torch.zeros(8, dtype=dtype, device=device) for _ in range(n)] for _ in range(1 + len(state))]
+            self._run(p, *lists, w, torch.ones(coefficients * n, dtype=cdtype, device=device))
+        elif self.mode == "update":
             s = [torch.zeros(8, dtype=dtype, device=device) for _ in range(n)]
             self._run(p, s, w, torch.ones(n, dtype=cdtype, device=device))
         else:

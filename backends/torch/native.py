@@ -1,0 +1,394 @@
+"""``SmoothedAdamW`` and ``SmoothedSGD``: torch optimizers that compute each block's update and
+smooth it along depth in the same pass.
+
+A wrapper (``GradientSmoothing``) must see its base's update before it can smooth it, which
+costs a snapshot of the blocks (update mode) or an extra pass. An optimizer that computes the
+update itself does not: for a group of n members it reads every member's parameter, gradient
+and state at a position, computes each member's update, mixes them with the band and writes
+the parameters and the state — the passes of AdamW (or SGD) alone. The result equals
+``GradientSmoothing(torch.optim.AdamW(...), model, mode="update")`` (``native_steps.py`` has
+the formulas). Parameters outside every group (and groups with fewer than two gradients at a
+step) take ``torch.optim``'s own AdamW or SGD step.
+
+They are ordinary ``torch.optim.Optimizer`` s: their own ``param_groups`` (LR schedulers,
+gradient clipping, ``GradScaler``), torch's ``state`` layout (``step``, ``exp_avg``,
+``exp_avg_sq``; ``momentum_buffer``) and ``state_dict``, hooks. Under FSDP2 each rank mixes its
+own shards, as the wrapper does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.adamw import adamw as _adamw
+from torch.optim.sgd import sgd as _sgd
+
+from gradsmooth import Band, BlockPlan, DepthOperator, make_operator
+from gradsmooth.blocks import Exclude, Stacks
+from gradsmooth.operators import WindowOptions
+
+from .blocks import ModelParameters
+from .execution import eager_reason, group_path
+from .fused import FusedKernel, band_pattern, fused_kernel
+from .groups import local, make_groups
+from .mixing import BandProgram, band_program, compute_dtype, device_weights, warm_weights
+from .native_steps import (adamw_coefficients, adamw_mix, coefficient_table, native_blocks, sgd_coefficients,
+                           sgd_mix)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["SmoothedAdamW", "SmoothedSGD"]
+
+
+class _GroupWork(NamedTuple):
+    """One group's work at one step, planned and allocated before anything changes."""
+
+    members: list[Tensor]  # the parameters with a gradient, in depth order
+    tensors: list[list[Tensor]]  # local tensors: params, grads, then the state lists the kernel writes
+    table: Tensor  # (n, k) per-member coefficients
+    program: BandProgram  # the eager kernels' band of A
+    blocks: Tensor  # the eager kernels' scratch
+    fused: tuple[FusedKernel, Callable[[], None]] | None  # the compiled kernel and its bound call
+
+
+def _number(name: str, value: Any, low: float = 0.0, below: float | None = None) -> None:
+    """torch.optim's checks: ``name`` should be a number >= ``low`` (and < ``below``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+        raise TypeError(f"{name} should be a number but is: {value!r}")
+    v = float(value.item()) if isinstance(value, Tensor) and value.numel() == 1 else value
+    if isinstance(v, Tensor) or not v >= low or (below is not None and not v < below):
+        bound = f">= {low}" + (f" and < {below}" if below is not None else "")
+        raise ValueError(f"{name} should be {bound} but is: {value!r}")
+
+
+class _NativeSmoothing(Optimizer):
+    """What SmoothedAdamW and SmoothedSGD share: names and groups, the plan, and a step that
+    plans (checks, allocates, compiles) every group before it changes anything."""
+
+    kind = ""  # "adamw" or "sgd": the kernels' kind
+    _state_keys: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module | Iterable[tuple[str, Tensor]], params: Any, defaults: dict[str, Any], *,
+                 operator: DepthOperator | None, stacks: Stacks, exclude: Exclude, fused: bool | None,
+                 window: WindowOptions) -> None:
+        if fused is not None and not isinstance(fused, bool):
+            raise TypeError(f"fused should be None (compiled kernels where they can run), True or False but is: {fused!r}")
+        self.operator = make_operator(operator, **window)
+        self.fused = fused
+        self._params = ModelParameters.of(model, from_structure=stacks is None)
+        self._stacks, self._exclude = stacks, exclude
+        if params is None:
+            params = [p for p in self._params.named.values() if p.requires_grad]
+        super().__init__(params, defaults)
+        self._replan()
+
+    def _replan(self) -> None:
+        owned = {id(p): 0 for g in self.param_groups for p in g["params"]}
+        if not any(id(p) in owned for p in self._params.named.values()):
+            raise ValueError("params holds no parameter of model: pass the model whose parameters it holds "
+                             "(or leave params out: every trainable parameter of model)")
+        groups = make_groups(self._params, owned, self.operator, self._stacks, self._exclude)
+        self._plan, self._members = groups.plan, groups.members
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``, then plan again (on any error the group is taken out again)."""
+        super().add_param_group(param_group)
+        if "_members" not in self.__dict__:  # torch's __init__ adds the first groups: planned after
+            return
+        try:
+            self._params = self._params.refreshed()
+            self._replan()
+        except Exception:
+            self.param_groups.pop()
+            self._replan()
+            raise
+
+    @property
+    def plan(self) -> BlockPlan:
+        """What is smoothed, in depth-ordered groups; printed, each group's ``path`` ("fused",
+        "fused (compiles at the first step)" or "eager (why)", as ``GradientSmoothing``'s)."""
+        paths = []
+        for members in self._members:
+            band = self.operator.band(len(members), self._group_step(members))
+            paths.append(group_path(band, [local(p) for p in members], self.kind, self._fused(members)))
+        return self._plan.with_paths(paths)
+
+    def _fused(self, members: list[Tensor]) -> bool | None:
+        return self.fused
+
+    def _group_step(self, members: list[Tensor]) -> int:
+        """The steps this group has taken (its members' count, as torch keeps it per parameter)."""
+        steps = [self.state[p]["step"] for p in members if "step" in self.state.get(p, {})]
+        return int(max(float(s) for s in steps)) if steps else 0
+
+    # -- the step ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One step: every group's update computed and smoothed in one pass, the other
+        parameters stepped by torch.optim's own arithmetic; ``closure`` (optional) re-evaluates
+        the model and returns the loss. Checks, state, scratch and compiled kernels are all
+        made before the first write."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        group_of = {id(p): g for g in self.param_groups for p in g["params"]}
+        for p in (p for g in self.param_groups for p in g["params"] if p.grad is not None):
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients ({self._name(p)!r}); "
+                                   "nothing was changed")
+        work, smoothed = self._plan_groups(group_of)
+        plain = {id(g): [p for p in g["params"] if p.grad is not None and id(p) not in smoothed]
+                 for g in self.param_groups}
+        for g in self.param_groups:
+            for p in plain[id(g)]:
+                self._init_state(p, g)
+        for g in self.param_groups:
+            if plain[id(g)]:
+                self._plain_step(g, plain[id(g)])
+        for w in work:
+            self._run(w)
+        return loss
+
+    def _name(self, p: Tensor) -> str:
+        return self._params.name(p, [self])
+
+    def _plan_groups(self, group_of: dict[int, dict[str, Any]]) -> tuple[list[_GroupWork], set[int]]:
+        work, smoothed = [], set()
+        for members in self._members:
+            present = [p for p in members if p.grad is not None]
+            if len(present) < 2:
+                continue
+            band = self.operator.band(len(present), self._group_step(present))
+            if band.is_identity:
+                continue
+            if any(p.is_complex() for p in present):
+                raise ValueError(f"{self._name(present[0])!r} is complex: smoothed groups hold real parameters; "
+                                 "exclude it (exclude=...)")
+            groups = [group_of[id(p)] for p in present]
+            for p, g in zip(present, groups):
+                self._init_state(p, g)
+            work.append(self._plan_group(present, groups, band))
+            smoothed.update(id(p) for p in present)
+        return work, smoothed
+
+    def _plan_group(self, members: list[Tensor], groups: list[dict[str, Any]], band: Band) -> _GroupWork:
+        shards = [local(p) for p in members]
+        table = coefficient_table(self._coefficients(members, groups), shards[0])  # before the state is made
+        tensors = [shards, [local(p.grad) for p in members], *self._state_lists(members, groups)]
+        program = band_program(band)
+        warm_weights(program, compute_dtype(shards[0].dtype), shards[0].device)
+        blocks = native_blocks(self.kind, shards)
+        fused = None
+        if all(t is not None for t in tensors[-1]) and eager_reason([t for ts in tensors for t in ts],
+                                                                     self._fused(members)) is None:
+            pattern, values = band_pattern(band)
+            kernel = fused_kernel(pattern, self.kind)
+            if kernel.ready(shards[0].dtype, shards[0].device):
+                weights = device_weights(values, compute_dtype(shards[0].dtype), shards[0].device).view(-1)
+                fused = kernel, kernel.bind(*tensors, weights, table.t().contiguous().view(-1))
+        return _GroupWork(members, tensors, table, program, blocks, fused)
+
+    def _run(self, w: _GroupWork) -> None:
+        self._count_step(w.members)
+        if w.fused is not None:
+            kernel, run = w.fused
+            try:
+                run()
+                return
+            except RuntimeError as error:  # raised before the kernel wrote anything
+                kernel.give_up(w.tensors[0][0].dtype, w.tensors[0][0].device, error)
+        self._eager(w)
+
+    # -- what each optimizer defines -----------------------------------------------------------
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _state_lists(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[Tensor | None]]:
+        raise NotImplementedError
+
+    def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[float]]:
+        raise NotImplementedError
+
+    def _count_step(self, members: list[Tensor]) -> None:
+        raise NotImplementedError
+
+    def _eager(self, w: _GroupWork) -> None:
+        raise NotImplementedError
+
+    def _plain_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        raise NotImplementedError
+
+
+class SmoothedAdamW(_NativeSmoothing):
+    """AdamW whose updates are smoothed along depth as they are computed.
+
+    For each group of blocks (one role of one stack, in depth order) and each member ``l``::
+
+        u_l = -lr / (1 - beta1^t) * m_l / (sqrt(v_l) / sqrt(1 - beta2^t) + eps)   (AdamW's update)
+        theta_l <- (1 - lr * weight_decay) * theta_l + sum_j A[l, j] u_j
+
+    with ``A`` the depth operator (window 3, uniform, ``renormalize``, ``alpha`` 1 by default):
+    ``GradientSmoothing(torch.optim.AdamW(...), model)`` in update mode without its snapshot,
+    equal to it to rounding. Decoupled weight decay stays per layer. Parameters outside every
+    group take torch.optim's AdamW step.
+
+    Args:
+        model: an ``nn.Module`` (blocks found from its structure) or an iterable of ``(name,
+            parameter)`` pairs (blocks found from the names).
+        lr: the learning rate, as ``torch.optim.AdamW``'s (default 1e-3).
+        betas: the moments' decay rates (default (0.9, 0.999)).
+        eps: added to the denominator (default 1e-8).
+        weight_decay: decoupled, per layer, never mixed (default 1e-2).
+        params: the parameters or param groups (dicts, as for any torch optimizer); default:
+            every parameter of ``model`` that requires a gradient, one group.
+        operator: any :class:`gradsmooth.DepthOperator`, in place of the window arguments.
+        stacks: as :func:`gradsmooth.find_blocks` (given, blocks are found from the names).
+        exclude: as :func:`gradsmooth.find_blocks`: parameters never smoothed.
+        fused: ``None`` (default): one compiled kernel per group of large members where a
+            compiler is there (as ``GradientSmoothing``), else the eager chunked kernels;
+            ``True``: compile anyway; ``False``: eager.
+        **window: ``window``, ``kernel``, ``boundary``, ``alpha`` (a number or a function of
+            the step), ``sigma``, ``normalize``: as :class:`gradsmooth.WindowSmoothing`.
+    """
+
+    kind = "adamw"
+
+    def __init__(self, model: nn.Module | Iterable[tuple[str, Tensor]], lr: float | Tensor = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2, *,
+                 params: Any = None, operator: DepthOperator | None = None, stacks: Stacks = None,
+                 exclude: Exclude = None, fused: bool | None = None, **window: Unpack[WindowOptions]) -> None:
+        _number("lr", lr)
+        _number("eps", eps)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas should be a pair of numbers but is: {betas!r}")
+        _number("betas[0]", betas[0], 0.0, 1.0)
+        _number("betas[1]", betas[1], 0.0, 1.0)
+        _number("weight_decay", weight_decay)
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        super().__init__(model, params, defaults, operator=operator, stacks=stacks, exclude=exclude, fused=fused,
+                         window=window)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> None:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _state_lists(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[Tensor | None]]:
+        return [[local(self.state[p]["exp_avg"]) for p in members], [local(self.state[p]["exp_avg_sq"]) for p in members]]
+
+    def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[float]]:
+        return adamw_coefficients(groups, [float(self.state[p]["step"]) + 1 for p in members])
+
+    def _count_step(self, members: list[Tensor]) -> None:
+        for p in members:
+            self.state[p]["step"] += 1
+
+    def _eager(self, w: _GroupWork) -> None:
+        adamw_mix(w.program, *w.tensors, w.table, w.blocks)
+
+    def _plain_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        _adamw(
+            params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
+            [self.state[p]["exp_avg_sq"] for p in params], [], [self.state[p]["step"] for p in params],
+            amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+            eps=group["eps"], maximize=False, has_complex=any(p.is_complex() for p in params))
+
+
+class SmoothedSGD(_NativeSmoothing):
+    """SGD (with momentum, dampening, Nesterov, coupled weight decay: ``torch.optim.SGD``'s
+    arithmetic) whose updates are smoothed along depth as they are computed.
+
+    For each group of blocks and each member ``l``::
+
+        e_l = g_l + weight_decay * theta_l
+        b_l <- momentum * b_l + (1 - dampening) * e_l          (b_l = e_l at the first step)
+        u_l = -lr * (e_l + momentum * b_l if nesterov else b_l)
+        theta_l <- theta_l + sum_j A[l, j] u_j
+
+    ``GradientSmoothing(torch.optim.SGD(...), model)`` in update mode without its snapshot,
+    equal to it to rounding. Parameters outside every group take torch.optim's SGD step.
+
+    Args:
+        model: an ``nn.Module`` or an iterable of ``(name, parameter)`` pairs.
+        lr: the learning rate, as ``torch.optim.SGD``'s (default 1e-3).
+        momentum: the momentum factor (default 0: no buffer).
+        dampening: dampening of the momentum (default 0).
+        weight_decay: L2 decay, coupled (in the gradient, hence smoothed), as torch's SGD (default 0).
+        nesterov: Nesterov momentum (default False).
+        params: the parameters or param groups; default: every trainable parameter of ``model``.
+        operator: as :class:`SmoothedAdamW`.
+        stacks: as :class:`SmoothedAdamW`.
+        exclude: as :class:`SmoothedAdamW`.
+        fused: as :class:`SmoothedAdamW`.
+        **window: as :class:`SmoothedAdamW`.
+    """
+
+    kind = "sgd"
+
+    def __init__(self, model: nn.Module | Iterable[tuple[str, Tensor]], lr: float | Tensor = 1e-3,
+                 momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
+                 params: Any = None, operator: DepthOperator | None = None, stacks: Stacks = None,
+                 exclude: Exclude = None, fused: bool | None = None, **window: Unpack[WindowOptions]) -> None:
+        _number("lr", lr)
+        _number("momentum", momentum)
+        _number("dampening", dampening)
+        _number("weight_decay", weight_decay)
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"nesterov should be True or False but is: {nesterov!r}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(f"nesterov momentum needs momentum > 0 and dampening 0 but momentum is: {momentum!r} "
+                             f"and dampening: {dampening!r}")
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
+                    "nesterov": nesterov}
+        super().__init__(model, params, defaults, operator=operator, stacks=stacks, exclude=exclude, fused=fused,
+                         window=window)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> None:
+        # torch's SGD keeps a momentum buffer only; the step count (for an alpha schedule) is ours
+        self.state[p].setdefault("step", torch.tensor(0.0, dtype=torch.float32))
+
+    def _state_lists(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[Tensor | None]]:
+        if all(float(g["momentum"]) == 0 for g in groups):
+            return [[None] * len(members)]  # no buffer: the eager kernels, which need none
+        buffers = []
+        for p, g in zip(members, groups):
+            buf = self.state[p].get("momentum_buffer") if float(g["momentum"]) != 0 else None
+            if buf is None:  # made before anything changes; a member without momentum gets scratch
+                buf = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if float(g["momentum"]) != 0:
+                    self.state[p]["momentum_buffer"] = buf
+            buffers.append(local(buf))
+        return [buffers]
+
+    def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[float]]:
+        first = [self.state[p].get("momentum_buffer") is None for p in members]  # as torch's SGD tells it
+        return sgd_coefficients(groups, first)
+
+    def _count_step(self, members: list[Tensor]) -> None:
+        for p in members:
+            self.state[p]["step"] += 1
+
+    def _eager(self, w: _GroupWork) -> None:
+        params, grads, buffers = w.tensors
+        sgd_mix(w.program, params, grads, None if buffers[0] is None else buffers, w.table, w.blocks)
+
+    def _plain_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        buffers = [self.state[p].get("momentum_buffer") for p in params]
+        _sgd(params, [p.grad for p in params], buffers, weight_decay=group["weight_decay"],
+                            momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"],
+                            nesterov=group["nesterov"], maximize=False)
+        if group["momentum"] != 0:
+            for p, buf in zip(params, buffers):
+                self.state[p]["momentum_buffer"] = buf
+        self._count_step(params)

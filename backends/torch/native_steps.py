@@ -1,0 +1,150 @@
+"""The arithmetic of the native smoothed steps (``SmoothedAdamW``, ``SmoothedSGD``): per-member
+coefficients, and the eager kernels that compute every member's update and mix it along depth
+in one pass over column chunks (the compiled kernels' source is ``fused.py``).
+
+For a group of n members (one role of one stack), at one position of the flat parameters:
+
+AdamW (``torch.optim.AdamW``'s arithmetic, then the band instead of the identity)::
+
+    m_j <- m_j + (1 - beta1) (g_j - m_j)
+    v_j <- beta2 v_j + (1 - beta2) g_j^2
+    u_j  = -(lr_j / bc1_j) * m_j / (sqrt(v_j) / sqrt(bc2_j) + eps_j)
+    p_l <- (1 - lr_l wd_l) p_l + sum_j A[l, j] u_j
+
+SGD (``torch.optim.SGD``'s, weight decay coupled, as there)::
+
+    e_j  = g_j + wd_j p_j
+    b_j <- momentum_j b_j + (1 - dampening_j) e_j         (b_j = e_j at the first step)
+    u_j  = -lr_j * (e_j + momentum_j b_j  if nesterov  else  b_j)
+    p_l <- p_l + sum_j A[l, j] u_j
+
+This equals ``GradientSmoothing(AdamW or SGD, mode="update")`` with no snapshot: the update is
+mixed where it is computed. The coefficients are per member (members may sit in param groups
+with different learning rates), as (n, 1) columns.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .mixing import BandProgram, _apply, _gather, _layout, _write, compute_dtype
+
+__all__ = ["adamw_coefficients", "adamw_mix", "coefficient_table", "native_blocks", "sgd_coefficients", "sgd_mix"]
+
+
+def _float(value: Any) -> float:
+    """A group's hyperparameter (a number or a one-element tensor, as torch allows for lr) as a float."""
+    return float(value.item()) if isinstance(value, Tensor) else float(value)
+
+
+def adamw_coefficients(groups: list[dict[str, Any]], steps: list[float]) -> list[list[float]]:
+    """Per member (its param group and its step count after this step's increment): ``[1 - beta1,
+    beta2, 1 - beta2, sqrt(bias correction 2), eps, -lr / bias correction 1, 1 - lr * weight_decay]``."""
+    rows = []
+    for group, step in zip(groups, steps):
+        beta1, beta2 = (_float(b) for b in group["betas"])
+        lr = _float(group["lr"])
+        rows.append([1 - beta1, beta2, 1 - beta2, math.sqrt(1 - beta2**step), _float(group["eps"]),
+                     -lr / (1 - beta1**step), 1 - lr * _float(group["weight_decay"])])
+    return rows
+
+
+def sgd_coefficients(groups: list[dict[str, Any]], first: list[bool]) -> list[list[float]]:
+    """Per member (its param group; ``first``: no momentum buffer yet): ``[weight_decay,
+    momentum (0 at the first step), 1 - dampening (1 then), a, b, -lr]`` with the step direction
+    ``a e + b b'``: nesterov ``(1, momentum)``, momentum ``(0, 1)``, none ``(1, 0)``."""
+    rows = []
+    for group, new in zip(groups, first):
+        momentum = _float(group["momentum"])
+        if momentum == 0:
+            keep, take, a, b = 0.0, 1.0, 1.0, 0.0
+        else:
+            keep, take = (0.0, 1.0) if new else (momentum, 1 - _float(group["dampening"]))
+            a, b = (1.0, momentum) if group["nesterov"] else (0.0, 1.0)
+        rows.append([_float(group["weight_decay"]), keep, take, a, b, -_float(group["lr"])])
+    return rows
+
+
+def native_blocks(kind: str, members: list[Tensor]) -> Tensor:
+    """The scratch blocks of one group's eager step, allocated before anything changes:
+    (5, n, c) for AdamW, (4, n, c) for SGD, in the members' compute dtype."""
+    _, chunks = _layout(members)
+    c = chunks[0][1] - chunks[0][0]
+    count = 5 if kind == "adamw" else 4
+    return torch.empty((count, len(members), c), dtype=compute_dtype(members[0].dtype), device=members[0].device)
+
+
+def coefficient_table(rows: list[list[float]], like: Tensor) -> Tensor:
+    """The per-member coefficients as an (n, k) tensor in ``like``'s compute dtype on its device
+    (made before anything changes; the kernels take its columns, or its transpose flattened)."""
+    return torch.tensor(rows, dtype=compute_dtype(like.dtype)).to(like.device)
+
+
+def _columns(table: Tensor) -> list[Tensor]:
+    """The (n, 1) columns of an (n, k) coefficient table (views)."""
+    return [col.unsqueeze(1) for col in table.unbind(1)]
+
+
+def adamw_mix(program: BandProgram, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+              exp_avg_sqs: list[Tensor], table: Tensor, blocks: Tensor) -> None:
+    """In place, one group: AdamW's moments and update for every member, mixed along depth by
+    ``program`` (the band of ``A``), chunk by chunk in ``blocks`` (:func:`native_blocks`);
+    ``table``: :func:`adamw_coefficients` as a :func:`coefficient_table`."""
+    c1, c2, c3, c4, c5, c6, c7 = _columns(table)
+    layouts = [_layout(t) for t in (params, grads, exp_avgs, exp_avg_sqs)]
+    contiguous = all(f is not None for f, _ in layouts)
+    chunks = layouts[0][1] if contiguous else [(0, params[0].numel())]
+    flats = [f if contiguous else None for f, _ in layouts]
+    for lo, hi in chunks:
+        k = hi - lo
+        G, M, V, P, T = (b[:, :k] for b in blocks)
+        _gather(grads, flats[1], lo, hi, G)
+        _gather(exp_avgs, flats[2], lo, hi, M)
+        _gather(exp_avg_sqs, flats[3], lo, hi, V)
+        torch.sub(G, M, out=T)
+        M.addcmul_(T, c1)  # m + (1 - beta1)(g - m): torch's lerp
+        V.mul_(c2)
+        torch.mul(G, c3, out=T)
+        V.addcmul_(T, G)  # beta2 v + (1 - beta2) g g
+        _write(exp_avgs, flats[2], M, lo, hi)
+        _write(exp_avg_sqs, flats[3], V, lo, hi)
+        torch.sqrt(V, out=T)
+        T.div_(c4).add_(c5)  # the denominator
+        torch.div(M, T, out=T)
+        T.mul_(c6)  # u
+        _gather(params, flats[0], lo, hi, P)
+        P.mul_(c7)  # decoupled decay, per layer
+        _write(params, flats[0], _apply(program, T, G, base=P), lo, hi)
+
+
+def sgd_mix(program: BandProgram, params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | None,
+            table: Tensor, blocks: Tensor) -> None:
+    """In place, one group: SGD's (momentum) update for every member, mixed along depth by
+    ``program`` (the band of ``A``), chunk by chunk in ``blocks`` (:func:`native_blocks`).
+    ``buffers``: the members' momentum buffers, or None where no member has momentum."""
+    c1, c2, c3, c4, c5, c6 = _columns(table)
+    layouts = [_layout(t) for t in (params, grads, buffers if buffers is not None else params)]
+    contiguous = all(f is not None for f, _ in layouts)
+    chunks = layouts[0][1] if contiguous else [(0, params[0].numel())]
+    pf, gf, bf = (f if contiguous else None for f, _ in layouts)
+    for lo, hi in chunks:
+        k = hi - lo
+        P, G, B, T = (b[:, :k] for b in blocks)
+        _gather(params, pf, lo, hi, P)
+        _gather(grads, gf, lo, hi, G)
+        G.addcmul_(P, c1)  # e = g + wd p
+        if buffers is not None:
+            _gather(buffers, bf, lo, hi, B)
+        else:
+            B.zero_()
+        B.mul_(c2).addcmul_(G, c3)  # b = momentum b + (1 - dampening) e (= e at the first step)
+        if buffers is not None:
+            _write(buffers, bf, B, lo, hi)
+        torch.mul(G, c4, out=T)
+        T.addcmul_(B, c5)  # the direction: a e + b b
+        T.mul_(c6)  # u
+        _write(params, pf, _apply(program, T, G, base=P), lo, hi)

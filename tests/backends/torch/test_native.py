@@ -1,0 +1,160 @@
+"""SmoothedAdamW and SmoothedSGD: equal to the wrapper in update mode (float32, both kernel
+paths), to the NumPy reference oracle (float64), and ordinary torch optimizers (param groups,
+schedulers, state_dict, errors)."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+import gradsmooth.backends.torch.execution as execution_module
+from gradsmooth.backends.torch import GradientSmoothing, SmoothedAdamW, SmoothedSGD
+from gradsmooth.reference import SGD, AdamW, Smoothed
+from tests.backends.torch.test_exactness import assert_tracks, float64_device
+
+ADAMW = {"lr": 0.01, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1}
+SGDS = {
+    "momentum": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01},
+    "nesterov": {"lr": 0.05, "momentum": 0.9, "nesterov": True},
+    "dampening": {"lr": 0.05, "momentum": 0.9, "dampening": 0.5, "weight_decay": 0.01},
+    "plain": {"lr": 0.05},
+}
+
+
+@pytest.fixture(params=["eager", "fused"])
+def path(request, monkeypatch):
+    """Both kernel paths: the tiny members are far below the size where fusing pays: fuse anyway."""
+    if request.param == "fused":
+        monkeypatch.setattr(execution_module, "FUSED_MIN_ELEMENTS", 0)
+        return True
+    return False
+
+
+def _groups(model, wd):
+    """Two param groups: the blocks' weights at full lr, the rest at half lr and no weight decay."""
+    named = dict(model.named_parameters())
+    return [{"params": [p for k, p in named.items() if k.endswith("weight")]},
+            {"params": [p for k, p in named.items() if not k.endswith("weight")], "lr_scale": 0.5, "weight_decay": 0.0}]
+
+
+def _train(model, opt, steps=6, seed=0, every=None):
+    torch.manual_seed(seed)
+    for t in range(steps):
+        for k, p in model.named_parameters():
+            p.grad = None if (every and t % every == 2 and k == "blocks.3.attn.weight") else torch.randn_like(p)
+        opt.step()
+
+
+@pytest.mark.parametrize("native, base, kw", [(SmoothedAdamW, torch.optim.AdamW, ADAMW)]
+                         + [(SmoothedSGD, torch.optim.SGD, kw) for kw in SGDS.values()],
+                         ids=["adamw", *SGDS])
+def test_equals_the_wrapper_in_update_mode_float32(tiny_net, path, native, base, kw):
+    models = [tiny_net(dtype=torch.float32), tiny_net(dtype=torch.float32)]
+    groups = [_groups(m, kw.get("weight_decay", 0.0)) for m in models]
+    for g in groups:
+        g[1]["lr"] = kw["lr"] / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback from the fused kernel
+        opts = [native(models[0], params=groups[0], fused=path, **kw),
+                GradientSmoothing(base(groups[1], **kw), models[1], fused=False)]
+        assert opts[0].plan == opts[1].plan
+        for m, o in zip(models, opts):
+            _train(m, o, every=5)
+    assert ("fused" in opts[0].plan.paths) == path  # the path under test ran
+    for (k, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("native, make_ref, kw", [(SmoothedAdamW, lambda: AdamW(lr=0.01, weight_decay=0.1), {"lr": 0.01, "weight_decay": 0.1}),
+                                                  (SmoothedSGD, lambda: SGD(lr=0.05, momentum=0.9, weight_decay=0.01),
+                                                   {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01})],
+                         ids=["adamw", "sgd-momentum"])
+@pytest.mark.parametrize("boundary", ["renormalize", "reflect"])
+def test_matches_reference_float64(tiny_net, device, native, make_ref, kw, boundary):
+    device = float64_device(device)
+    model = tiny_net(device=device)
+    opt = native(model, boundary=boundary, **kw)
+    reference = Smoothed(make_ref(), [g.names for g in opt.plan.groups], window=3, boundary=boundary)
+    assert_tracks(model, opt, reference, steps=20, device=device)
+
+
+def test_matches_reference_with_an_alpha_schedule_and_a_wide_window(tiny_net):
+    model = tiny_net()
+    alpha = lambda step: min(1.0, 0.1 + step / 10)  # noqa: E731
+    opt = SmoothedAdamW(model, lr=0.01, window=5, kernel="triangular", boundary="mirror", alpha=alpha)
+    reference = Smoothed(AdamW(lr=0.01), [g.names for g in opt.plan.groups], window=5, kernel="triangular",
+                         boundary="mirror", alpha=alpha)
+    assert_tracks(model, opt, reference, steps=15)
+
+
+def test_window_1_is_torch_adamw_bit_for_bit(tiny_net):
+    models = [tiny_net(dtype=torch.float32), tiny_net(dtype=torch.float32)]
+    opts = [SmoothedAdamW(models[0], window=1, **ADAMW), torch.optim.AdamW(models[1].parameters(), **ADAMW)]
+    for m, o in zip(models, opts):
+        _train(m, o)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+
+
+def test_state_dict_resumes_exactly_and_is_torchs_layout(tiny_net):
+    model, again = tiny_net(), tiny_net()
+    opt = SmoothedAdamW(model, **ADAMW)
+    _train(model, opt, steps=3)
+    saved = copy.deepcopy(opt.state_dict())
+    assert set(saved["state"][0]) == {"step", "exp_avg", "exp_avg_sq"} and float(saved["state"][0]["step"]) == 3
+    resumed_model = copy.deepcopy(model)
+    _train(model, opt, steps=3, seed=1)
+    resumed = SmoothedAdamW(resumed_model, **ADAMW)
+    resumed.load_state_dict(saved)
+    _train(resumed_model, resumed, steps=3, seed=1)
+    for a, b in zip(model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+    torch_adamw = torch.optim.AdamW(again.parameters(), **ADAMW)
+    torch_adamw.load_state_dict(saved)  # torch.optim.AdamW reads it
+
+
+def test_a_scheduler_and_param_groups_act_on_it(tiny_net):
+    model = tiny_net()
+    opt = SmoothedSGD(model, lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    _train(model, opt, steps=1)
+    sched.step()
+    assert opt.param_groups[0]["lr"] == 0.05
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))]})
+    assert len(opt.param_groups) == 2 and opt.plan.groups
+
+
+def test_the_plan_says_which_path_each_group_takes(tiny_net):
+    model = tiny_net()
+    text = str(SmoothedAdamW(model).plan)
+    assert text.splitlines()[1].split()[-1] == "path" and "eager (members under 65,536 elements)" in text
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda m: SmoothedAdamW(m, lr=-1.0), r"lr should be >= 0.0 but is: -1.0"),
+    (lambda m: SmoothedAdamW(m, betas=(0.9, 1.0)), r"betas\[1\] should be >= 0.0 and < 1.0 but is: 1.0"),
+    (lambda m: SmoothedAdamW(m, betas=0.9), r"betas should be a pair of numbers but is: 0.9"),
+    (lambda m: SmoothedAdamW(m, eps="x"), r"eps should be a number but is: 'x'"),
+    (lambda m: SmoothedAdamW(m, fused="yes"), r"fused should be None \(compiled kernels where they can run\)"),
+    (lambda m: SmoothedAdamW(m, window=2), r"window"),
+    (lambda m: SmoothedSGD(m, nesterov=True), r"nesterov momentum needs momentum > 0 and dampening 0"),
+    (lambda m: SmoothedSGD(m, momentum=-0.1), r"momentum should be >= 0.0 but is: -0.1"),
+    (lambda m: SmoothedAdamW(m, params=[torch.nn.Parameter(torch.zeros(2))]), r"params holds no parameter of model"),
+])
+def test_bad_arguments_name_the_argument_and_value(tiny_net, make, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        make(tiny_net())
+
+
+def test_a_sparse_gradient_is_refused_before_anything_changes(tiny_net):
+    model = tiny_net()
+    opt = SmoothedAdamW(model, **ADAMW)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    first = next(model.parameters())
+    first.grad = first.grad.to_sparse()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and not opt.state
