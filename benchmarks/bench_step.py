@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import block_bytes, gpt2_shapes, require, side_by_side, skip_slow_on_cpu, synchronizer, torch_device
+from .common import (block_bytes, gpt2_shapes, require, side_by_side, skip_slow_on_cpu, synchronizer, torch_device,
+                     torch_dtype)
 
 OPTIMIZERS = ["sgd-momentum", "adamw-fused", "adamw-foreach", "muon+adamw"]
 MODES = ["update", "gradient"]
@@ -95,11 +96,12 @@ def torch_params(shapes=None, seed=0, device=None):
 
     shapes = shapes or gpt2_shapes()
     device = device or torch_device()
+    dtype = torch_dtype()
     gen = torch.Generator().manual_seed(seed)
     params = {}
     for name, shape in shapes.items():
-        p = torch.nn.Parameter((torch.randn(shape, generator=gen) * 0.02).to(device))
-        p.grad = (torch.randn(shape, generator=gen) * 1e-3).to(device)
+        p = torch.nn.Parameter((torch.randn(shape, generator=gen) * 0.02).to(device, dtype))
+        p.grad = (torch.randn(shape, generator=gen) * 1e-3).to(device, dtype)
         params[name] = p
     return params
 

@@ -31,6 +31,18 @@ def torch_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def torch_dtype():
+    """The torch benchmarks' parameter dtype: ``GRADSMOOTH_BENCH_DTYPE`` (default float32), so
+    that asv and the overhead report (``--dtype``) can run them in bfloat16."""
+    import torch
+
+    name = os.environ.get("GRADSMOOTH_BENCH_DTYPE", "float32")
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"GRADSMOOTH_BENCH_DTYPE should name a torch floating dtype but is: {name!r}")
+    return dtype
+
+
 def synchronizer(device):
     """A callable that waits for ``device``'s queued work (nothing to wait for on a CPU)."""
     import torch

@@ -1,5 +1,8 @@
-"""The overhead report: base step, wrapped step, their ratio, smoothing alone, the bandwidth floor,
-and the wrapper's extra memory, for each backend and mode, measured side by side in one run.
+"""The overhead report: first a whole training step (forward, backward, optimizer) of a
+GPT-2-small-shaped model, base against smoothed (``bench_training``); then the optimizer step
+alone: base step, wrapped step (default settings, eager kernels, ``check_finite``), and
+``SmoothedAdamW``, their ratio, smoothing alone, the bandwidth floor, and the extra memory, for
+each backend and mode, measured side by side in one run.
 
     python -m benchmarks.overhead            # GPT-2-small block shapes (12 blocks, d = 768) + embedding
     python -m benchmarks.overhead --dim 256  # smaller, quicker
@@ -25,14 +28,15 @@ import sys
 import numpy as np
 
 from .bench_step import Stepper, mlx_pair, torch_base, torch_pair, torch_params
+from .bench_training import training_rows, training_table
 from .common import available, block_bytes, gpt2_shapes, side_by_side, synchronizer
 
-
 TORCH_VARIANTS = (  # label, GradientSmoothing keywords
-    ("eager kernels", {}),
-    ("fused=True", {"fused": True}),
-    ("fused=True, check_finite=True", {"fused": True, "check_finite": True}),
+    ("default", {}),
+    ("eager kernels (fused=False)", {"fused": False}),
+    ("default, check_finite=True", {"check_finite": True}),
 )
+NATIVE = {"native": True}  # the settings that stand for SmoothedAdamW in a row
 
 
 def _torch_rows(shapes, repeats, optimizer="adamw-fused"):
@@ -73,7 +77,23 @@ def _torch_rows(shapes, repeats, optimizer="adamw-fused"):
             rows.append({"backend": f"torch {optimizer}, {label}", "mode": mode, "settings": kw, "base_ms": 1e3 * t_base,
                          "wrapped_ms": 1e3 * t_wrapped, "ratio": t_wrapped / t_base, "smoothing_ms": 1e3 * t_alone,
                          "floor_ms": 1e3 * t_floor, "smoothing_over_floor": t_alone / t_floor})
+    base, native = _native_pair(shapes)
+    t_base, t_native = side_by_side(base.step, native.step, repeats)
+    rows.append({"backend": "torch SmoothedAdamW (vs fused AdamW)", "mode": "update", "settings": NATIVE,
+                 "base_ms": 1e3 * t_base, "wrapped_ms": 1e3 * t_native, "ratio": t_native / t_base})
     return rows
+
+
+def _native_pair(shapes):
+    """Fused AdamW and SmoothedAdamW on the same shapes, one step taken (state made, kernels compiled)."""
+    from gradsmooth.backends.torch import SmoothedAdamW
+
+    base_params, native_params = torch_params(shapes), torch_params(shapes)
+    base = Stepper(base_params, torch_base("adamw-fused", base_params))
+    native = Stepper(native_params, SmoothedAdamW(list(native_params.items()), lr=1e-4, weight_decay=0.1))
+    base.step()
+    native.step()
+    return base, native
 
 
 def _mlx_rows(shapes, repeats):
@@ -137,10 +157,16 @@ def _steps_for_memory(backend: str, mode: str, wrapped: bool, blocks: int, dim: 
     if backend == "torch":
         from gradsmooth.backends.torch import GradientSmoothing
 
+        from gradsmooth.backends.torch import SmoothedAdamW
+
         params = torch_params(shapes)
-        opt = torch_base("adamw-fused", params)
-        if wrapped:
-            opt = GradientSmoothing(opt, list(params.items()), mode=mode, **(settings or {}))
+        settings = dict(settings or {})
+        if wrapped and settings.pop("native", False):
+            opt = SmoothedAdamW(list(params.items()), lr=1e-4, weight_decay=0.1, **settings)
+        else:
+            opt = torch_base("adamw-fused", params)
+        if wrapped and not isinstance(opt, SmoothedAdamW):
+            opt = GradientSmoothing(opt, list(params.items()), mode=mode, **settings)
         opt.step()  # the optimizer's state (and the wrapper's snapshot) exists before the measurement
         run = opt.step
         snapshots = getattr(opt, "_snapshots", None)
@@ -213,9 +239,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-memory", action="store_true", help="skip the extra-memory measurement (subprocesses)")
+    parser.add_argument("--batch", type=int, default=4, help="the training step's batch (sequences)")
+    parser.add_argument("--context", type=int, default=256, help="the training step's sequence length")
+    parser.add_argument("--vocab", type=int, default=50257, help="the training step's vocabulary")
+    parser.add_argument("--no-training", action="store_true", help="skip the whole training step")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="the torch parameters' dtype (the optimizer step alone)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
+    before = os.environ.get("GRADSMOOTH_BENCH_DTYPE")
+    os.environ["GRADSMOOTH_BENCH_DTYPE"] = args.dtype  # read by torch_params, here and in the memory subprocesses
+    try:
+        return _report(args)
+    finally:
+        if before is None:
+            del os.environ["GRADSMOOTH_BENCH_DTYPE"]
+        else:
+            os.environ["GRADSMOOTH_BENCH_DTYPE"] = before
+
+
+def _report(args: argparse.Namespace) -> int:
     shapes = gpt2_shapes(args.blocks, args.dim)
+    print(f"machine: {machine()}; {args.blocks} blocks, d = {args.dim}, block parameters "
+          f"{block_bytes(shapes) / 2**20:.0f} MiB (float32)\n")
+    training = []
+    if available("torch") and not args.no_training:
+        training = training_rows(args.blocks, args.dim, args.batch, args.context, max(3, args.repeats // 2), args.vocab)
+        print(training_table(training, args.blocks, args.dim, args.batch, args.context) + "\n")
     rows = _numpy_rows(shapes, args.repeats)
     for backend, make in (("torch", _torch_rows), ("mlx", _mlx_rows)):
         if available(backend):
@@ -223,12 +273,11 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.no_memory:
                     row["extra_memory"] = extra_memory(backend, row["mode"], args.blocks, args.dim, row.get("settings"))
                 rows.append(row)
-    print(f"machine: {machine()}; {args.blocks} blocks, d = {args.dim}, block parameters "
-          f"{block_bytes(shapes) / 2**20:.0f} MiB (float32)\n")
+    print(f"optimizer step alone (torch parameters in {args.dtype})\n")
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine(), "rows": rows}, f, indent=1)
+            json.dump({"machine": machine(), "training": training, "rows": rows}, f, indent=1)
     return 0
 
 

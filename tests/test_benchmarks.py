@@ -62,9 +62,40 @@ def test_muon_steps_are_skipped_on_a_cpu_unless_asked_for(monkeypatch):
 
 def test_overhead_report_prints_the_table(capsys):
     pytest.importorskip("torch")
-    assert overhead.main(["--blocks", "3", "--dim", "32", "--repeats", "1", "--no-memory"]) == 0
+    assert overhead.main(["--blocks", "3", "--dim", "32", "--repeats", "1", "--no-memory", "--context", "8",
+                          "--vocab", "64"]) == 0
     out = capsys.readouterr().out
+    assert out.index("whole training step (forward, backward, optimizer)") < out.index("optimizer step alone")
+    for variant in ("wrapper, update mode", "wrapper, gradient mode", "SmoothedAdamW"):
+        assert f"| {variant} |" in out
     for label, _ in overhead.TORCH_VARIANTS:
         assert f"| torch adamw-fused, {label} | update |" in out and f"| torch adamw-fused, {label} | gradient |" in out
+    assert "| torch SmoothedAdamW (vs fused AdamW) | update |" in out
     assert "| numpy core | smooth() |" in out
     assert overhead.extra_memory("torch", "gradient", 3, 64) < 1.0
+    # SmoothedAdamW holds nothing beyond AdamW's own state: no snapshot
+    assert overhead.extra_memory("torch", "update", 3, 64, overhead.NATIVE) < 0.5
+
+
+def test_the_gpu_script_runs_dry_on_a_cpu(tmp_path):
+    """benchmarks/gpu.sh --dry: every step of the CUDA script (tests, overhead report, bfloat16)
+    at toy sizes on the CPU, so the script is known to work before a GPU is lent."""
+    pytest.importorskip("torch")
+    import os
+    import pathlib
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, GPU_REPORT_DIR=str(tmp_path / "report"), OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert report.startswith("# GPU report (DRY RUN on the CPU, toy sizes)") and " passed" in report
+    assert "whole training step" in report and "(torch parameters in bfloat16)" in report
+    assert "| torch SmoothedAdamW (vs fused AdamW) | update |" in report
+    refused = subprocess.run(["bash", "benchmarks/gpu.sh"], cwd=root, env=env, capture_output=True, text=True)
+    import torch
+
+    if not torch.cuda.is_available():
+        assert refused.returncode == 2 and "no CUDA device here" in refused.stderr

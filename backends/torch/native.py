@@ -8,7 +8,7 @@ and state at a position, computes each member's update, mixes them with the band
 the parameters and the state — the passes of AdamW (or SGD) alone. The result equals
 ``GradientSmoothing(torch.optim.AdamW(...), model, mode="update")`` (``native_steps.py`` has
 the formulas). Parameters outside every group (and groups with fewer than two gradients at a
-step) take ``torch.optim``'s own AdamW or SGD step.
+step) take ``torch.optim``'s own AdamW or SGD step (its fused kernel where it has one).
 
 They are ordinary ``torch.optim.Optimizer`` s: their own ``param_groups`` (LR schedulers,
 gradient clipping, ``GradScaler``), torch's ``state`` layout (``step``, ``exp_avg``,
@@ -43,6 +43,19 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 __all__ = ["SmoothedAdamW", "SmoothedSGD"]
+
+
+def _fusable(params: list[Tensor]) -> bool:
+    """Whether torch's own fused kernel can step ``params`` (floating, one supported device type):
+    no temporaries the size of a parameter, as a fused AdamW base has none."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    try:
+        supported = _get_fused_kernels_supported_devices()
+    except Exception:  # pragma: no cover - a private helper moved: torch's default kernels
+        return False
+    return all(p.is_floating_point() and not p.is_complex() and p.device.type in supported
+               and type(p) in (Tensor, nn.Parameter) for p in params)
 
 
 class _GroupWork(NamedTuple):
@@ -302,7 +315,8 @@ class SmoothedAdamW(_NativeSmoothing):
             params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
             [self.state[p]["exp_avg_sq"] for p in params], [], [self.state[p]["step"] for p in params],
             amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
-            eps=group["eps"], maximize=False, has_complex=any(p.is_complex() for p in params))
+            eps=group["eps"], maximize=False, has_complex=any(p.is_complex() for p in params),
+            fused=_fusable(params) or None)
 
 
 class SmoothedSGD(_NativeSmoothing):
@@ -386,8 +400,8 @@ class SmoothedSGD(_NativeSmoothing):
     def _plain_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
         buffers = [self.state[p].get("momentum_buffer") for p in params]
         _sgd(params, [p.grad for p in params], buffers, weight_decay=group["weight_decay"],
-                            momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"],
-                            nesterov=group["nesterov"], maximize=False)
+             momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"],
+             nesterov=group["nesterov"], maximize=False, fused=_fusable(params) or None)
         if group["momentum"] != 0:
             for p, buf in zip(params, buffers):
                 self.state[p]["momentum_buffer"] = buf
