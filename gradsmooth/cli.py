@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the seeds are first-seed, first-seed + 1, ...: --seeds 1 --first-seed 5 runs seed 5 "
                           "alone (default: %(default)s)")
     cmp.add_argument("--out", default="gradsmooth-compare", help="output folder (default: %(default)s)")
+    cmp.add_argument("--resume", action="store_true",
+                     help="continue --out's results.json (interrupted, or with fewer learning rates or seeds): its "
+                          "runs are kept; it must have the same settings")
     rep = sub.add_parser("report", help="print a results folder's tables and redraw its plots from its results.json",
                          description="Read DIR/results.json (written by demo, compare or gradsmooth.compare.sweep) "
                                      "and print the same tables the command printed, as Markdown; redraw its PNG "
@@ -371,9 +374,12 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
                 "test_fraction": TEST_FRACTION if config.task == "lm" else None}
     try:
         result = compare(config, smoothing, args.lrs, seeds, data, out=out, verbose=not args.quiet,
-                         progress_for=_progress(args.quiet), command=["gradsmooth", *argv], settings=settings)
+                         progress_for=_progress(args.quiet), command=["gradsmooth", *argv], settings=settings,
+                         resume=args.resume)
     except KeyboardInterrupt:
         raise SystemExit(130) from None  # sweep wrote what was gathered and said where
+    except (ResultsError, ValueError) as err:  # a results.json resume cannot continue: before any training
+        _fail(f"gradsmooth compare: error: {err}")
     if args.quiet:
         print(format_summary(result["summary"]))
     print(f"\nwrote {out / 'results.json'} and the plots in {out}")

@@ -13,6 +13,7 @@ compare`` is built on it.
 
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 import sys
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .results import ResultsError, machine, provenance, read_results, write_results
+from .results import ResultsError, machine, provenance, read_results, strict, write_results
 
 __all__ = [
     "CONFIDENCE",
@@ -207,7 +208,7 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
           smoothing: Mapping[str, Any] | None = None, higher_is_better: bool = True, *,
           out: str | pathlib.Path | None = None, metric: str = "val", test_metric: str = "test",
           settings: Mapping[str, Any] | None = None, command: Sequence[str] | None = None, verbose: bool = True,
-          on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          resume: bool = False, on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run ``train(make_optimizer, seed)`` for the base and the smoothed arm (``smoothing``: the
     wrapper's arguments, ``{}`` for its defaults) at every learning rate in ``lrs`` and every seed;
     ``train`` returns ``{"val": float, "test": float, ...}`` (``"history"``, a list of
@@ -219,8 +220,12 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
     process's — git commit, threads, machine) is written after every run, and the plots at the
     end; ``gradsmooth report out`` prints the tables again. On Ctrl-C what was gathered is
     written (``"interrupted": true``) before the KeyboardInterrupt goes on up.
+    ``resume``: continue ``out``/results.json (an interrupted sweep, or one with fewer learning
+    rates or seeds) if there is one: its runs in this grid are kept, not run again; it must have
+    been written with the same settings (else ``ValueError``, before any training), and its
+    provenance is kept under ``"resumed_from"``.
     ``metric``/``test_metric`` name ``val``/``test`` in the tables. Returns ``{"records": [...],
-    "summary": ...}``; ``on_record`` sees each record as it comes."""
+    "summary": ...}``; ``on_record`` sees each record as it comes (kept ones included)."""
     lrs, seeds = _checked(lrs, seeds)
     smoothing = dict(smoothing or {})
     records: list[dict[str, Any]] = []
@@ -233,6 +238,7 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
                "settings": {"lrs": lrs, "seeds": seeds, "smoothing": smoothing, "higher_is_better": higher_is_better,
                             "metric": metric, "test_metric": test_metric} | dict(settings or {}),
                "machine": machine(), "summary": None, "records": records}
+    kept = _resumed(out, payload) if resume else {}
 
     def save(interrupted: bool = False) -> pathlib.Path:
         payload["interrupted"], payload["summary"] = interrupted, summary() if records else None
@@ -240,16 +246,23 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
 
     if out is not None:
         out = pathlib.Path(out)
+        records.extend(kept.values())  # (written at once: a resume interrupted now loses nothing)
         save()  # an unwritable folder fails here, before any training
+        records.clear()
     runs = [(Arm(lr, smoothing if smoothed else None), seed) for lr in lrs for seed in seeds for smoothed in (False, True)]
     try:
         for i, (arm, seed) in enumerate(runs):
-            start = time.perf_counter()
-            records.append(_record(arm, seed, train(arm, seed), time.perf_counter() - start))
-            r = records[-1]
+            key = (arm.lr, arm.label, seed)
+            if key in kept:
+                r = kept[key]
+            else:
+                start = time.perf_counter()
+                r = _record(arm, seed, train(arm, seed), time.perf_counter() - start)
+            records.append(r)
             if verbose:
+                how = "kept from the earlier run" if key in kept else f"{r['seconds']:.0f} s"
                 print(f"[{i + 1}/{len(runs)}] lr {arm.lr:g} {arm.label} seed {seed}: {metric} {r['val']:.4f}, "
-                      f"{test_metric} {r['test']:.4f} ({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
+                      f"{test_metric} {r['test']:.4f} ({how})", file=sys.stderr, flush=True)
             if on_record:
                 on_record(r)
             if out is not None:
@@ -266,6 +279,27 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
     if verbose:
         print(format_summary(result["summary"]))
     return result
+
+
+def _resumed(out: str | pathlib.Path | None, payload: dict[str, Any]) -> dict[tuple[float, str, int], dict[str, Any]]:
+    """The runs of ``out``/results.json that a resumed sweep keeps, by (lr, arm, seed); the old
+    provenance goes into ``payload["resumed_from"]``. Nothing to resume: none."""
+    if out is None:
+        raise ValueError("resume=True needs out, the folder whose results.json it continues")
+    if not (pathlib.Path(out) / "results.json").is_file():
+        return {}
+    old = read_results(out)
+    where = str(pathlib.Path(out) / "results.json")
+    records = _records(old, where)
+    grid = ("lrs", "seeds")
+    before = {k: v for k, v in old.get("settings", {}).items() if k not in grid}
+    now = {k: v for k, v in json.loads(json.dumps(strict(payload["settings"]), default=str)).items() if k not in grid}
+    if before != now:
+        differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        raise ValueError(f"{where!r} was written with other settings ({', '.join(differ)}): resume continues the same "
+                         f"comparison only; pass another out, or leave resume off to start again")
+    payload["resumed_from"] = [*old.get("resumed_from", []), old.get("provenance")]
+    return {(r["lr"], r["arm"], r["seed"]): r for r in records}
 
 
 def _records(payload: Mapping[str, Any], where: str) -> list[dict[str, Any]]:

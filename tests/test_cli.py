@@ -328,3 +328,17 @@ def test_mlx_backend_runs_the_same_task(tmp_path, capsys):
     assert cli.main(["demo", "--backend", "mlx", "--steps", "2", "--eval-every", "1", "--batch-size", "4", "--quiet",
                      "--out", str(tmp_path)]) == 0
     assert "final test_acc" in capsys.readouterr().out
+
+
+def test_resume_continues_a_comparison_and_refuses_other_settings(tmp_path, capsys):
+    args = ["compare", "--lrs", "1e-3", "--depth", "2", *TINY, "--out", str(tmp_path)]
+    assert cli.main([*args, "--seeds", "1"]) == 0
+    first = json.loads((tmp_path / "results.json").read_text())["records"]
+    assert cli.main([*args, "--seeds", "2", "--resume"]) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["records"][:2] == first and [r["seed"] for r in saved["records"]] == [0, 0, 1, 1]
+    assert saved["resumed_from"][0]["command"].endswith("--seeds 1")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*args, "--seeds", "2", "--window", "5", "--resume"])
+    assert exit_.value.code == 2 and "was written with other settings (label, smoothing)" in capsys.readouterr().err

@@ -185,3 +185,31 @@ def test_an_unwritable_out_fails_before_any_training(tmp_path):
 def test_seeds_are_distinct_integers():
     with pytest.raises(ValueError, match=r"seeds should hold at least one seed, distinct integers, but is: \[0, 0\]"):
         sweep(toy_train, [0.1], [0, 0])
+
+
+def test_resume_keeps_the_runs_it_has_and_runs_the_rest(tmp_path):
+    calls = []
+
+    def train(make_optimizer, seed):
+        calls.append((make_optimizer.lr, make_optimizer.label, seed))
+        if len(calls) == 3 and first_pass:
+            raise KeyboardInterrupt
+        return toy_train(make_optimizer, seed)
+
+    first_pass = True
+    with pytest.raises(KeyboardInterrupt):
+        sweep(train, [1e-3, 1e-2], [0, 1], smoothing={"window": 3}, out=tmp_path, verbose=False,
+              command=["first"])
+    first_pass, calls[:] = False, []
+    result = sweep(train, [1e-3, 1e-2], [0, 1, 2], smoothing={"window": 3}, out=tmp_path, verbose=False,
+                   resume=True, command=["second"])
+    assert (1e-3, "base", 0) not in calls and (1e-3, "smoothed", 0) not in calls and len(calls) == 12 - 2
+    fresh = sweep(toy_train, [1e-3, 1e-2], [0, 1, 2], smoothing={"window": 3}, verbose=False)
+    strip = lambda rs: json.loads(json.dumps([{k: v for k, v in r.items() if k != "seconds"} for r in rs]))  # noqa: E731
+    assert strip(result["records"]) == strip(fresh["records"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["provenance"]["command"] == "second" and saved["resumed_from"][0]["command"] == "first"
+    with pytest.raises(ValueError, match=r"was written with other settings \(smoothing\): resume continues the same"):
+        sweep(toy_train, [1e-3], [0], smoothing={"window": 5}, out=tmp_path, resume=True, verbose=False)
+    with pytest.raises(ValueError, match="resume=True needs out"):
+        sweep(toy_train, [1e-3], [0], resume=True)

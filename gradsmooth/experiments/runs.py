@@ -151,7 +151,8 @@ def run(config: RunConfig, data: Any, progress: Callable[[int], None] | None = N
 def compare(config: RunConfig, smoothing: dict[str, Any], lrs: Sequence[float], seeds: Sequence[int], data: Any,
             out: str | pathlib.Path | None = None, verbose: bool = True,
             progress_for: Callable[[RunConfig], Callable[[int], None] | None] | None = None,
-            command: Sequence[str] | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+            command: Sequence[str] | None = None, settings: dict[str, Any] | None = None,
+            resume: bool = False) -> dict[str, Any]:
     """Base and smoothed at every learning rate in ``lrs`` for every seed:
     :func:`gradsmooth.compare.sweep` over :func:`run`; each record holds the run's history."""
     val_key, test_key, higher = SELECTION[config.task]
@@ -162,7 +163,7 @@ def compare(config: RunConfig, smoothing: dict[str, Any], lrs: Sequence[float], 
         return {"val": _final(result, val_key), "test": _final(result, test_key), "history": result.history}
 
     return sweep(train, lrs, seeds, smoothing=smoothing, higher_is_better=higher, out=out, metric=val_key,
-                 test_metric=test_key, settings=settings, command=command, verbose=verbose)
+                 test_metric=test_key, settings=settings, command=command, verbose=verbose, resume=resume)
 
 
 def _final(result: RunResult, key: str) -> float:
