@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--resume", action="store_true",
                      help="continue --out's results.json (interrupted, or with fewer learning rates or seeds): its "
                           "runs are kept; it must have the same settings")
+    cmp.add_argument("--overwrite", action="store_true",
+                     help="replace --out's results.json if it holds a comparison (without --resume or --overwrite "
+                          "such a folder is refused)")
     rep = sub.add_parser("report", help="print a results folder's tables and redraw its plots from its results.json",
                          description="Read DIR/results.json (written by demo, compare or gradsmooth.compare.sweep) "
                                      "and print the same tables the command printed, as Markdown; redraw its PNG "
@@ -375,10 +378,10 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         result = compare(config, smoothing, args.lrs, seeds, data, out=out, verbose=not args.quiet,
                          progress_for=_progress(args.quiet), command=["gradsmooth", *argv], settings=settings,
-                         resume=args.resume)
+                         resume=args.resume, overwrite=args.overwrite)
     except KeyboardInterrupt:
         raise SystemExit(130) from None  # sweep wrote what was gathered and said where
-    except (ResultsError, ValueError) as err:  # a results.json resume cannot continue: before any training
+    except (ResultsError, ValueError, FileExistsError) as err:  # --out's results.json: before any training
         _fail(f"gradsmooth compare: error: {err}")
     if args.quiet:
         print(format_summary(result["summary"]))

@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .modes import check_mode
+from .operators import WINDOW_OPTIONS, make_operator
 from .results import ResultsError, machine, provenance, read_results, strict, write_results
 
 __all__ = [
@@ -208,7 +210,8 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
           smoothing: Mapping[str, Any] | None = None, higher_is_better: bool = True, *,
           out: str | pathlib.Path | None = None, metric: str = "val", test_metric: str = "test",
           settings: Mapping[str, Any] | None = None, command: Sequence[str] | None = None, verbose: bool = True,
-          resume: bool = False, on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          resume: bool = False, overwrite: bool = False,
+          on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run ``train(make_optimizer, seed)`` for the base and the smoothed arm (``smoothing``: the
     wrapper's arguments, ``{}`` for its defaults) at every learning rate in ``lrs`` and every seed;
     ``train`` returns ``{"val": float, "test": float, ...}`` (``"history"``, a list of
@@ -221,13 +224,16 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
     end; ``gradsmooth report out`` prints the tables again. On Ctrl-C what was gathered is
     written (``"interrupted": true``) before the KeyboardInterrupt goes on up.
     ``resume``: continue ``out``/results.json (an interrupted sweep, or one with fewer learning
-    rates or seeds) if there is one: its runs in this grid are kept, not run again; it must have
-    been written with the same settings (else ``ValueError``, before any training), and its
-    provenance is kept under ``"resumed_from"``.
+    rates or seeds) if there is one: its runs are kept, not run again; it must have been
+    written with the same settings and its runs must lie in this grid (else ``ValueError``,
+    before any training), and its provenance is kept under ``"resumed_from"``. Without
+    ``resume`` or ``overwrite``, an ``out`` that holds a comparison already is refused
+    (``FileExistsError``): nothing finished is lost by accident.
     ``metric``/``test_metric`` name ``val``/``test`` in the tables. Returns ``{"records": [...],
     "summary": ...}``; ``on_record`` sees each record as it comes (kept ones included)."""
     lrs, seeds = _checked(lrs, seeds)
     smoothing = dict(smoothing or {})
+    _check_smoothing(smoothing)
     records: list[dict[str, Any]] = []
 
     def summary() -> dict[str, Any]:
@@ -238,7 +244,9 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
                "settings": {"lrs": lrs, "seeds": seeds, "smoothing": smoothing, "higher_is_better": higher_is_better,
                             "metric": metric, "test_metric": test_metric} | dict(settings or {}),
                "machine": machine(), "summary": None, "records": records}
-    kept = _resumed(out, payload) if resume else {}
+    kept = _resumed(out, payload, lrs, seeds) if resume else {}
+    if out is not None and not resume and not overwrite:
+        _refuse_to_replace(out)
 
     def save(interrupted: bool = False) -> pathlib.Path:
         payload["interrupted"], payload["summary"] = interrupted, summary() if records else None
@@ -270,7 +278,8 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
     except KeyboardInterrupt:
         if out is not None:
             path = save(interrupted=True)
-            sys.stderr.write(f"\ninterrupted: the results gathered so far are in {path}\n")
+            sys.stderr.write(f"\ninterrupted: the results gathered so far are in {path} (continue with resume=True; "
+                             f"gradsmooth compare: --resume)\n")
         raise
     result = {"records": records, "summary": summary()}
     if out is not None:
@@ -281,7 +290,40 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
     return result
 
 
-def _resumed(out: str | pathlib.Path | None, payload: dict[str, Any]) -> dict[tuple[float, str, int], dict[str, Any]]:
+def _check_smoothing(smoothing: Mapping[str, Any]) -> None:
+    """The window options and mode in ``smoothing`` are checked before any training (other keys
+    are the user's smoothing function's to check)."""
+    window = {k: v for k, v in smoothing.items() if k in WINDOW_OPTIONS}
+    if window or smoothing.get("operator") is not None:
+        make_operator(smoothing.get("operator"), **window)
+    if "mode" in smoothing:
+        check_mode(smoothing["mode"])
+
+
+def _refuse_to_replace(out: str | pathlib.Path) -> None:
+    """A folder that holds a comparison already is not overwritten by accident."""
+    path = pathlib.Path(out) / "results.json"
+    if not path.is_file():
+        return
+    try:
+        held = len(read_results(out).get("records") or [])
+    except ResultsError:
+        held = 0
+    if held:
+        raise FileExistsError(f"{str(path)!r} holds a comparison already ({held} runs): continue it with resume=True "
+                              f"(gradsmooth compare: --resume), or replace it with overwrite=True (--overwrite)")
+
+
+def _differences(before: Any, now: Any, key: str = "") -> list[str]:
+    """``key: old -> new`` for each setting that differs, nested dicts by their keys."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return [d for k in sorted(before.keys() | now.keys(), key=str)
+                for d in _differences(before.get(k), now.get(k), f"{key}.{k}" if key else str(k))]
+    return [] if before == now else [f"{key}: {before!r} -> {now!r}"]
+
+
+def _resumed(out: str | pathlib.Path | None, payload: dict[str, Any], lrs: list[float],
+             seeds: list[int]) -> dict[tuple[float, str, int], dict[str, Any]]:
     """The runs of ``out``/results.json that a resumed sweep keeps, by (lr, arm, seed); the old
     provenance goes into ``payload["resumed_from"]``. Nothing to resume: none."""
     if out is None:
@@ -295,9 +337,14 @@ def _resumed(out: str | pathlib.Path | None, payload: dict[str, Any]) -> dict[tu
     before = {k: v for k, v in old.get("settings", {}).items() if k not in grid}
     now = {k: v for k, v in json.loads(json.dumps(strict(payload["settings"]), default=str)).items() if k not in grid}
     if before != now:
-        differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-        raise ValueError(f"{where!r} was written with other settings ({', '.join(differ)}): resume continues the same "
-                         f"comparison only; pass another out, or leave resume off to start again")
+        differ = [d for d in _differences(before, now) if not d.startswith("label:")]
+        raise ValueError(f"{where!r} was written with other settings ({'; '.join(differ[:5])}): resume continues the "
+                         f"same comparison only; pass another out, or overwrite=True (--overwrite) to start again")
+    outside = [r for r in records if r["lr"] not in lrs or r["seed"] not in seeds]
+    if outside:
+        raise ValueError(f"{where!r} holds {len(outside)} runs outside this grid (e.g. lr {outside[0]['lr']:g}, seed "
+                         f"{outside[0]['seed']}): resume keeps every finished run; give learning rates and seeds "
+                         f"that include them")
     payload["resumed_from"] = [*old.get("resumed_from", []), old.get("provenance")]
     return {(r["lr"], r["arm"], r["seed"]): r for r in records}
 
@@ -320,14 +367,36 @@ def _summary_of(payload: Mapping[str, Any], where: str) -> tuple[list[dict[str, 
                                       s.get("test_metric", "test"))
 
 
+def _incomplete(payload: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> str | None:
+    """"n of m runs (interrupted)" when the comparison is not finished, else None."""
+    s = payload.get("settings", {})
+    expected = 2 * len(s.get("lrs", [])) * len(s.get("seeds", []))
+    if not payload.get("interrupted") and len(records) >= expected:
+        return None
+    return f"{len(records)} of {expected} runs" + (" (interrupted)" if payload.get("interrupted") else "")
+
+
 def render(folder: str | pathlib.Path, draw: bool = True) -> str:
     """The tables of ``folder``/results.json written by :func:`sweep` (or ``gradsmooth compare``),
-    as Markdown, recomputed from its records; with ``draw`` its plots are drawn into ``folder`` again."""
+    as Markdown, recomputed from its records; with ``draw`` its plots are drawn into ``folder`` again.
+    An unfinished comparison says so first: its choice and verdict are provisional."""
     folder = pathlib.Path(folder)
-    records, summary = _summary_of(read_results(folder), str(folder / "results.json"))
+    payload = read_results(folder)
+    records, summary = _summary_of(payload, str(folder / "results.json"))
     if draw:
         _draw(records, summary, folder)
-    return format_summary(summary)
+    incomplete = _incomplete(payload, records)
+    head = (f"**Incomplete: {incomplete}.** The learning-rate choice and the verdict below are provisional: "
+            f"resume the comparison to finish it.\n\n") if incomplete else ""
+    return head + format_summary(summary)
+
+
+def _label(settings: Mapping[str, Any]) -> str:
+    """A comparison's setting in a few words: its label, else its smoothing arguments."""
+    if settings.get("label"):
+        return str(settings["label"])
+    smoothing = settings.get("smoothing") or {}
+    return "smoothing: " + (", ".join(f"{k} {v}" for k, v in smoothing.items()) or "defaults")
 
 
 def overview(folders: Sequence[str | pathlib.Path]) -> str:
@@ -337,16 +406,18 @@ def overview(folders: Sequence[str | pathlib.Path]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for folder in folders:
         payload = read_results(folder)
-        _, summary = _summary_of(payload, str(pathlib.Path(folder) / "results.json"))
+        records, summary = _summary_of(payload, str(pathlib.Path(folder) / "results.json"))
         h = summary["best_vs_best"]
-        label = payload.get("settings", {}).get("label", "")
+        label = _label(payload.get("settings", {}))
+        incomplete = _incomplete(payload, records)
+        note = f" (incomplete: {incomplete})" if incomplete else ""
         if h is None:
-            lines.append(f"| {folder} | {label} | | | | | | no arm has a finite {summary['metric']} |")
+            lines.append(f"| {folder} | {label} | | | | | | no arm has a finite {summary['metric']}{note} |")
             continue
         low, high = h["ci"]
         lines.append(f"| {folder} | {label} | {h['n']} | {h['base'][0]:.4f} ({h['base_lr']:g}) | "
                      f"{h['smoothed'][0]:.4f} ({h['smoothed_lr']:g}) | {_signed(h['mean'])} "
-                     f"[{_signed(low)}, {_signed(high)}] | {h['wins']}/{h['n']} | {h['verdict']} |")
+                     f"[{_signed(low)}, {_signed(high)}] | {h['wins']}/{h['n']} | {h['verdict']}{note} |")
     metrics = {read_results(f).get("settings", {}).get("test_metric", "test") for f in folders}
     lines.append("")
     lines.append(f"(test metric: {', '.join(sorted(metrics))}; each arm at the learning rate it chose on the "

@@ -37,7 +37,7 @@ def _curve(ax, histories: Sequence[History], key: str, color: str, label: str) -
     n = min(len(h) for h in runs)
     steps = [row["step"] for row in runs[0][:n]]
     values = np.array([[row[key] for row in h[:n]] for h in runs], dtype=float)  # (seeds, n)
-    style = "--" if key.startswith("train") else "-"
+    style = "--" if key.startswith("train") else ":" if key.startswith("val") else "-"
     ax.plot(steps, values.mean(axis=0), style, marker="o", markersize=3, color=color, label=label)
     if len(runs) > 1:
         ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15)
@@ -46,7 +46,7 @@ def _curve(ax, histories: Sequence[History], key: str, color: str, label: str) -
 def plot_curves(arms: Mapping[str, tuple[float, Sequence[History]]], path: str | pathlib.Path,
                 title: str = "") -> Figure:
     """Curves of each arm (``{"base": (lr, histories), "smoothed": (lr, histories)}``): the
-    losses in one panel (log scale; train dashed), any other metric (e.g. accuracy) in a second;
+    losses in one panel (log scale; train dashed, validation dotted, test solid), any other metric (e.g. accuracy) in a second;
     the mean over the histories (seeds) with a marker at each checkpoint, their range shaded.
     Returns the (closed) figure."""
     plt = pyplot()

@@ -278,7 +278,7 @@ def test_ctrl_c_writes_strict_json_and_its_message_on_its_own_line(tmp_path, mon
     err = capsys.readouterr().err
     assert "it/s]" in err or "%|" in err  # the bar was drawn
     message = f"interrupted: the results gathered so far are in {tmp_path / 'results.json'}"
-    assert message in re.split(r"[\r\n]", err)  # not glued to the bar's line
+    assert any(line.startswith(message) for line in re.split(r"[\r\n]", err))  # not glued to the bar's line
     result = _strict_json((tmp_path / "results.json").read_text())
     if command == "demo":
         assert result["interrupted"] and [r["complete"] for r in result["runs"]] == [True, False]
@@ -341,4 +341,9 @@ def test_resume_continues_a_comparison_and_refuses_other_settings(tmp_path, caps
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         cli.main([*args, "--seeds", "2", "--window", "5", "--resume"])
-    assert exit_.value.code == 2 and "was written with other settings (label, smoothing)" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "was written with other settings (smoothing.window: 3 -> 5)" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # without --resume or --overwrite, a finished comparison is kept
+        cli.main([*args, "--seeds", "1"])
+    assert exit_.value.code == 2 and "holds a comparison already (4 runs)" in capsys.readouterr().err
+    assert cli.main([*args, "--seeds", "1", "--overwrite"]) == 0

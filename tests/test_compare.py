@@ -162,7 +162,10 @@ def test_ctrl_c_keeps_what_was_gathered_and_goes_on_up(tmp_path, capsys):
     assert f"interrupted: the results gathered so far are in {tmp_path / 'results.json'}" in capsys.readouterr().err
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["interrupted"] and len(saved["records"]) == 4
-    assert render(tmp_path, draw=False).startswith("| lr | base val | smoothed val |")
+    text = render(tmp_path, draw=False)
+    assert text.startswith("**Incomplete: 4 of 8 runs (interrupted).** The learning-rate choice and the verdict")
+    assert "| lr | base val | smoothed val |" in text
+    assert "(incomplete: 4 of 8 runs (interrupted))" in overview([tmp_path])
 
 
 def test_a_diverged_run_is_written_as_null_and_read_back_as_nan(tmp_path):
@@ -180,6 +183,18 @@ def test_an_unwritable_out_fails_before_any_training(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError):
         sweep(lambda make, seed: pytest.fail("trained"), [1e-3], [0], out=tmp_path / "file" / "sub", verbose=False)
+
+
+def test_window_options_are_checked_before_any_training():
+    with pytest.raises(ValueError, match="window"):
+        sweep(lambda make, seed: pytest.fail("trained"), [1e-3], [0], smoothing={"window": 4}, verbose=False)
+    with pytest.raises(ValueError, match="mode"):
+        sweep(lambda make, seed: pytest.fail("trained"), [1e-3], [0], smoothing={"mode": "updates"}, verbose=False)
+
+
+def test_the_overview_describes_a_sweep_without_a_label(tmp_path):
+    sweep(toy_train, [1e-3], [0, 1], smoothing={"window": 5}, out=tmp_path, verbose=False)
+    assert "| smoothing: window 5 | 2 |" in overview([tmp_path])
 
 
 def test_seeds_are_distinct_integers():
@@ -209,7 +224,14 @@ def test_resume_keeps_the_runs_it_has_and_runs_the_rest(tmp_path):
     assert strip(result["records"]) == strip(fresh["records"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["provenance"]["command"] == "second" and saved["resumed_from"][0]["command"] == "first"
-    with pytest.raises(ValueError, match=r"was written with other settings \(smoothing\): resume continues the same"):
-        sweep(toy_train, [1e-3], [0], smoothing={"window": 5}, out=tmp_path, resume=True, verbose=False)
+    with pytest.raises(ValueError, match=r"was written with other settings \(smoothing.window: 3 -> 5\): resume"):
+        sweep(toy_train, [1e-3, 1e-2], [0, 1, 2], smoothing={"window": 5}, out=tmp_path, resume=True, verbose=False)
+    with pytest.raises(ValueError, match=r"holds 4 runs outside this grid \(e.g. lr 0.001, seed 2\): resume keeps"):
+        sweep(toy_train, [1e-3, 1e-2], [0, 1], smoothing={"window": 3}, out=tmp_path, resume=True, verbose=False)
+    with pytest.raises(FileExistsError, match=r"holds a comparison already \(12 runs\): continue it with resume=True"):
+        sweep(toy_train, [1e-3], [0], smoothing={"window": 3}, out=tmp_path, verbose=False)
+    assert len(json.loads((tmp_path / "results.json").read_text())["records"]) == 12  # nothing was lost
+    sweep(toy_train, [1e-3], [0], smoothing={"window": 3}, out=tmp_path, verbose=False, overwrite=True)
+    assert len(json.loads((tmp_path / "results.json").read_text())["records"]) == 2
     with pytest.raises(ValueError, match="resume=True needs out"):
         sweep(toy_train, [1e-3], [0], resume=True)

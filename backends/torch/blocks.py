@@ -54,9 +54,14 @@ def named_parameters(model: nn.Module | Iterable[tuple[str, Tensor]]) -> Iterato
     """``(canonical name, parameter)`` pairs, each parameter once (tied ones under their first name)."""
     pairs = model.named_parameters() if isinstance(model, nn.Module) else model
     seen: set[int] = set()
-    for name, p in pairs:
+    for pair in pairs:
+        if isinstance(pair, Tensor):  # model.parameters() where the model was meant
+            raise TypeError("model should be an nn.Module or an iterable of (name, parameter) pairs but holds a "
+                            f"tensor of shape {tuple(pair.shape)}: pass the model itself (or model.named_parameters()), "
+                            "not model.parameters(): the names tell the blocks apart")
+        name, p = pair if isinstance(pair, tuple) and len(pair) == 2 else (None, pair)
         if not isinstance(name, str) or not isinstance(p, Tensor):
-            raise TypeError(f"model should be an nn.Module or an iterable of (name, parameter) pairs but holds: {(name, p)!r}")
+            raise TypeError(f"model should be an nn.Module or an iterable of (name, parameter) pairs but holds: {pair!r}")
         if id(p) not in seen:
             seen.add(id(p))
             yield canonical_name(name), p

@@ -32,6 +32,7 @@ from gradsmooth.blocks import Exclude, Stacks
 from gradsmooth.operators import WindowOptions
 
 from .blocks import ModelParameters
+from .checkpoint import warn_other_settings
 from .execution import eager_reason, group_path
 from .fused import FusedKernel, band_pattern, fused_kernel
 from .groups import local, make_groups
@@ -120,6 +121,25 @@ class _NativeSmoothing(Optimizer):
             self.param_groups.pop()
             self._replan()
             raise
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict, each param group carrying ``"gradsmooth": {"operator": ...}``: a
+        checkpoint loaded with other smoothing settings warns, naming both."""
+        state_dict = super().state_dict()
+        for group in state_dict["param_groups"]:
+            group["gradsmooth"] = {"operator": repr(self.operator)}
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict`` (a plain ``torch.optim.AdamW``/``SGD`` checkpoint loads too);
+        one warning naming both when the checkpoint's smoothing settings are not these."""
+        saved = [g.get("gradsmooth") for g in state_dict.get("param_groups", []) if isinstance(g, dict)]
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group.pop("gradsmooth", None)
+        settings = next((s for s in saved if isinstance(s, dict)), None)
+        if settings is not None:
+            warn_other_settings(settings, {"operator": repr(self.operator), "mode": "update"})
 
     @property
     def plan(self) -> BlockPlan:

@@ -113,6 +113,11 @@ def test_state_dict_resumes_exactly_and_is_torchs_layout(tiny_net):
         assert torch.equal(a, b)
     torch_adamw = torch.optim.AdamW(again.parameters(), **ADAMW)
     torch_adamw.load_state_dict(saved)  # torch.optim.AdamW reads it
+    assert "gradsmooth" not in resumed.param_groups[0]
+    other = SmoothedAdamW(tiny_net(), window=5, **ADAMW)
+    with pytest.warns(UserWarning, match=r"the checkpoint was saved with operator=WindowSmoothing\(window=3.*this "
+                                         r"wrapper uses operator=WindowSmoothing\(window=5"):
+        other.load_state_dict(saved)
 
 
 def test_a_scheduler_and_param_groups_act_on_it(tiny_net):
