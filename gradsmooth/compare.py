@@ -88,6 +88,7 @@ def paired_difference(diffs: Sequence[float], higher_is_better: bool, confidence
         raise ValueError(f"confidence should be in (0, 1) but is: {confidence!r}")
     d = np.asarray(diffs, dtype=float)
     n = len(d)
+    # the interval needs two seeds or more: with one, it is NaN and the verdict "no significant difference"
     mean = float(d.mean()) if n else math.nan
     std = float(d.std(ddof=1)) if n > 1 else math.nan
     low = high = math.nan
@@ -97,10 +98,11 @@ def paired_difference(diffs: Sequence[float], higher_is_better: bool, confidence
         half = float(t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
         low, high = mean - half, mean + half
     wins = int(np.sum(d > 0) if higher_is_better else np.sum(d < 0))
+    ties = int(np.sum(d == 0))
     verdict = "no significant difference"
     if low > 0 or high < 0:  # False for NaN
         verdict = "win" if (low > 0) == higher_is_better else "loss"
-    return {"mean": mean, "std": std, "ci": [low, high], "confidence": confidence, "wins": wins, "n": n,
+    return {"mean": mean, "std": std, "ci": [low, high], "confidence": confidence, "wins": wins, "ties": ties, "n": n,
             "verdict": verdict, "per_seed_diff": d.tolist()}
 
 
@@ -170,7 +172,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                      f"{h['smoothed'][0]:.4f} ± {h['smoothed'][1]:.4f} at lr {h['smoothed_lr']:g}")
         lines.append(f"smoothed - base, paired over seeds {h['seeds']}: mean {_signed(h['mean'])}, "
                      f"{round(100 * h['confidence'])}% CI [{_signed(low)}, {_signed(high)}] (Student t); "
-                     f"smoothed better on {h['wins']} of {h['n']} seeds; verdict: {h['verdict']}")
+                     f"smoothed better on {h['wins']} of {h['n']} seeds"
+                     + (f" (equal on {h['ties']})" if h.get("ties") else "") + f"; verdict: {h['verdict']}")
     return "\n".join(lines)
 
 

@@ -51,9 +51,10 @@ def test_the_interval_is_students_t_over_seeds():
     assert paired_difference([1.0, 3.0], True)["ci"] == pytest.approx([2 - 12.7062047, 2 + 12.7062047])
 
 
-def test_the_win_count_respects_the_direction():
+def test_the_win_count_respects_the_direction_and_counts_ties():
     assert paired_difference([0.1, -0.2, 0.3, 0.0], higher_is_better=True)["wins"] == 2
     assert paired_difference([0.1, -0.2, 0.3, 0.0], higher_is_better=False)["wins"] == 1
+    assert paired_difference([0.1, -0.2, 0.3, 0.0], higher_is_better=False)["ties"] == 1
 
 
 @pytest.mark.parametrize("diffs, higher, verdict", [

@@ -2,6 +2,7 @@
 
 import doctest
 import json
+import os
 import pathlib
 import re
 import runpy
@@ -166,3 +167,32 @@ def test_the_docs_site_builds_with_warnings_as_errors(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "site" / "api" / "torch" / "index.html").exists()
+
+
+def test_a_published_run_reproduces_exactly_from_its_recorded_command(tmp_path):
+    """The cheapest published comparison: one of its runs, re-run by its recorded command
+    restricted to that learning rate and seed, with its recorded thread count, gives the same
+    curve, number for number."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    import shlex
+
+    import torch
+
+    folder = ROOT / "docs" / "results" / "vit-adamw-depth4"
+    saved = json.loads((folder / "results.json").read_text())
+    if saved["machine"].get("torch") != torch.__version__:
+        pytest.skip(f"recorded with torch {saved['machine'].get('torch')}, this is {torch.__version__}")
+    record = next(r for r in saved["records"] if r["arm"] == "smoothed" and r["seed"] == 1)
+    args = shlex.split(saved["provenance"]["command"])[1:]  # after "gradsmooth"
+    for flag, value in (("--lrs", f"{record['lr']:g}"), ("--seeds", "1"), ("--out", str(tmp_path / "again"))):
+        args[args.index(flag) + 1] = value
+    args += ["--first-seed", str(record["seed"])]
+    threads = saved["provenance"]["threads"]["OMP_NUM_THREADS"]
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
+    proc = subprocess.run([sys.executable, "-m", "gradsmooth", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads((tmp_path / "again" / "results.json").read_text())["records"]
+    rerun = next(r for r in again if r["arm"] == "smoothed")
+    assert rerun["history"] == record["history"] and (rerun["val"], rerun["test"]) == (record["val"], record["test"])
