@@ -59,6 +59,15 @@ def band_pattern(band: Band, minus_identity: bool = False) -> tuple[Pattern, tup
 NATIVE = {"adamw": (("m", "v"), 7), "sgd": (("b",), 6)}
 
 
+def _row_terms(pattern: Pattern, var: str) -> list[list[str]]:
+    """Per row of the band, its weighted terms: ``w[k] * {var}{j}`` with ``k`` counting the flat weights."""
+    rows, k = [], 0
+    for js in pattern:
+        rows.append([f"w[{k + i}] * {var}{j}" for i, j in enumerate(js)])
+        k += len(js)
+    return rows
+
+
 def _native_source(pattern: Pattern, kind: str) -> str:
     """Straight-line Python for a native smoothed step (``SmoothedAdamW``, ``SmoothedSGD``):
     ``mix(p, g, *state, w, c)`` computes every member's update ``u_j`` from its gradient and
@@ -81,12 +90,7 @@ def _native_source(pattern: Pattern, kind: str) -> str:
             lines.append(f"    e{j} = g{j} + {c[0]} * p[{j}].to(w.dtype)")
             lines.append(f"    b{j} = b[{j}].to(w.dtype) * {c[1]} + {c[2]} * e{j}")
             lines.append(f"    u{j} = {c[5]} * ({c[3]} * e{j} + {c[4]} * b{j})")
-    k = 0
-    for l, js in enumerate(pattern):
-        terms = []
-        for j in js:
-            terms.append(f"w[{k}] * u{j}")
-            k += 1
+    for l, terms in enumerate(_row_terms(pattern, "u")):
         own = f"c[{6 * n + l}] * p[{l}].to(w.dtype)" if kind == "adamw" else f"p[{l}].to(w.dtype)"
         lines.append(f"    y{l} = " + " + ".join([own, *terms]))
     for l in range(n):
@@ -111,12 +115,7 @@ def kernel_source(pattern: Pattern, mode: str) -> str:
             lines.append(f"    x{j} = p[{j}].to(w.dtype) - d[{j}] * s[{j}].to(w.dtype)")
         else:
             lines.append(f"    x{j} = p[{j}].to(w.dtype)")
-    k = 0
-    for l, js in enumerate(pattern):
-        terms = []
-        for j in js:
-            terms.append(f"w[{k}] * x{j}")
-            k += 1
+    for l, terms in enumerate(_row_terms(pattern, "x")):
         if mode == "update":
             lines.append(f"    y{l} = " + " + ".join([f"p[{l}].to(w.dtype)", *terms]))
         else:
