@@ -3,28 +3,32 @@
 # single-threaded and deterministic on a CPU; run the two queues side by side on a 2-core machine,
 # from the repository root:
 #   bash docs/results/regenerate.sh vit & bash docs/results/regenerate.sh lm; wait
-# Every results.json records its own command, commit, threads, seeds and versions.
+# Every results.json records its own command, commit, threads, seeds and versions (a folder
+# first run on a narrower grid and then widened with --resume, where an arm chose an edge of the
+# grid, records both commands: provenance and resumed_from). --resume also continues a queue
+# that was stopped: finished runs are kept.
 set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+vit=3e-4,1e-3,3e-3,1e-2  # widened below 1e-3: the base chose 1e-3, the grid's lower edge
 adamw=1e-3,3e-3,1e-2
 muon=1e-2,2e-2,5e-2
-c() { gradsmooth compare --quiet "$@"; }
+c() { gradsmooth compare --quiet --resume "$@"; }
 
 vit() {
-  c --task vit --lrs $adamw --seeds 8 --out docs/results/vit-adamw                 # headline: 8 blocks
-  c --task vit --lrs $adamw --seeds 5 --depth 4 --out docs/results/vit-adamw-depth4
-  c --task vit --lrs $adamw --seeds 5 --depth 16 --out docs/results/vit-adamw-depth16
+  c --task vit --lrs $vit --seeds 8 --out docs/results/vit-adamw                   # headline: 8 blocks
+  c --task vit --lrs $vit --seeds 5 --depth 4 --out docs/results/vit-adamw-depth4
+  c --task vit --lrs $vit --seeds 5 --depth 16 --out docs/results/vit-adamw-depth16
   c --task vit --optimizer muon --lrs $muon --seeds 5 --out docs/results/vit-muon
   # ablations at the headline setting (each against the same base, LR-matched)
-  c --task vit --lrs $adamw --seeds 5 --window 5 --out docs/results/vit-ablation-window5
-  c --task vit --lrs $adamw --seeds 5 --kernel gaussian --out docs/results/vit-ablation-gaussian
-  c --task vit --lrs $adamw --seeds 5 --mode gradient --out docs/results/vit-ablation-gradient
-  c --task vit --lrs $adamw --seeds 5 --alpha 0.5 --out docs/results/vit-ablation-alpha0.5
+  c --task vit --lrs $vit --seeds 5 --window 5 --out docs/results/vit-ablation-window5
+  c --task vit --lrs $vit --seeds 5 --kernel gaussian --out docs/results/vit-ablation-gaussian
+  c --task vit --lrs $vit --seeds 5 --mode gradient --out docs/results/vit-ablation-gradient
+  c --task vit --lrs $vit --seeds 5 --alpha 0.5 --out docs/results/vit-ablation-alpha0.5
 }
 
 lm() {
   c --task lm --lrs $adamw --seeds 8 --out docs/results/lm-adamw                   # headline: 6 blocks
-  c --task lm --lrs $adamw --seeds 5 --depth 3 --out docs/results/lm-adamw-depth3
+  c --task lm --lrs $adamw,3e-2 --seeds 5 --depth 3 --out docs/results/lm-adamw-depth3  # smoothed chose 1e-2
   c --task lm --lrs $adamw --seeds 5 --depth 12 --out docs/results/lm-adamw-depth12
   c --task lm --optimizer muon --lrs $muon --seeds 5 --out docs/results/lm-muon
   c --task lm --lrs $adamw --seeds 5 --steps 1200 --eval-every 100 --out docs/results/lm-adamw-long
