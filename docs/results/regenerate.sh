@@ -31,7 +31,8 @@ lm() {
   c --task lm --lrs $adamw,3e-2 --seeds 5 --depth 3 --out docs/results/lm-adamw-depth3  # smoothed chose 1e-2
   c --task lm --lrs $adamw --seeds 5 --depth 12 --out docs/results/lm-adamw-depth12
   c --task lm --optimizer muon --lrs $muon --seeds 5 --out docs/results/lm-muon
-  c --task lm --lrs $adamw --seeds 5 --steps 1200 --eval-every 100 --out docs/results/lm-adamw-long
+  # the longer horizon at the depth where smoothing did best so far (3 blocks), 4x the steps
+  c --task lm --lrs $adamw,3e-2 --seeds 5 --depth 3 --steps 1200 --eval-every 100 --out docs/results/lm-adamw-depth3-long
 }
 
 case "${1:-all}" in
