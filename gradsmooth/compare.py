@@ -252,14 +252,17 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
         _refuse_to_replace(out)
 
     def save(interrupted: bool = False) -> pathlib.Path:
-        payload["interrupted"], payload["summary"] = interrupted, summary() if records else None
+        # a resumed sweep's kept runs are written from the start, wherever the loop is
+        done = {(r["lr"], r["arm"], r["seed"]) for r in records}
+        written = records + [r for key, r in kept.items() if key not in done]
+        payload["records"] = written
+        payload["interrupted"] = interrupted
+        payload["summary"] = summarize_records(written, higher_is_better, metric, test_metric) if written else None
         return write_results(out, payload)
 
     if out is not None:
         out = pathlib.Path(out)
-        records.extend(kept.values())  # (written at once: a resume interrupted now loses nothing)
         save()  # an unwritable folder fails here, before any training
-        records.clear()
     runs = [(Arm(lr, smoothing if smoothed else None), seed) for lr in lrs for seed in seeds for smoothed in (False, True)]
     try:
         for i, (arm, seed) in enumerate(runs):

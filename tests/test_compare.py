@@ -217,6 +217,12 @@ def test_resume_keeps_the_runs_it_has_and_runs_the_rest(tmp_path):
         sweep(train, [1e-3, 1e-2], [0, 1], smoothing={"window": 3}, out=tmp_path, verbose=False,
               command=["first"])
     first_pass, calls[:] = False, []
+    with pytest.raises(KeyboardInterrupt):  # interrupted again, at the first new run: nothing kept is lost
+        sweep(lambda make, seed: (_ for _ in ()).throw(KeyboardInterrupt), [3e-4, 1e-3, 1e-2], [0, 1],
+              smoothing={"window": 3}, out=tmp_path, verbose=False, resume=True, command=["between"])
+    assert len(json.loads((tmp_path / "results.json").read_text())["records"]) == 2
+    with pytest.raises(ValueError, match="outside this grid"):  # the grid 3e-4 was never finished: still 1e-3, 1e-2
+        sweep(toy_train, [1e-2], [0, 1], smoothing={"window": 3}, out=tmp_path, verbose=False, resume=True)
     result = sweep(train, [1e-3, 1e-2], [0, 1, 2], smoothing={"window": 3}, out=tmp_path, verbose=False,
                    resume=True, command=["second"])
     assert (1e-3, "base", 0) not in calls and (1e-3, "smoothed", 0) not in calls and len(calls) == 12 - 2
@@ -224,7 +230,8 @@ def test_resume_keeps_the_runs_it_has_and_runs_the_rest(tmp_path):
     strip = lambda rs: json.loads(json.dumps([{k: v for k, v in r.items() if k != "seconds"} for r in rs]))  # noqa: E731
     assert strip(result["records"]) == strip(fresh["records"])
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["provenance"]["command"] == "second" and saved["resumed_from"][0]["command"] == "first"
+    assert saved["provenance"]["command"] == "second"
+    assert [p["command"] for p in saved["resumed_from"]] == ["first", "between"]
     with pytest.raises(ValueError, match=r"was written with other settings \(smoothing.window: 3 -> 5\): resume"):
         sweep(toy_train, [1e-3, 1e-2], [0, 1, 2], smoothing={"window": 5}, out=tmp_path, resume=True, verbose=False)
     with pytest.raises(ValueError, match=r"holds 4 runs outside this grid \(e.g. lr 0.001, seed 2\): resume keeps"):
