@@ -11,7 +11,7 @@ set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 vit=3e-4,1e-3,3e-3,1e-2  # widened below 1e-3: the base chose 1e-3, the grid's lower edge
 adamw=1e-3,3e-3,1e-2
-muon=1e-2,2e-2,5e-2
+muon=5e-3,1e-2,2e-2,5e-2  # widened below 1e-2: both arms chose 1e-2 on the ViT
 c() { gradsmooth compare --quiet --resume "$@"; }
 
 vit() {
