@@ -29,7 +29,7 @@ from .groups import DTensor, local
 from .mixing import (BandProgram, Workspace, band_program, compute_dtype, device_weights, mix_gradients, mix_updates,
                      warm_weights)
 
-__all__ = ["GroupStep", "Snapshots", "base_step", "eager_reason", "fused_call", "group_path", "plan_group_step",
+__all__ = ["GroupStep", "Snapshots", "base_step", "check_fused", "eager_reason", "fused_call", "group_path", "plan_group_step",
            "raise_if_not_finite", "refuse_sparse", "run_group_step", "to_device"]
 
 Versions = tuple[tuple[int, int, int], ...]
@@ -111,6 +111,12 @@ def to_device(values: Sequence[float], dtype: torch.dtype, device: torch.device)
     """``values`` as a 1-D tensor on ``device``, copied without a host synchronisation."""
     host = torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda")
     return host.to(device, non_blocking=True)
+
+
+def check_fused(fused: object) -> None:
+    """``fused`` should be None (compiled kernels where they can run), True or False."""
+    if fused is not None and not isinstance(fused, bool):
+        raise TypeError(f"fused should be None (compiled kernels where they can run), True or False but is: {fused!r}")
 
 
 def eager_reason(targets: list[Tensor], fused: bool | None) -> str | None:

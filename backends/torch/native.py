@@ -33,7 +33,7 @@ from gradsmooth.operators import WindowOptions
 
 from .blocks import ModelParameters
 from .checkpoint import warn_other_settings
-from .execution import eager_reason, group_path
+from .execution import check_fused, eager_reason, group_path
 from .fused import FusedKernel, band_pattern, fused_kernel
 from .groups import local, make_groups
 from .mixing import BandProgram, band_program, compute_dtype, device_weights, warm_weights
@@ -66,7 +66,7 @@ class _GroupWork(NamedTuple):
     tensors: list[list[Tensor]]  # local tensors: params, grads, then the state lists the kernel writes
     table: Tensor  # (n, k) per-member coefficients
     program: BandProgram  # the eager kernels' band of A
-    blocks: Tensor  # the eager kernels' scratch
+    blocks: Tensor | None  # the eager kernels' scratch (a view of one buffer for all groups)
     fused: tuple[FusedKernel, Callable[[], None]] | None  # the compiled kernel and its bound call
 
 
@@ -85,13 +85,11 @@ class _NativeSmoothing(Optimizer):
     plans (checks, allocates, compiles) every group before it changes anything."""
 
     kind = ""  # "adamw" or "sgd": the kernels' kind
-    _state_keys: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module | Iterable[tuple[str, Tensor]], params: Any, defaults: dict[str, Any], *,
                  operator: DepthOperator | None, stacks: Stacks, exclude: Exclude, fused: bool | None,
                  window: WindowOptions) -> None:
-        if fused is not None and not isinstance(fused, bool):
-            raise TypeError(f"fused should be None (compiled kernels where they can run), True or False but is: {fused!r}")
+        check_fused(fused)
         self.operator = make_operator(operator, **window)
         self.fused = fused
         self._params = ModelParameters.of(model, from_structure=stacks is None)
@@ -148,11 +146,8 @@ class _NativeSmoothing(Optimizer):
         paths = []
         for members in self._members:
             band = self.operator.band(len(members), self._group_step(members))
-            paths.append(group_path(band, [local(p) for p in members], self.kind, self._fused(members)))
+            paths.append(group_path(band, [local(p) for p in members], self.kind, self.fused))
         return self._plan.with_paths(paths)
-
-    def _fused(self, members: list[Tensor]) -> bool | None:
-        return self.fused
 
     def _group_step(self, members: list[Tensor]) -> int:
         """The steps this group has taken (its members' count, as torch keeps it per parameter)."""
@@ -209,7 +204,8 @@ class _NativeSmoothing(Optimizer):
                 self._init_state(p, g)
             work.append(self._plan_group(present, groups, band))
             smoothed.update(id(p) for p in present)
-        return work, smoothed
+        blocks = native_blocks(self.kind, [w.tensors[0] for w in work])  # the eager kernels' (and fallback's) scratch
+        return [w._replace(blocks=b) for w, b in zip(work, blocks)], smoothed
 
     def _plan_group(self, members: list[Tensor], groups: list[dict[str, Any]], band: Band) -> _GroupWork:
         shards = [local(p) for p in members]
@@ -217,16 +213,15 @@ class _NativeSmoothing(Optimizer):
         tensors = [shards, [local(p.grad) for p in members], *self._state_lists(members, groups)]
         program = band_program(band)
         warm_weights(program, compute_dtype(shards[0].dtype), shards[0].device)
-        blocks = native_blocks(self.kind, shards)
         fused = None
         if all(t is not None for t in tensors[-1]) and eager_reason([t for ts in tensors for t in ts],
-                                                                     self._fused(members)) is None:
+                                                                     self.fused) is None:
             pattern, values = band_pattern(band)
             kernel = fused_kernel(pattern, self.kind)
             if kernel.ready(shards[0].dtype, shards[0].device):
                 weights = device_weights(values, compute_dtype(shards[0].dtype), shards[0].device).view(-1)
                 fused = kernel, kernel.bind(*tensors, weights, table.t().contiguous().view(-1))
-        return _GroupWork(members, tensors, table, program, blocks, fused)
+        return _GroupWork(members, tensors, table, program, None, fused)
 
     def _run(self, w: _GroupWork) -> None:
         self._count_step(w.members)

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .execution import to_device
 from .mixing import BandProgram, _apply, _gather, _layout, _write, compute_dtype
 
 __all__ = ["adamw_coefficients", "adamw_mix", "coefficient_table", "native_blocks", "sgd_coefficients", "sgd_mix"]
@@ -69,19 +70,25 @@ def sgd_coefficients(groups: list[dict[str, Any]], first: list[bool]) -> list[li
     return rows
 
 
-def native_blocks(kind: str, members: list[Tensor]) -> Tensor:
-    """The scratch blocks of one group's eager step, allocated before anything changes:
-    (5, n, c) for AdamW, (4, n, c) for SGD, in the members' compute dtype."""
-    _, chunks = _layout(members)
-    c = chunks[0][1] - chunks[0][0]
+def native_blocks(kind: str, groups: list[list[Tensor]]) -> list[Tensor]:
+    """The scratch blocks of each group's eager step, (5, n, c) for AdamW, (4, n, c) for SGD in
+    the members' compute dtype: views of one buffer per dtype and device (the groups run one
+    after another), allocated before anything changes."""
     count = 5 if kind == "adamw" else 4
-    return torch.empty((count, len(members), c), dtype=compute_dtype(members[0].dtype), device=members[0].device)
+    shapes = [(count, len(m), _layout(m)[1][0][1] - _layout(m)[1][0][0]) for m in groups]
+    keys = [(compute_dtype(m[0].dtype), m[0].device) for m in groups]
+    sizes: dict[tuple[torch.dtype, torch.device], int] = {}
+    for key, (a, b, c) in zip(keys, shapes):
+        sizes[key] = max(sizes.get(key, 0), a * b * c)
+    flats = {key: torch.empty(size, dtype=key[0], device=key[1]) for key, size in sizes.items()}
+    return [flats[key][: a * b * c].view(a, b, c) for key, (a, b, c) in zip(keys, shapes)]
 
 
 def coefficient_table(rows: list[list[float]], like: Tensor) -> Tensor:
     """The per-member coefficients as an (n, k) tensor in ``like``'s compute dtype on its device
-    (made before anything changes; the kernels take its columns, or its transpose flattened)."""
-    return torch.tensor(rows, dtype=compute_dtype(like.dtype)).to(like.device)
+    (made before anything changes, copied without a host synchronisation; the kernels take its
+    columns, or its transpose flattened)."""
+    return to_device([v for row in rows for v in row], compute_dtype(like.dtype), like.device).view(len(rows), -1)
 
 
 def _columns(table: Tensor) -> list[Tensor]:

@@ -31,7 +31,7 @@ from gradsmooth.operators import WindowOptions
 
 from . import checkpoint
 from .blocks import ModelParameters
-from .execution import (GroupStep, Snapshots, base_step, group_path, plan_group_step, raise_if_not_finite,
+from .execution import (GroupStep, Snapshots, base_step, check_fused, group_path, plan_group_step, raise_if_not_finite,
                         refuse_sparse, run_group_step)
 from .groups import check_muon, decay_factors, local, make_groups, owners, unclassified
 from .mixing import Workspace, workspace
@@ -65,8 +65,7 @@ def _checked_settings(mode: object, operator: DepthOperator | None, check_finite
     check_mode(mode)
     if not isinstance(check_finite, bool):
         raise TypeError(f"check_finite should be True or False but is: {check_finite!r}")
-    if fused is not None and not isinstance(fused, bool):
-        raise TypeError(f"fused should be None (compiled kernels where they can run), True or False but is: {fused!r}")
+    check_fused(fused)
     if pipeline is not None and not isinstance(pipeline, PipelineStages):
         raise TypeError(f"pipeline should be a PipelineStages but is: {pipeline!r}")
     if fused and pipeline is not None:
