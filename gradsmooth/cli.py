@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--overwrite", action="store_true",
                      help="replace --out's results.json if it holds a comparison (without --resume or --overwrite "
                           "such a folder is refused)")
+    cmp.add_argument("--base-from", metavar="DIR",
+                     help="reuse the base runs of the comparison in DIR (same settings but the smoothing: an "
+                          "ablation): only the smoothed arm trains where DIR has the base run")
     rep = sub.add_parser("report", help="print a results folder's tables and redraw its plots from its results.json",
                          description="Read DIR/results.json (written by demo, compare or gradsmooth.compare.sweep) "
                                      "and print the same tables the command printed, as Markdown; redraw its PNG "
@@ -381,7 +384,7 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         result = compare(config, smoothing, args.lrs, seeds, data, out=out, verbose=not args.quiet,
                          progress_for=_progress(args.quiet), command=["gradsmooth", *argv], settings=settings,
-                         resume=args.resume, overwrite=args.overwrite)
+                         resume=args.resume, overwrite=args.overwrite, base_from=args.base_from)
     except KeyboardInterrupt:
         raise SystemExit(130) from None  # sweep wrote what was gathered and said where
     except (ResultsError, ValueError, FileExistsError) as err:  # --out's results.json: before any training

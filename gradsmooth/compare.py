@@ -213,7 +213,7 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
           smoothing: Mapping[str, Any] | None = None, higher_is_better: bool = True, *,
           out: str | pathlib.Path | None = None, metric: str = "val", test_metric: str = "test",
           settings: Mapping[str, Any] | None = None, command: Sequence[str] | None = None, verbose: bool = True,
-          resume: bool = False, overwrite: bool = False,
+          resume: bool = False, overwrite: bool = False, base_from: str | pathlib.Path | None = None,
           on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run ``train(make_optimizer, seed)`` for the base and the smoothed arm (``smoothing``: the
     wrapper's arguments, ``{}`` for its defaults) at every learning rate in ``lrs`` and every seed;
@@ -232,6 +232,11 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
     before any training), and its provenance is kept under ``"resumed_from"``. Without
     ``resume`` or ``overwrite``, an ``out`` that holds a comparison already is refused
     (``FileExistsError``): nothing finished is lost by accident.
+    ``base_from``: a folder whose results.json holds a comparison with the same settings but
+    another ``smoothing`` (an ablation: window 5 against the headline's window 3): its base
+    runs in this grid are reused, not trained again (the base arm does not depend on the
+    smoothing; training is deterministic), each marked ``"reused_from"``, and its provenance is
+    kept under ``"base_from"``; other settings are refused (``ValueError``, before any training).
     ``metric``/``test_metric`` name ``val``/``test`` in the tables. Returns ``{"records": [...],
     "summary": ...}``; ``on_record`` sees each record as it comes (kept ones included)."""
     lrs, seeds = _checked(lrs, seeds)
@@ -247,7 +252,8 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
                "settings": {"lrs": lrs, "seeds": seeds, "smoothing": smoothing, "higher_is_better": higher_is_better,
                             "metric": metric, "test_metric": test_metric} | dict(settings or {}),
                "machine": machine(), "summary": None, "records": records}
-    kept = _resumed(out, payload, lrs, seeds) if resume else {}
+    reused = _base_runs(base_from, payload, lrs, seeds) if base_from is not None else {}
+    kept = reused | (_resumed(out, payload, lrs, seeds) if resume else {})
     if out is not None and not resume and not overwrite:
         _refuse_to_replace(out)
 
@@ -274,7 +280,8 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
                 r = _record(arm, seed, train(arm, seed), time.perf_counter() - start)
             records.append(r)
             if verbose:
-                how = "kept from the earlier run" if key in kept else f"{r['seconds']:.0f} s"
+                how = (f"reused from {r['reused_from']}" if "reused_from" in r else "kept from the earlier run"
+                       if key in kept else f"{r['seconds']:.0f} s")
                 print(f"[{i + 1}/{len(runs)}] lr {arm.lr:g} {arm.label} seed {seed}: {metric} {r['val']:.4f}, "
                       f"{test_metric} {r['test']:.4f} ({how})", file=sys.stderr, flush=True)
             if on_record:
@@ -328,6 +335,36 @@ def _differences(before: Any, now: Any, key: str = "") -> list[str]:
     return [] if before == now else [f"{key}: {before!r} -> {now!r}"]
 
 
+def _same_settings(old: Mapping[str, Any], payload: Mapping[str, Any], ignore: tuple[str, ...]) -> list[str]:
+    """The settings in which ``old`` (a results.json) and ``payload`` differ, ``ignore``'s keys
+    and the label (derived from them) left out: ``key: old -> new`` each."""
+    before = {k: v for k, v in old.get("settings", {}).items() if k not in ignore}
+    now = {k: v for k, v in json.loads(json.dumps(strict(payload["settings"]), default=str)).items() if k not in ignore}
+    return [d for d in _differences(before, now) if not d.startswith("label:")]
+
+
+def _base_runs(base_from: str | pathlib.Path, payload: dict[str, Any], lrs: list[float],
+               seeds: list[int]) -> dict[tuple[float, str, int], dict[str, Any]]:
+    """The base runs of ``base_from``/results.json in this grid, by (lr, "base", seed), each
+    marked ``"reused_from"``; its provenance goes into ``payload["base_from"]``. Its settings
+    must be this sweep's but for the grid and the smoothing."""
+    where = str(pathlib.Path(base_from) / "results.json")
+    try:
+        old = read_results(base_from)
+    except ResultsError as err:
+        raise ResultsError(f"base_from: {err}") from None
+    records = _records(old, where)
+    differ = _same_settings(old, payload, ("lrs", "seeds", "smoothing"))
+    if differ:
+        raise ValueError(f"base_from={str(base_from)!r} was written with other settings ({'; '.join(differ[:5])}): its "
+                         f"base runs are not this comparison's base arm; pass a comparison that differs only in "
+                         f"smoothing, or no base_from")
+    runs = {(r["lr"], "base", r["seed"]): r | {"reused_from": str(base_from)} for r in records
+            if r["arm"] == "base" and r["lr"] in lrs and r["seed"] in seeds}
+    payload["base_from"] = {"folder": str(base_from), "runs": len(runs), "provenance": old.get("provenance")}
+    return runs
+
+
 def _resumed(out: str | pathlib.Path | None, payload: dict[str, Any], lrs: list[float],
              seeds: list[int]) -> dict[tuple[float, str, int], dict[str, Any]]:
     """The runs of ``out``/results.json that a resumed sweep keeps, by (lr, arm, seed); the old
@@ -339,11 +376,8 @@ def _resumed(out: str | pathlib.Path | None, payload: dict[str, Any], lrs: list[
     old = read_results(out)
     where = str(pathlib.Path(out) / "results.json")
     records = _records(old, where)
-    grid = ("lrs", "seeds")
-    before = {k: v for k, v in old.get("settings", {}).items() if k not in grid}
-    now = {k: v for k, v in json.loads(json.dumps(strict(payload["settings"]), default=str)).items() if k not in grid}
-    if before != now:
-        differ = [d for d in _differences(before, now) if not d.startswith("label:")]
+    differ = _same_settings(old, payload, ("lrs", "seeds"))
+    if differ:
         raise ValueError(f"{where!r} was written with other settings ({'; '.join(differ[:5])}): resume continues the "
                          f"same comparison only; pass another out, or overwrite=True (--overwrite) to start again")
     outside = [r for r in records if r["lr"] not in lrs or r["seed"] not in seeds]
@@ -352,6 +386,8 @@ def _resumed(out: str | pathlib.Path | None, payload: dict[str, Any], lrs: list[
                          f"{outside[0]['seed']}): resume keeps every finished run; give learning rates and seeds "
                          f"that include them")
     payload["resumed_from"] = [*old.get("resumed_from", []), old.get("provenance")]
+    if "base_from" in old and "base_from" not in payload:  # resumed without base_from: what it reused stays said
+        payload["base_from"] = old["base_from"]
     return {(r["lr"], r["arm"], r["seed"]): r for r in records}
 
 

@@ -348,3 +348,16 @@ def test_resume_continues_a_comparison_and_refuses_other_settings(tmp_path, caps
         cli.main([*args, "--seeds", "1"])
     assert exit_.value.code == 2 and "holds a comparison already (4 runs)" in capsys.readouterr().err
     assert cli.main([*args, "--seeds", "1", "--overwrite"]) == 0
+
+
+def test_base_from_trains_only_the_smoothed_arm_of_an_ablation(tmp_path, capsys):
+    args = ["compare", "--lrs", "1e-3", "--seeds", "1", "--depth", "2", *TINY]
+    assert cli.main([*args, "--out", str(tmp_path / "w3")]) == 0
+    assert cli.main([*args, "--window", "5", "--base-from", str(tmp_path / "w3"), "--out", str(tmp_path / "w5")]) == 0
+    headline, ablation = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("w3", "w5"))
+    assert ablation["records"][0] == headline["records"][0] | {"reused_from": str(tmp_path / "w3")}
+    assert ablation["base_from"]["provenance"] == headline["provenance"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*args, "--steps", "3", "--base-from", str(tmp_path / "w3"), "--out", str(tmp_path / "x")])
+    assert exit_.value.code == 2 and "other settings (config.steps:" in capsys.readouterr().err

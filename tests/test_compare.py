@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gradsmooth.compare import Arm, format_summary, overview, paired_difference, render, summarize_records, sweep
+from gradsmooth.results import ResultsError
 
 
 def result(lr, seed, smoothed, val, test):
@@ -243,3 +244,44 @@ def test_resume_keeps_the_runs_it_has_and_runs_the_rest(tmp_path):
     assert len(json.loads((tmp_path / "results.json").read_text())["records"]) == 2
     with pytest.raises(ValueError, match="resume=True needs out"):
         sweep(toy_train, [1e-3], [0], resume=True)
+
+
+def test_base_from_reuses_the_base_runs_of_a_comparison_that_differs_in_smoothing_only(tmp_path):
+    calls = []
+
+    def train(make_optimizer, seed):
+        calls.append((make_optimizer.lr, make_optimizer.label, seed))
+        return toy_train(make_optimizer, seed)
+
+    sweep(toy_train, [1e-3, 1e-2], [0, 1], smoothing={"window": 3}, out=tmp_path / "w3", verbose=False,
+          command=["headline"])
+    result = sweep(train, [1e-3, 1e-2, 3e-2], [0, 1], smoothing={"window": 5}, out=tmp_path / "w5",
+                   verbose=False, base_from=tmp_path / "w3")
+    # the base ran only at the learning rate the headline lacks; every smoothed run trained
+    assert sorted(c for c in calls if c[1] == "base") == [(3e-2, "base", 0), (3e-2, "base", 1)]
+    assert len([c for c in calls if c[1] == "smoothed"]) == 6
+    fresh = sweep(toy_train, [1e-3, 1e-2, 3e-2], [0, 1], smoothing={"window": 5}, verbose=False)
+    strip = lambda rs: json.loads(json.dumps([{k: v for k, v in r.items() if k not in ("seconds", "reused_from")}  # noqa: E731
+                                              for r in rs]))
+    assert strip(result["records"]) == strip(fresh["records"])
+    assert result["summary"] == fresh["summary"]
+    saved = json.loads((tmp_path / "w5" / "results.json").read_text())
+    assert saved["base_from"]["folder"] == str(tmp_path / "w3") and saved["base_from"]["runs"] == 4
+    assert saved["base_from"]["provenance"]["command"] == "headline"
+    assert sum(r.get("reused_from") == str(tmp_path / "w3") for r in saved["records"]) == 4
+    # a resume without base_from keeps what was reused and says so
+    sweep(toy_train, [1e-3, 1e-2, 3e-2], [0, 1, 2], smoothing={"window": 5}, out=tmp_path / "w5", verbose=False,
+          resume=True)
+    assert json.loads((tmp_path / "w5" / "results.json").read_text())["base_from"] == saved["base_from"]
+
+
+def test_base_from_refuses_a_comparison_with_other_settings_before_training(tmp_path):
+    sweep(toy_train, [1e-3], [0], smoothing={"window": 3}, out=tmp_path / "a", verbose=False, settings={"depth": 4})
+    never = lambda make, seed: pytest.fail("trained before the check")  # noqa: E731
+    with pytest.raises(ValueError, match=r"base_from='.*a' was written with other settings \(depth: 4 -> 8\): its "
+                                         r"base runs are not this comparison's base arm"):
+        sweep(never, [1e-3], [0], smoothing={"window": 5}, out=tmp_path / "b", base_from=tmp_path / "a",
+              settings={"depth": 8}, verbose=False)
+    with pytest.raises(ResultsError, match=r"base_from: DIR '.*nowhere' holds no results.json"):
+        sweep(never, [1e-3], [0], smoothing={"window": 5}, base_from=tmp_path / "nowhere", verbose=False)
+    assert not (tmp_path / "b").exists()

@@ -20,11 +20,13 @@ vit() {
   c --task vit --lrs $vit --seeds 5 --depth 4 --out docs/results/vit-adamw-depth4
   c --task vit --lrs $vit --seeds 5 --depth 16 --out docs/results/vit-adamw-depth16
   c --task vit --optimizer muon --lrs $muon --seeds 5 --out docs/results/vit-muon
-  # ablations at the headline setting (each against the same base, LR-matched)
-  c --task vit --lrs $vit --seeds 5 --window 5 --out docs/results/vit-ablation-window5
-  c --task vit --lrs $vit --seeds 5 --kernel gaussian --out docs/results/vit-ablation-gaussian
-  c --task vit --lrs $vit --seeds 5 --mode gradient --out docs/results/vit-ablation-gradient
-  c --task vit --lrs $vit --seeds 5 --alpha 0.5 --out docs/results/vit-ablation-alpha0.5
+  # ablations at the headline setting, each LR-matched against the headline's own base runs
+  # (--base-from: the base arm does not depend on the smoothing, and training is deterministic)
+  a() { c --task vit --lrs $vit --seeds 5 --base-from docs/results/vit-adamw "$@"; }
+  a --window 5 --out docs/results/vit-ablation-window5
+  a --kernel gaussian --out docs/results/vit-ablation-gaussian
+  a --mode gradient --out docs/results/vit-ablation-gradient
+  a --alpha 0.5 --out docs/results/vit-ablation-alpha0.5
 }
 
 lm() {
@@ -33,7 +35,7 @@ lm() {
   c --task lm --lrs $adamw --seeds 5 --depth 12 --out docs/results/lm-adamw-depth12
   c --task lm --optimizer muon --lrs $muon_lm --seeds 5 --out docs/results/lm-muon
   # the longer horizon at the depth where smoothing did best so far (3 blocks), 4x the steps
-  c --task lm --lrs $adamw,3e-2 --seeds 5 --depth 3 --steps 1200 --eval-every 100 --out docs/results/lm-adamw-depth3-long
+  c --task lm --lrs $adamw --seeds 5 --depth 3 --steps 1200 --eval-every 100 --out docs/results/lm-adamw-depth3-long
 }
 
 case "${1:-all}" in

@@ -152,7 +152,8 @@ def compare(config: RunConfig, smoothing: dict[str, Any], lrs: Sequence[float], 
             out: str | pathlib.Path | None = None, verbose: bool = True,
             progress_for: Callable[[RunConfig], Callable[[int], None] | None] | None = None,
             command: Sequence[str] | None = None, settings: dict[str, Any] | None = None,
-            resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+            resume: bool = False, overwrite: bool = False,
+            base_from: str | pathlib.Path | None = None) -> dict[str, Any]:
     """Base and smoothed at every learning rate in ``lrs`` for every seed:
     :func:`gradsmooth.compare.sweep` over :func:`run`; each record holds the run's history."""
     val_key, test_key, higher = SELECTION[config.task]
@@ -164,7 +165,7 @@ def compare(config: RunConfig, smoothing: dict[str, Any], lrs: Sequence[float], 
 
     return sweep(train, lrs, seeds, smoothing=smoothing, higher_is_better=higher, out=out, metric=val_key,
                  test_metric=test_key, settings=settings, command=command, verbose=verbose, resume=resume,
-                 overwrite=overwrite)
+                 overwrite=overwrite, base_from=base_from)
 
 
 def _final(result: RunResult, key: str) -> float:
