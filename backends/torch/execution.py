@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 
 from gradsmooth import Band
 
+from . import blocked
 from .fused import FUSED_MIN_ELEMENTS, FusedKernel, band_pattern, compiler_missing, fused_kernel
 from .groups import DTensor, local
 from .mixing import (BandProgram, Workspace, band_program, compute_dtype, device_weights, mix_gradients, mix_updates,
@@ -119,14 +120,15 @@ def check_fused(fused: object) -> None:
         raise TypeError(f"fused should be None (compiled kernels where they can run), True or False but is: {fused!r}")
 
 
-def eager_reason(targets: list[Tensor], fused: bool | None) -> str | None:
+def eager_reason(targets: list[Tensor], fused: bool | None, mode: str = "") -> str | None:
     """Why a group's ``targets`` are mixed by the eager kernels, or None when the compiled kernel
-    may run: ``fused=False``; small members (a compiled call's fixed cost, about half a
-    millisecond, exceeds the work); non-contiguous members; and, by default (``fused=None``),
+    may run: ``fused=False``; small members (an inductor call's fixed cost, about half a
+    millisecond, exceeds the work; a blocked kernel's, ``mode`` "adamw" or "sgd" on a CPU, is
+    a few microseconds: any size); non-contiguous members; and, by default (``fused=None``),
     no compiler for the device (``fused=True`` tries anyway, and warns if it cannot compile)."""
     if fused is False:
         return "fused=False"
-    if targets[0].numel() < FUSED_MIN_ELEMENTS:
+    if targets[0].numel() < FUSED_MIN_ELEMENTS and not blocked.applies(mode, targets[0].dtype, targets[0].device):
         return f"members under {FUSED_MIN_ELEMENTS:,} elements"
     if not all(t.is_contiguous() for t in targets):
         return "members not contiguous"
@@ -149,7 +151,7 @@ def fused_call(band: Band, targets: list[Tensor], mode: str, fused: bool | None 
 def group_path(band: Band, targets: list[Tensor], mode: str, fused: bool | None) -> str:
     """Which kernels mix a group, for the printed plan: "fused", "fused (compiles at the first
     step)", or "eager (why)". Compiles nothing."""
-    reason = eager_reason(targets, fused)
+    reason = eager_reason(targets, fused, mode)
     if reason is not None:
         return f"eager ({reason})"
     status = fused_kernel(band_pattern(band, mode == "update")[0], mode).status(targets[0].dtype, targets[0].device)

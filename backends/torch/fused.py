@@ -28,6 +28,7 @@ import torch
 
 from gradsmooth import Band
 
+from . import blocked
 from .mixing import compute_dtype
 
 __all__ = ["FUSED_MIN_ELEMENTS", "FusedKernel", "band_pattern", "compiler_missing", "fused_kernel", "kernel_source"]
@@ -150,7 +151,12 @@ def compiler_missing(device_type: str) -> str | None:
 
 class FusedKernel:
     """A compiled kernel for one pattern and mode; :meth:`prepare` compiles it for a dtype and
-    device (call it before anything changes: compilation can fail), calling it runs it."""
+    device (call it before anything changes: compilation can fail), calling it runs it.
+
+    The native steps' kernels ("adamw", "sgd") for float32 and float64 members on a CPU are
+    blocked C++ kernels (``blocked.py``): inductor's single loop over every member's parameter,
+    gradient and state is slow there. Every other kernel is inductor's (Triton on CUDA; the
+    wrapper's update and gradient kernels on a CPU, where its loop measured as fast or faster)."""
 
     def __init__(self, pattern: Pattern, mode: str) -> None:
         self.pattern, self.mode = pattern, mode
@@ -164,13 +170,15 @@ class FusedKernel:
         # C++ loop parallel (without it inductor sees no size and emits a serial loop)
         self._compiled = torch.compile(namespace["mix"], dynamic=True, fullgraph=True,
                                        options={"cpp.dynamic_threads": True})
-        self._ready: set[tuple[torch.dtype, torch.device]] = set()
+        self._ready: set[tuple[torch.dtype, torch.device]] = set()  # inductor's kernel compiled
+        self._ready_blocked: set[tuple[torch.dtype, torch.device]] = set()  # the blocked kernel loaded
         self._failed: set[tuple[torch.dtype, torch.device]] = set()
 
     def status(self, dtype: torch.dtype, device: torch.device) -> str:
         """"compiled", "failed" (it warned; the eager kernels run) or "not compiled yet"."""
         key = (dtype, device)
-        return "failed" if key in self._failed else "compiled" if key in self._ready else "not compiled yet"
+        ready = self._ready_blocked if self._blocked(dtype, device) is not None else self._ready
+        return "failed" if key in self._failed else "compiled" if key in ready else "not compiled yet"
 
     def ready(self, dtype: torch.dtype, device: torch.device) -> bool:
         """Whether the kernel runs for ``dtype`` on ``device``: :meth:`prepare` it (compiling
@@ -196,10 +204,21 @@ class FusedKernel:
             stacklevel=3,
         )
 
+    def _blocked(self, dtype: torch.dtype, device: torch.device) -> str | None:
+        """The blocked kernel's C++ source for ``dtype`` on ``device``, or None (inductor's)."""
+        if not blocked.applies(self.mode, dtype, device):
+            return None
+        return blocked.blocked_source(self.pattern, self.mode, blocked.BLOCKED_DTYPES[dtype])
+
     def prepare(self, dtype: torch.dtype, device: torch.device) -> None:
         """Compile for members of ``dtype`` on ``device`` by running on small scratch tensors
         (again after ``torch._dynamo.reset()``). Call it before anything changes: it can fail."""
         key = (dtype, device)
+        source = self._blocked(dtype, device)
+        if source is not None:
+            blocked.load_blocked(source)  # compiled once per pattern, kind and dtype, cached on disk
+            self._ready_blocked.add(key)
+            return
         if key in self._ready and self._compiled_code_exists():
             return
         n, cdtype = len(self.pattern), compute_dtype(dtype)
@@ -231,6 +250,9 @@ class FusedKernel:
         The call never compiles: arguments that fail the guards of the kernel :meth:`prepare`
         compiled make it raise ``RuntimeError`` before it writes anything (the caller then
         runs the eager kernels), and so does a call after ``torch._dynamo.reset()``."""
+        source = self._blocked(members[0].dtype, members[0].device)
+        if source is not None:
+            return self._bind_blocked(source, members, *args)
         flat = [_plain(t) for t in members]
         plain = tuple([_plain(t) for t in a] if isinstance(a, list) else a for a in args)
 
@@ -243,6 +265,20 @@ class FusedKernel:
             with torch.no_grad(), torch.compiler.set_stance("fail_on_recompile"):
                 self._compiled(flat, *plain)
             torch.autograd.graph.increment_version(members)  # the writes went through other tensor objects
+
+        return run
+
+    def _bind_blocked(self, source: str, members: list[torch.Tensor], *args: object) -> Callable[[], None]:
+        """:meth:`bind` for the blocked C++ kernel: its pointer arrays and scratch made now."""
+        *lists, w, c = args
+        call = blocked.load_blocked(source).bind([members, *lists], w, c, blocked.ring_size(self.pattern))
+        pointers = [t.data_ptr() for t in members]
+
+        def run() -> None:
+            if any(t.data_ptr() != ptr for t, ptr in zip(members, pointers)):
+                raise RuntimeError("a member's storage was replaced (p.data = ...) after the kernel was bound")
+            call()
+            torch.autograd.graph.increment_version(members)  # written through pointers, unseen by autograd
 
         return run
 

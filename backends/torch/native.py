@@ -215,7 +215,7 @@ class _NativeSmoothing(Optimizer):
         warm_weights(program, compute_dtype(shards[0].dtype), shards[0].device)
         fused = None
         if all(t is not None for t in tensors[-1]) and eager_reason([t for ts in tensors for t in ts],
-                                                                     self.fused) is None:
+                                                                     self.fused, self.kind) is None:
             pattern, values = band_pattern(band)
             kernel = fused_kernel(pattern, self.kind)
             if kernel.ready(shards[0].dtype, shards[0].device):
@@ -246,7 +246,8 @@ class _NativeSmoothing(Optimizer):
         raise NotImplementedError
 
     def _count_step(self, members: list[Tensor]) -> None:
-        raise NotImplementedError
+        """Each member's step count + 1 (torch's per-parameter ``step`` tensors), in one call."""
+        torch._foreach_add_([self.state[p]["step"] for p in members], 1)
 
     def _eager(self, w: _GroupWork) -> None:
         raise NotImplementedError
@@ -316,10 +317,6 @@ class SmoothedAdamW(_NativeSmoothing):
 
     def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[float]]:
         return adamw_coefficients(groups, [float(self.state[p]["step"]) + 1 for p in members])
-
-    def _count_step(self, members: list[Tensor]) -> None:
-        for p in members:
-            self.state[p]["step"] += 1
 
     def _eager(self, w: _GroupWork) -> None:
         adamw_mix(w.program, *w.tensors, w.table, w.blocks)
@@ -403,10 +400,6 @@ class SmoothedSGD(_NativeSmoothing):
     def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[float]]:
         first = [self.state[p].get("momentum_buffer") is None for p in members]  # as torch's SGD tells it
         return sgd_coefficients(groups, first)
-
-    def _count_step(self, members: list[Tensor]) -> None:
-        for p in members:
-            self.state[p]["step"] += 1
 
     def _eager(self, w: _GroupWork) -> None:
         params, grads, buffers = w.tensors

@@ -8,7 +8,9 @@ import warnings
 import pytest
 import torch
 
+import gradsmooth.backends.torch.blocked as blocked_module
 import gradsmooth.backends.torch.execution as execution_module
+import gradsmooth.backends.torch.fused as fused_module
 from gradsmooth.backends.torch import GradientSmoothing, SmoothedAdamW, SmoothedSGD
 from gradsmooth.reference import SGD, AdamW, Smoothed
 from tests.backends.torch.test_exactness import assert_tracks, float64_device
@@ -22,13 +24,17 @@ SGDS = {
 }
 
 
-@pytest.fixture(params=["eager", "fused"])
+@pytest.fixture(params=["eager", "fused", "fused-inductor"])
 def path(request, monkeypatch):
-    """Both kernel paths: the tiny members are far below the size where fusing pays: fuse anyway."""
-    if request.param == "fused":
-        monkeypatch.setattr(execution_module, "FUSED_MIN_ELEMENTS", 0)
-        return True
-    return False
+    """Every kernel path: eager; fused, which on a CPU is the blocked C++ kernel for float32 and
+    float64; and inductor's kernel (CUDA's, and a CPU's for other dtypes), forced here. The tiny
+    members are far below the size where fusing pays: fuse anyway."""
+    if request.param == "eager":
+        return False
+    monkeypatch.setattr(execution_module, "FUSED_MIN_ELEMENTS", 0)
+    if request.param == "fused-inductor":
+        monkeypatch.setattr(blocked_module, "BLOCKED_DTYPES", {})
+    return True
 
 
 def _groups(model, wd):
@@ -71,10 +77,10 @@ def test_equals_the_wrapper_in_update_mode_float32(tiny_net, path, native, base,
                                                    {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01})],
                          ids=["adamw", "sgd-momentum"])
 @pytest.mark.parametrize("boundary", ["renormalize", "reflect"])
-def test_matches_reference_float64(tiny_net, device, native, make_ref, kw, boundary):
+def test_matches_reference_float64(tiny_net, device, path, native, make_ref, kw, boundary):
     device = float64_device(device)
     model = tiny_net(device=device)
-    opt = native(model, boundary=boundary, **kw)
+    opt = native(model, boundary=boundary, fused=path, **kw)
     reference = Smoothed(make_ref(), [g.names for g in opt.plan.groups], window=3, boundary=boundary)
     assert_tracks(model, opt, reference, steps=20, device=device)
 
@@ -131,10 +137,22 @@ def test_a_scheduler_and_param_groups_act_on_it(tiny_net):
     assert len(opt.param_groups) == 2 and opt.plan.groups
 
 
-def test_the_plan_says_which_path_each_group_takes(tiny_net):
+def test_the_plan_says_which_path_each_group_takes(tiny_net, monkeypatch):
+    # on a CPU, float32 and float64 groups of any size take the blocked kernel (its call costs
+    # microseconds); other dtypes take inductor's from 65,536 elements per member
+    monkeypatch.setattr(fused_module, "_KERNELS", {})  # no kernel built by an earlier test
     model = tiny_net()
-    text = str(SmoothedAdamW(model).plan)
-    assert text.splitlines()[1].split()[-1] == "path" and "eager (members under 65,536 elements)" in text
+    opt = SmoothedAdamW(model)
+    text = str(opt.plan)
+    assert text.splitlines()[1].split()[-1] == "path"
+    assert set(opt.plan.paths) == {"fused (compiles at the first step)"}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert set(opt.plan.paths) == {"fused"}
+    assert set(SmoothedAdamW(model, fused=False).plan.paths) == {"eager (fused=False)"}
+    low = tiny_net(dtype=torch.bfloat16)
+    assert set(SmoothedSGD(low).plan.paths) == {"eager (members under 65,536 elements)"}
 
 
 @pytest.mark.parametrize("make, message", [
