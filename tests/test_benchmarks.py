@@ -99,3 +99,21 @@ def test_the_gpu_script_runs_dry_on_a_cpu(tmp_path):
 
     if not torch.cuda.is_available():
         assert refused.returncode == 2 and "no CUDA device here" in refused.stderr
+
+
+def test_first_step_times_a_step_and_says_which_kernels_ran(capsys):
+    pytest.importorskip("torch")
+    from benchmarks import first_step
+
+    child = first_step._child("demo", "native")  # one variant in this process; main runs each in fresh ones
+    assert child["first_ms"] > 0 and child["later_ms"] > 0
+    from gradsmooth.backends.torch.fused import compiler_missing
+
+    missing = compiler_missing("cpu")  # no C++ compiler: the eager kernels, and the plan says why
+    assert child["paths"] == (["fused"] if missing is None else [f"eager ({missing})"])
+    row = {"model": "demo", "variant": "SmoothedAdamW", "cold_first_ms": 1200.0, "warm_first_ms": 300.0,
+           "later_ms": 4.5, "paths": "fused"}
+    assert first_step.table([row]).splitlines()[2] == "| the demo's ViT (8 blocks, width 64) | SmoothedAdamW | 1.2 | 0.30 | 4.5 | fused |"
+    with pytest.raises(SystemExit):
+        first_step.main(["--models", "demo,bert"])
+    assert "--models should name demo, gpt2-small but names: bert" in capsys.readouterr().err

@@ -116,7 +116,8 @@ def _source(pattern: Pattern, kind: str, ctype: str, chunk: int) -> str:
         "extern \"C\" void step(" + ", ".join(f"T *const *{name}" for name in spec.lists)
         + ", const T *w, const T *c, int64_t numel, T *scratch, int threads) {",
         "    const int64_t blocks = (numel + CHUNK - 1) / CHUNK;",
-        "#pragma omp parallel num_threads(threads)",
+        "    const int team = blocks < threads ? (int)blocks : threads;  // no idle thread to wait for",
+        "#pragma omp parallel num_threads(team)",
         "    {",
         "    T *const ring = scratch + (int64_t)omp_get_thread_num() * R * CHUNK;",
         "#pragma omp for schedule(static)",
