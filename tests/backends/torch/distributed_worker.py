@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gradsmooth.backends.torch import GradientSmoothing, PipelineStages
+from gradsmooth.backends.torch import GradientSmoothing, PipelineStages, SmoothedAdamW
 
 STEPS = 20
 D = 8
@@ -52,7 +52,10 @@ def global_batch(step):
     return torch.randn(16, 5, generator=g, dtype=torch.float64)
 
 
-def make_opt(model, **kw):
+def make_opt(model, native=False, **kw):
+    """The wrapper around AdamW, or (``native``) SmoothedAdamW with the same settings."""
+    if native:
+        return SmoothedAdamW(model, lr=1e-2, weight_decay=0.1, window=3, **kw)
     return GradientSmoothing(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1), model, window=3, **kw)
 
 
@@ -102,11 +105,13 @@ def fsdp(model, mesh):
 
 def main(scenario, rank, world, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    native = scenario.endswith("-native")  # SmoothedAdamW instead of the wrapper
+    scenario = scenario.removesuffix("-native")
     try:
         out = {}
         if scenario == "ddp":
             model = nn.parallel.DistributedDataParallel(make_net())
-            opt = make_opt(model)
+            opt = make_opt(model, native)
             train(model, opt, STEPS, rank, world)
             out = full_params(model.module)
         elif scenario.startswith("fsdp"):
@@ -114,7 +119,7 @@ def main(scenario, rank, world, init_file, out_file):
 
             mesh = init_device_mesh("cpu", (world,))
             model = fsdp(make_net(), mesh)
-            opt = make_opt(model)
+            opt = make_opt(model, native)
             if scenario == "fsdp":
                 train(model, opt, STEPS, rank, world)
             else:  # fsdp-checkpoint(-full): save at 10, go on; then a fresh model and optimizer resume from the save
@@ -134,7 +139,7 @@ def main(scenario, rank, world, init_file, out_file):
                 train(model, opt, 10, rank, world, start=10)
                 out["uninterrupted"] = full_params(model)
                 model2 = fsdp(make_net(), mesh)
-                opt2 = make_opt(model2)
+                opt2 = make_opt(model2, native)
                 if full:
                     state = saved
                 else:
@@ -143,7 +148,8 @@ def main(scenario, rank, world, init_file, out_file):
                     dcp.load(state, checkpoint_id=out_file + ".ckpt")
                 set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"],
                                options=options)
-                out["step_count"] = opt2._step_count
+                # the wrapper's step counter; SmoothedAdamW's per-parameter steps (torch's layout)
+                out["step_count"] = {float(st["step"]) for st in opt2.state.values()} if native else opt2._step_count
                 train(model2, opt2, 10, rank, world, start=10)
                 out["resumed"] = full_params(model2)
                 return torch.save(out, out_file) if rank == 0 else None

@@ -36,34 +36,43 @@ def close(a, b):
         torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-9, msg=k)
 
 
-def single_process():
+def single_process(native=False):
     model = worker.make_net()
-    opt = worker.make_opt(model)
+    opt = worker.make_opt(model, native)
     worker.train(model, opt, worker.STEPS)
     return worker.full_params(model)
 
 
-def test_ddp_equals_one_process_with_the_global_batch_and_replicas_agree(tmp_path):
-    out = spawn("ddp", tmp_path)
+# "native": SmoothedAdamW, which computes and smooths the update in one pass, in place of the wrapper
+OPTIMIZERS = pytest.mark.parametrize("optimizer", ["wrapper", "native"])
+
+
+@OPTIMIZERS
+def test_ddp_equals_one_process_with_the_global_batch_and_replicas_agree(tmp_path, optimizer):
+    native = optimizer == "native"
+    out = spawn("ddp" + "-native" * native, tmp_path)
     ranks = [torch.load(f"{out}.{r}") for r in range(2)]
     for k in ranks[0]:
         assert torch.equal(ranks[0][k], ranks[1][k]), k
-    close(ranks[0], single_process())
+    close(ranks[0], single_process(native))
 
 
-def test_fsdp2_smooths_local_shards_and_equals_one_process(tmp_path):
-    out = spawn("fsdp", tmp_path)
-    close(torch.load(f"{out}.0"), single_process())
+@OPTIMIZERS
+def test_fsdp2_smooths_local_shards_and_equals_one_process(tmp_path, optimizer):
+    native = optimizer == "native"
+    out = spawn("fsdp" + "-native" * native, tmp_path)
+    close(torch.load(f"{out}.0"), single_process(native))
 
 
-@pytest.mark.parametrize("kind", ["sharded", "full"])
-def test_fsdp2_checkpoint_with_dcp_resumes_the_same_trajectory(tmp_path, kind):
-    out = spawn("fsdp-checkpoint" + ("-full" if kind == "full" else ""), tmp_path)
+@pytest.mark.parametrize("kind, optimizer", [("sharded", "wrapper"), ("full", "wrapper"), ("sharded", "native")])
+def test_fsdp2_checkpoint_with_dcp_resumes_the_same_trajectory(tmp_path, kind, optimizer):
+    native = optimizer == "native"
+    out = spawn("fsdp-checkpoint" + ("-full" if kind == "full" else "") + "-native" * native, tmp_path)
     saved = torch.load(out)
-    assert saved["step_count"] == 10
+    assert saved["step_count"] == ({10.0} if native else 10)  # SmoothedAdamW: torch's per-parameter steps
     for k in saved["uninterrupted"]:
         assert torch.equal(saved["uninterrupted"][k], saved["resumed"][k]), k
-    close(saved["uninterrupted"], single_process())
+    close(saved["uninterrupted"], single_process(native))
 
 
 @pytest.mark.parametrize("mode", ["update", "gradient"])
