@@ -137,6 +137,36 @@ def test_a_scheduler_and_param_groups_act_on_it(tiny_net):
     assert len(opt.param_groups) == 2 and opt.plan.groups
 
 
+def test_grad_scaler_and_hooks_drive_it_as_any_torch_optimizer(tiny_net):
+    # GradScaler unscales the gradients, skips a step whose gradients are not finite (nothing
+    # changes) and otherwise steps as without it; the optimizer's step hooks fire around a step
+    models = [tiny_net(dtype=torch.float32), tiny_net(dtype=torch.float32)]
+    opts = [SmoothedAdamW(m, **ADAMW) for m in models]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    fired = []
+    opts[0].register_step_pre_hook(lambda opt, args, kwargs: fired.append("pre"))
+    opts[0].register_step_post_hook(lambda opt, args, kwargs: fired.append("post"))
+    x = torch.randn(4, models[0].embed.in_features)
+    for step in range(3):
+        for m in models:
+            m.zero_grad()
+        scaler.scale(models[0](x).square().mean()).backward()
+        models[1](x).square().mean().backward()
+        if step == 1:  # an overflow: the scaler skips this step
+            next(models[0].parameters()).grad[0] = float("inf")
+            before = [p.detach().clone() for p in models[0].parameters()]
+            scaler.step(opts[0])
+            assert all(torch.equal(a, b) for a, b in zip(before, models[0].parameters()))
+            scaler.update()
+            continue
+        scaler.step(opts[0])
+        scaler.update()
+        opts[1].step()
+    assert fired == ["pre", "post"] * 2
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_the_plan_says_which_path_each_group_takes(tiny_net, monkeypatch):
     # on a CPU, float32 and float64 groups of any size take the blocked kernel (its call costs
     # microseconds); other dtypes take inductor's from 65,536 elements per member
