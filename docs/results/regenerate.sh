@@ -11,8 +11,8 @@ set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 vit=3e-4,1e-3,3e-3,1e-2  # widened below 1e-3: the base chose 1e-3, the grid's lower edge
 adamw=1e-3,3e-3,1e-2
-muon=2e-3,5e-3,1e-2,2e-2,5e-2  # widened below 1e-2 twice: on the ViT both arms chose 1e-2, then the smoothed arm 5e-3
-muon_lm=5e-3,1e-2,2e-2,5e-2
+muon=1e-3,2e-3,5e-3,1e-2,2e-2,5e-2  # widened downwards three times: on the ViT both arms chose 1e-2, then the smoothed arm 5e-3, then the base 2e-3
+muon_lm=5e-3,1e-2,2e-2,5e-2,1e-1  # widened above 5e-2: the smoothed arm chose 5e-2
 c() { gradsmooth compare --quiet --resume "$@"; }
 
 vit() {
@@ -35,7 +35,7 @@ lm() {
   c --task lm --lrs $adamw --seeds 5 --depth 12 --out docs/results/lm-adamw-depth12
   c --task lm --optimizer muon --lrs $muon_lm --seeds 5 --out docs/results/lm-muon
   # the longer horizon at the depth where smoothing did best so far (3 blocks), 4x the steps
-  c --task lm --lrs $adamw --seeds 5 --depth 3 --steps 1200 --eval-every 100 --out docs/results/lm-adamw-depth3-long
+  c --task lm --lrs $adamw,3e-2 --seeds 5 --depth 3 --steps 1200 --eval-every 100 --out docs/results/lm-adamw-depth3-long  # smoothed chose 1e-2
 }
 
 case "${1:-all}" in
