@@ -227,10 +227,7 @@ class BlockedLibrary:
         arrays = [(ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts]) for ts in lists]
         args = (*arrays, ctypes.c_void_p(w.data_ptr()), ctypes.c_void_p(c.data_ptr()),
                 ctypes.c_int64(lists[0][0].numel()), ctypes.c_void_p(scratch.data_ptr()), ctypes.c_int(threads))
-        keep = (lists, w, c, scratch)  # alive as long as the call
-
-        def run() -> None:
-            assert keep
+        def run(_keep: object = (lists, w, c, scratch)) -> None:  # the tensors live as long as the call
             self._step(*args)
 
         return run

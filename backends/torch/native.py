@@ -204,7 +204,7 @@ class _NativeSmoothing(Optimizer):
                 self._init_state(p, g)
             work.append(self._plan_group(present, groups, band))
             smoothed.update(id(p) for p in present)
-        blocks = native_blocks(self.kind, [w.tensors[0] for w in work])  # the eager kernels' (and fallback's) scratch
+        blocks = native_blocks(self.kind, [w.tensors for w in work])  # the eager kernels' (and fallback's) scratch
         return [w._replace(blocks=b) for w, b in zip(work, blocks)], smoothed
 
     def _plan_group(self, members: list[Tensor], groups: list[dict[str, Any]], band: Band) -> _GroupWork:

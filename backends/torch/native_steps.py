@@ -70,13 +70,28 @@ def sgd_coefficients(groups: list[dict[str, Any]], first: list[bool]) -> list[li
     return rows
 
 
-def native_blocks(kind: str, groups: list[list[Tensor]]) -> list[Tensor]:
-    """The scratch blocks of each group's eager step, (5, n, c) for AdamW, (4, n, c) for SGD in
-    the members' compute dtype: views of one buffer per dtype and device (the groups run one
-    after another), allocated before anything changes."""
+def _chunks(lists: list[list[Tensor]]) -> tuple[list[list[Tensor] | None], list[tuple[int, int]]]:
+    """The flat views of each list's members and the column chunks the eager kernels walk: the
+    cache-sized chunks where every list is contiguous, else one chunk of the whole members
+    (gathered and written tensor by tensor, flats None)."""
+    layouts = [_layout(ts) for ts in lists]
+    if all(f is not None for f, _ in layouts):
+        return [f for f, _ in layouts], layouts[0][1]
+    return [None] * len(lists), [(0, lists[0][0].numel())]
+
+
+def native_blocks(kind: str, groups: list[list[list[Tensor]]]) -> list[Tensor]:
+    """The scratch blocks of each group's eager step (``groups``: each group's params, grads and
+    state lists, a state list of Nones where it is not made yet), (5, n, c) for AdamW, (4, n, c)
+    for SGD in the members' compute dtype, ``c`` the widest chunk the kernels will walk: views of
+    one buffer per dtype and device (the groups run one after another), allocated before
+    anything changes."""
     count = 5 if kind == "adamw" else 4
-    shapes = [(count, len(m), _layout(m)[1][0][1] - _layout(m)[1][0][0]) for m in groups]
-    keys = [(compute_dtype(m[0].dtype), m[0].device) for m in groups]
+    shapes = []
+    for lists in groups:
+        _, chunks = _chunks([ts for ts in lists if ts[0] is not None])
+        shapes.append((count, len(lists[0]), max(hi - lo for lo, hi in chunks)))
+    keys = [(compute_dtype(g[0][0].dtype), g[0][0].device) for g in groups]
     sizes: dict[tuple[torch.dtype, torch.device], int] = {}
     for key, (a, b, c) in zip(keys, shapes):
         sizes[key] = max(sizes.get(key, 0), a * b * c)
@@ -102,10 +117,7 @@ def adamw_mix(program: BandProgram, params: list[Tensor], grads: list[Tensor], e
     ``program`` (the band of ``A``), chunk by chunk in ``blocks`` (:func:`native_blocks`);
     ``table``: :func:`adamw_coefficients` as a :func:`coefficient_table`."""
     c1, c2, c3, c4, c5, c6, c7 = _columns(table)
-    layouts = [_layout(t) for t in (params, grads, exp_avgs, exp_avg_sqs)]
-    contiguous = all(f is not None for f, _ in layouts)
-    chunks = layouts[0][1] if contiguous else [(0, params[0].numel())]
-    flats = [f if contiguous else None for f, _ in layouts]
+    flats, chunks = _chunks([params, grads, exp_avgs, exp_avg_sqs])
     for lo, hi in chunks:
         k = hi - lo
         G, M, V, P, T = (b[:, :k] for b in blocks)
@@ -134,10 +146,7 @@ def sgd_mix(program: BandProgram, params: list[Tensor], grads: list[Tensor], buf
     ``program`` (the band of ``A``), chunk by chunk in ``blocks`` (:func:`native_blocks`).
     ``buffers``: the members' momentum buffers, or None where no member has momentum."""
     c1, c2, c3, c4, c5, c6 = _columns(table)
-    layouts = [_layout(t) for t in (params, grads, buffers if buffers is not None else params)]
-    contiguous = all(f is not None for f, _ in layouts)
-    chunks = layouts[0][1] if contiguous else [(0, params[0].numel())]
-    pf, gf, bf = (f if contiguous else None for f, _ in layouts)
+    (pf, gf, bf), chunks = _chunks([params, grads, buffers if buffers is not None else params])
     for lo, hi in chunks:
         k = hi - lo
         P, G, B, T = (b[:, :k] for b in blocks)

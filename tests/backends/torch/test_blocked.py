@@ -54,7 +54,7 @@ def test_blocked_kernel_equals_the_eager_kernel(small_blocks, options, n, kind, 
     table = coefficient_table(_tables(kind, n, dtype), p[0])
     expected = [[t.clone() for t in ts] for ts in (p, g, *state)]
     mix = adamw_mix if kind == "adamw" else sgd_mix
-    mix(band_program(band), *expected, table, native_blocks(kind, [expected[0]])[0])
+    mix(band_program(band), *expected, table, native_blocks(kind, [expected])[0])
     pattern, values = band_pattern(band)
     kernel = FusedKernel(pattern, kind)
     before = torch.get_num_threads()

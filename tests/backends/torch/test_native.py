@@ -137,6 +137,32 @@ def test_a_scheduler_and_param_groups_act_on_it(tiny_net):
     assert len(opt.param_groups) == 2 and opt.plan.groups
 
 
+@pytest.mark.parametrize("native, kw", [(SmoothedAdamW, ADAMW), (SmoothedSGD, SGDS["momentum"])], ids=["adamw", "sgd"])
+def test_non_contiguous_gradients_of_members_larger_than_a_chunk(native, kw):
+    # members wider than the eager kernels' cache-sized chunk, gradients transposed views: the
+    # scratch is sized for the whole members that the kernels then gather, and the result is
+    # the one with contiguous gradients
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        net = torch.nn.Module()
+        net.layers = torch.nn.ModuleList(torch.nn.Linear(600, 600, bias=False) for _ in range(4))
+        models.append(net)
+    opts = [native(m, **kw) for m in models]
+    for step in range(3):
+        torch.manual_seed(step)
+        grads = [torch.randn(600, 600) for _ in range(4)]
+        for p, g in zip(models[0].parameters(), grads):
+            p.grad = g.t().contiguous().t()  # the same values, column-major
+            assert not p.grad.is_contiguous()
+        for p, g in zip(models[1].parameters(), grads):
+            p.grad = g.clone()
+        for o in opts:
+            o.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_grad_scaler_and_hooks_drive_it_as_any_torch_optimizer(tiny_net):
     # GradScaler unscales the gradients, skips a step whose gradients are not finite (nothing
     # changes) and otherwise steps as without it; the optimizer's step hooks fire around a step
