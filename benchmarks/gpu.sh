@@ -23,10 +23,10 @@ if [ "$dry" = 0 ] && ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is
 fi
 if [ "$dry" = 1 ]; then
   tests=(python -m pytest -q -p no:randomly tests/backends/torch/test_native.py -k "cuda or cpu" -x)
-  sizes=(--blocks 2 --dim 32 --repeats 1 --no-memory --context 8 --vocab 64)
+  sizes=(--blocks 2 --dim 32 --repeats 1 --training-repeats 1 --no-memory --context 8 --vocab 64)
 else
   tests=(python -m pytest -q -p no:randomly tests/backends/torch -k cuda)
-  sizes=(--blocks 12 --dim 768 --repeats 7)
+  sizes=(--blocks 12 --dim 768)
 fi
 echo "== tests: ${tests[*]}"
 set +e

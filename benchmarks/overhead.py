@@ -237,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", type=int, default=12)
     parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15, help="alternating repeats of each optimizer-step pair")
+    parser.add_argument("--training-repeats", type=int, default=3,
+                        help="alternating repeats of each whole training step pair (seconds each on a CPU)")
     parser.add_argument("--no-memory", action="store_true", help="skip the extra-memory measurement (subprocesses)")
     parser.add_argument("--batch", type=int, default=4, help="the training step's batch (sequences)")
     parser.add_argument("--context", type=int, default=256, help="the training step's sequence length")
@@ -264,7 +266,7 @@ def _report(args: argparse.Namespace) -> int:
           f"{block_bytes(shapes) / 2**20:.0f} MiB (float32)\n")
     training = []
     if available("torch") and not args.no_training:
-        training = training_rows(args.blocks, args.dim, args.batch, args.context, max(3, args.repeats // 2), args.vocab)
+        training = training_rows(args.blocks, args.dim, args.batch, args.context, args.training_repeats, args.vocab)
         print(training_table(training, args.blocks, args.dim, args.batch, args.context) + "\n")
     rows = _numpy_rows(shapes, args.repeats)
     for backend, make in (("torch", _torch_rows), ("mlx", _mlx_rows)):

@@ -62,10 +62,11 @@ def test_muon_steps_are_skipped_on_a_cpu_unless_asked_for(monkeypatch):
 
 def test_overhead_report_prints_the_table(capsys):
     pytest.importorskip("torch")
-    assert overhead.main(["--blocks", "3", "--dim", "32", "--repeats", "1", "--no-memory", "--context", "8",
+    assert overhead.main(["--blocks", "3", "--dim", "32", "--repeats", "1", "--training-repeats", "1", "--no-memory", "--context", "8",
                           "--vocab", "64"]) == 0
     out = capsys.readouterr().out
     assert out.index("whole training step (forward, backward, optimizer)") < out.index("optimizer step alone")
+    assert "| ratio, passes pooled |" in out
     for variant in ("wrapper, update mode", "wrapper, gradient mode", "SmoothedAdamW"):
         assert f"| {variant} |" in out
     for label, _ in overhead.TORCH_VARIANTS:
@@ -75,6 +76,17 @@ def test_overhead_report_prints_the_table(capsys):
     assert overhead.extra_memory("torch", "gradient", 3, 64) < 1.0
     # SmoothedAdamW holds nothing beyond AdamW's own state: no snapshot
     assert overhead.extra_memory("torch", "update", 3, 64, overhead.NATIVE) < 0.5
+
+
+def test_the_training_step_is_timed_in_two_phases_and_the_passes_pooled():
+    pytest.importorskip("torch")
+    from benchmarks import bench_training
+
+    rows = bench_training.training_rows(blocks=2, dim=32, batch=1, context=8, repeats=2, vocab=64)
+    assert [r["variant"] for r in rows] == list(bench_training.VARIANTS)
+    for r in rows:
+        assert 0 < r["optimizer_ms"] < r["step_ms"] and 0 < r["passes_ms"]
+        assert r["pooled_ratio"] == pytest.approx((r["passes_ms"] + r["optimizer_ms"]) / (r["passes_ms"] + r["base_optimizer_ms"]))
 
 
 def test_the_gpu_script_runs_dry_on_a_cpu(tmp_path):

@@ -193,6 +193,13 @@ class FusedKernel:
             return False
         return True
 
+    def may_refuse(self, dtype: torch.dtype, device: torch.device) -> bool:
+        """Whether a call bound for ``dtype`` on ``device`` may refuse to run (inductor's kernels:
+        its guards, a reset; the caller then runs the eager kernels and keeps their scratch
+        ready). A bound blocked call refuses only when a member's storage was replaced between
+        :meth:`bind` and the call, which a step never does."""
+        return self._blocked(dtype, device) is None
+
     def give_up(self, dtype: torch.dtype, device: torch.device, error: BaseException) -> None:
         """Run the eager kernels for ``dtype`` on ``device`` from now on, and say so once."""
         self._failed.add((dtype, device))

@@ -145,14 +145,13 @@ class _NativeSmoothing(Optimizer):
         "fused (compiles at the first step)" or "eager (why)", as ``GradientSmoothing``'s)."""
         paths = []
         for members in self._members:
-            band = self.operator.band(len(members), self._group_step(members))
+            band = self.operator.band(len(members), int(max(self._steps(members), default=0)))
             paths.append(group_path(band, [local(p) for p in members], self.kind, self.fused))
         return self._plan.with_paths(paths)
 
-    def _group_step(self, members: list[Tensor]) -> int:
-        """The steps this group has taken (its members' count, as torch keeps it per parameter)."""
-        steps = [self.state[p]["step"] for p in members if "step" in self.state.get(p, {})]
-        return int(max(float(s) for s in steps)) if steps else 0
+    def _steps(self, members: list[Tensor]) -> list[float]:
+        """The steps each member has taken (torch keeps the count per parameter; 0 before the first)."""
+        return [float(s["step"]) if "step" in s else 0.0 for s in (self.state.get(p, {}) for p in members)]
 
     # -- the step ----------------------------------------------------------------------------
 
@@ -180,6 +179,8 @@ class _NativeSmoothing(Optimizer):
         for g in self.param_groups:
             if plain[id(g)]:
                 self._plain_step(g, plain[id(g)])
+        if work:
+            self._count_step([p for w in work for p in w.members])
         for w in work:
             self._run(w)
         return loss
@@ -193,7 +194,8 @@ class _NativeSmoothing(Optimizer):
             present = [p for p in members if p.grad is not None]
             if len(present) < 2:
                 continue
-            band = self.operator.band(len(present), self._group_step(present))
+            steps = self._steps(present)
+            band = self.operator.band(len(present), int(max(steps)))
             if band.is_identity:
                 continue
             if any(p.is_complex() for p in present):
@@ -202,17 +204,22 @@ class _NativeSmoothing(Optimizer):
             groups = [group_of[id(p)] for p in present]
             for p, g in zip(present, groups):
                 self._init_state(p, g)
-            work.append(self._plan_group(present, groups, band))
+            work.append(self._plan_group(present, groups, band, steps))
             smoothed.update(id(p) for p in present)
-        blocks = native_blocks(self.kind, [w.tensors for w in work])  # the eager kernels' (and fallback's) scratch
-        return [w._replace(blocks=b) for w, b in zip(work, blocks)], smoothed
+        # the eager kernels' scratch, for the groups they may run: without a compiled kernel, or
+        # with one that may refuse its call (inductor's guards; a bound blocked call always runs)
+        eager = [i for i, w in enumerate(work) if w.fused is None or w.fused[0].may_refuse(w.tensors[0][0].dtype,
+                                                                                             w.tensors[0][0].device)]
+        for i, b in zip(eager, native_blocks(self.kind, [work[i].tensors for i in eager])):
+            work[i] = work[i]._replace(blocks=b)
+        return work, smoothed
 
-    def _plan_group(self, members: list[Tensor], groups: list[dict[str, Any]], band: Band) -> _GroupWork:
+    def _plan_group(self, members: list[Tensor], groups: list[dict[str, Any]], band: Band,
+                    steps: list[float]) -> _GroupWork:
         shards = [local(p) for p in members]
-        table = coefficient_table(self._coefficients(members, groups), shards[0])  # before the state is made
+        table = coefficient_table(self._coefficients(members, groups, steps), shards[0])  # before the state is made
         tensors = [shards, [local(p.grad) for p in members], *self._state_lists(members, groups)]
         program = band_program(band)
-        warm_weights(program, compute_dtype(shards[0].dtype), shards[0].device)
         fused = None
         if all(t is not None for t in tensors[-1]) and eager_reason([t for ts in tensors for t in ts],
                                                                      self.fused, self.kind) is None:
@@ -220,11 +227,12 @@ class _NativeSmoothing(Optimizer):
             kernel = fused_kernel(pattern, self.kind)
             if kernel.ready(shards[0].dtype, shards[0].device):
                 weights = device_weights(values, compute_dtype(shards[0].dtype), shards[0].device).view(-1)
-                fused = kernel, kernel.bind(*tensors, weights, table.t().contiguous().view(-1))
+                fused = kernel, kernel.bind(*tensors, weights, table.view(-1))
+        if fused is None or fused[0].may_refuse(shards[0].dtype, shards[0].device):
+            warm_weights(program, compute_dtype(shards[0].dtype), shards[0].device)  # the eager kernels may run
         return _GroupWork(members, tensors, table, program, None, fused)
 
     def _run(self, w: _GroupWork) -> None:
-        self._count_step(w.members)
         if w.fused is not None:
             kernel, run = w.fused
             try:
@@ -232,7 +240,7 @@ class _NativeSmoothing(Optimizer):
                 return
             except RuntimeError as error:  # raised before the kernel wrote anything
                 kernel.give_up(w.tensors[0][0].dtype, w.tensors[0][0].device, error)
-        self._eager(w)
+        self._eager(w if w.blocks is not None else w._replace(blocks=native_blocks(self.kind, [w.tensors])[0]))
 
     # -- what each optimizer defines -----------------------------------------------------------
 
@@ -242,7 +250,8 @@ class _NativeSmoothing(Optimizer):
     def _state_lists(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[Tensor | None]]:
         raise NotImplementedError
 
-    def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[float]]:
+    def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]], steps: list[float]) -> list[list[float]]:
+        """Each member's coefficients at this step (``steps``: each member's count before it)."""
         raise NotImplementedError
 
     def _count_step(self, members: list[Tensor]) -> None:
@@ -315,8 +324,8 @@ class SmoothedAdamW(_NativeSmoothing):
     def _state_lists(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[Tensor | None]]:
         return [[local(self.state[p]["exp_avg"]) for p in members], [local(self.state[p]["exp_avg_sq"]) for p in members]]
 
-    def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[float]]:
-        return adamw_coefficients(groups, [float(self.state[p]["step"]) + 1 for p in members])
+    def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]], steps: list[float]) -> list[list[float]]:
+        return adamw_coefficients(groups, [s + 1 for s in steps])
 
     def _eager(self, w: _GroupWork) -> None:
         adamw_mix(w.program, *w.tensors, w.table, w.blocks)
@@ -397,7 +406,7 @@ class SmoothedSGD(_NativeSmoothing):
             buffers.append(local(buf))
         return [buffers]
 
-    def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[float]]:
+    def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]], steps: list[float]) -> list[list[float]]:
         first = [self.state[p].get("momentum_buffer") is None for p in members]  # as torch's SGD tells it
         return sgd_coefficients(groups, first)
 

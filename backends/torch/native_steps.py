@@ -45,12 +45,16 @@ def _float(value: Any) -> float:
 def adamw_coefficients(groups: list[dict[str, Any]], steps: list[float]) -> list[list[float]]:
     """Per member (its param group and its step count after this step's increment): ``[1 - beta1,
     beta2, 1 - beta2, sqrt(bias correction 2), eps, -lr / bias correction 1, 1 - lr * weight_decay]``."""
-    rows = []
+    rows, made = [], {}  # members of one param group at one step share their row
     for group, step in zip(groups, steps):
-        beta1, beta2 = (_float(b) for b in group["betas"])
-        lr = _float(group["lr"])
-        rows.append([1 - beta1, beta2, 1 - beta2, math.sqrt(1 - beta2**step), _float(group["eps"]),
-                     -lr / (1 - beta1**step), 1 - lr * _float(group["weight_decay"])])
+        row = made.get((id(group), step))
+        if row is None:
+            beta1, beta2 = (_float(b) for b in group["betas"])
+            lr = _float(group["lr"])
+            row = made[(id(group), step)] = [1 - beta1, beta2, 1 - beta2, math.sqrt(1 - beta2**step),
+                                              _float(group["eps"]), -lr / (1 - beta1**step),
+                                              1 - lr * _float(group["weight_decay"])]
+        rows.append(row)
     return rows
 
 
@@ -100,15 +104,17 @@ def native_blocks(kind: str, groups: list[list[list[Tensor]]]) -> list[Tensor]:
 
 
 def coefficient_table(rows: list[list[float]], like: Tensor) -> Tensor:
-    """The per-member coefficients as an (n, k) tensor in ``like``'s compute dtype on its device
-    (made before anything changes, copied without a host synchronisation; the kernels take its
-    columns, or its transpose flattened)."""
-    return to_device([v for row in rows for v in row], compute_dtype(like.dtype), like.device).view(len(rows), -1)
+    """The per-member coefficients (``rows``: one list per member) as a (k, n) tensor, one row
+    per coefficient, in ``like``'s compute dtype on its device (made before anything changes,
+    copied without a host synchronisation). Flattened it is the compiled kernels' ``c``
+    (``c[k * n + j]``); the eager kernels take its rows as (n, 1) columns."""
+    return to_device([v for column in zip(*rows) for v in column], compute_dtype(like.dtype), like.device).view(
+        len(rows[0]), len(rows))
 
 
 def _columns(table: Tensor) -> list[Tensor]:
-    """The (n, 1) columns of an (n, k) coefficient table (views)."""
-    return [col.unsqueeze(1) for col in table.unbind(1)]
+    """Each coefficient of a (k, n) coefficient table as an (n, 1) column (views)."""
+    return [row.unsqueeze(1) for row in table.unbind(0)]
 
 
 def adamw_mix(program: BandProgram, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],

@@ -61,13 +61,23 @@ def test_blocked_kernel_equals_the_eager_kernel(small_blocks, options, n, kind, 
     torch.set_num_threads(threads)
     try:
         assert kernel.ready(dtype, torch.device("cpu")) and kernel.status(dtype, torch.device("cpu")) == "compiled"
-        kernel(p, g, *state, device_weights(values, dtype, torch.device("cpu")).view(-1), table.t().contiguous().view(-1))
+        kernel(p, g, *state, device_weights(values, dtype, torch.device("cpu")).view(-1), table.view(-1))
     finally:
         torch.set_num_threads(before)
     tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-13, "atol": 1e-13}
     for name, got, want in zip(["p", "g", *(["m", "v"] if kind == "adamw" else ["b"])], (p, g, *state), expected):
         for j, (a, b) in enumerate(zip(got, want)):
             torch.testing.assert_close(a, b, **tol, msg=f"{name}[{j}]")
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_members_without_elements_change_nothing(kind):
+    band = make_operator(None, window=3).band(4, 1)
+    p, g, state = _state(4, 0, torch.float32, kind)
+    pattern, values = band_pattern(band)
+    FusedKernel(pattern, kind)(p, g, *state, device_weights(values, torch.float32, torch.device("cpu")).view(-1),
+                               coefficient_table(_tables(kind, 4, torch.float32), p[0]).view(-1))
+    assert all(t.numel() == 0 for ts in (p, g, *state) for t in ts)
 
 
 @pytest.mark.parametrize("options, n, ring", [({"window": 3}, 8, 3), ({"window": 5}, 8, 5), ({"window": 1}, 4, 1),
