@@ -34,11 +34,12 @@ import os
 import pathlib
 import subprocess
 import tempfile
-import threading
 from functools import lru_cache
 from typing import NamedTuple
 
 import torch
+
+from .mixing import cpu_scratch
 
 __all__ = ["BLOCKED_DTYPES", "CHUNK", "KINDS", "BlockedLibrary", "Kind", "applies", "blocked_source", "load_blocked",
            "ring_size"]
@@ -81,6 +82,10 @@ KINDS = {
             const T bi = bj[i] * c1 + c2 * ei;
             bj[i] = bi;
             u[i] = c5 * (c3 * ei + c4 * bi);""", "{P}[i]"),
+    # SmoothedSGD without momentum (no buffer: the direction's b is e itself, as the eager kernels)
+    "sgd-plain": Kind(("p", "g"), 6, ("p", "g"), """\
+            const T ei = gj[i] + c0 * pj[i];
+            u[i] = c5 * (c3 * ei + c4 * ei);""", "{P}[i]"),
 }
 
 
@@ -228,7 +233,7 @@ class BlockedLibrary:
         members' flat tensors (p, g, then the state), ``w`` and ``c`` the weights and
         coefficients in the members' dtype. The tensors must stay alive and in place."""
         threads = max(1, torch.get_num_threads())
-        scratch = _scratch(threads * ring * CHUNK, w.dtype)
+        scratch = cpu_scratch("blocked ring", threads * ring * CHUNK, w.dtype)
         arrays = [(ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts]) for ts in lists]
         args = (*arrays, ctypes.c_void_p(w.data_ptr()), ctypes.c_void_p(c.data_ptr()),
                 ctypes.c_int64(lists[0][0].numel()), ctypes.c_void_p(scratch.data_ptr()), ctypes.c_int(threads))
@@ -236,16 +241,3 @@ class BlockedLibrary:
             self._step(*args)
 
         return run
-
-
-_SCRATCH: dict[tuple[torch.dtype, int], torch.Tensor] = {}
-
-
-def _scratch(size: int, dtype: torch.dtype) -> torch.Tensor:
-    """At least ``size`` values of scratch, one buffer per dtype and Python thread, reused by
-    every group and step (a step runs its groups one after another)."""
-    key = (dtype, threading.get_ident())
-    buffer = _SCRATCH.get(key)
-    if buffer is None or buffer.numel() < size:
-        buffer = _SCRATCH[key] = torch.empty(size, dtype=dtype)
-    return buffer[:size]

@@ -57,7 +57,8 @@ def band_pattern(band: Band, minus_identity: bool = False) -> tuple[Pattern, tup
 
 # per native kind: the state lists the kernel reads and writes besides p and g, and the number
 # of per-member coefficients (laid out coefficient-major: c[k * n + j] for member j)
-NATIVE = {"adamw": (("m", "v"), 7), "sgd": (("b",), 6)}
+# ("sgd-plain": SmoothedSGD's groups without momentum, which hold no buffer)
+NATIVE = {"adamw": (("m", "v"), 7), "sgd": (("b",), 6), "sgd-plain": ((), 6)}
 
 
 def _row_terms(pattern: Pattern, var: str) -> list[list[str]]:
@@ -77,7 +78,7 @@ def _native_source(pattern: Pattern, kind: str) -> str:
     and the state. ``c`` holds the per-member coefficients (native_steps.py builds them)."""
     n = len(pattern)
     state, _ = NATIVE[kind]
-    head = f"def mix(p, g, {', '.join(state)}, w, c):  # {kind}, {n} members"
+    head = f"def mix({', '.join(['p', 'g', *state, 'w', 'c'])}):  # {kind}, {n} members"
     lines = [head]
     for j in range(n):
         c = [f"c[{k * n + j}]" for k in range(7)]
@@ -89,8 +90,9 @@ def _native_source(pattern: Pattern, kind: str) -> str:
             lines.append(f"    u{j} = {c[5]} * (m{j} / (v{j}.sqrt() / {c[3]} + {c[4]}))")
         else:  # c: weight decay, momentum (0 at the first step), 1 - dampening (1 then), a, b, -lr
             lines.append(f"    e{j} = g{j} + {c[0]} * p[{j}].to(w.dtype)")
-            lines.append(f"    b{j} = b[{j}].to(w.dtype) * {c[1]} + {c[2]} * e{j}")
-            lines.append(f"    u{j} = {c[5]} * ({c[3]} * e{j} + {c[4]} * b{j})")
+            if state:
+                lines.append(f"    b{j} = b[{j}].to(w.dtype) * {c[1]} + {c[2]} * e{j}")
+            lines.append(f"    u{j} = {c[5]} * ({c[3]} * e{j} + {c[4]} * {f'b{j}' if state else f'e{j}'})")
     for l, terms in enumerate(_row_terms(pattern, "u")):
         own = f"c[{6 * n + l}] * p[{l}].to(w.dtype)" if kind == "adamw" else f"p[{l}].to(w.dtype)"
         lines.append(f"    y{l} = " + " + ".join([own, *terms]))

@@ -11,6 +11,7 @@ Low-precision members (bf16, fp16) are mixed in float32 and rounded once on writ
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -18,8 +19,8 @@ import torch
 
 from gradsmooth import Band
 
-__all__ = ["BandProgram", "Workspace", "band_program", "chunk_columns", "compute_dtype", "device_weights",
-           "mix_gradients", "mix_updates", "warm_weights", "workspace"]
+__all__ = ["BandProgram", "Workspace", "band_program", "chunk_columns", "compute_dtype", "cpu_scratch", "device_weights",
+           "mix_gradients", "mix_updates", "scratch", "warm_weights", "workspace"]
 
 # elements of one gathered (n, c) block: about 2 MiB of float32 on a CPU, more on a GPU
 _BLOCK_ELEMENTS = {"cpu": 1 << 19}
@@ -107,8 +108,32 @@ def chunk_columns(n: int, numel: int, device: torch.device) -> list[tuple[int, i
     return [(lo, min(lo + c, numel)) for lo in range(0, numel, c)]
 
 
+_SCRATCH: dict[tuple[str, torch.dtype, int], torch.Tensor] = {}
+
+
+def cpu_scratch(name: str, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """``size`` values of CPU scratch: one buffer per ``name``, dtype and Python thread, kept and
+    reused by every group and step (a step runs its groups one after another), grown to the
+    largest size asked. Allocated anew at each step, a buffer of megabytes is memory the
+    allocator hands back to the system and faults in again, page by page, at the next step."""
+    key = (name, dtype, threading.get_ident())
+    buffer = _SCRATCH.get(key)
+    if buffer is None or buffer.numel() < size:
+        buffer = _SCRATCH[key] = torch.empty(size, dtype=dtype)
+    return buffer[:size]
+
+
+def scratch(name: str, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``size`` values of scratch on ``device``: :func:`cpu_scratch` on a CPU, a new buffer
+    elsewhere (CUDA's caching allocator already reuses its memory, and holds none for us)."""
+    if device.type == "cpu":
+        return cpu_scratch(name, size, dtype)
+    return torch.empty(size, dtype=dtype, device=device)
+
+
 class Workspace:
-    """The scratch blocks the eager kernels mix in, allocated before anything changes.
+    """The scratch blocks the eager kernels mix in, allocated before anything changes (kept
+    across steps on a CPU: :func:`scratch`).
 
     A step allocates one workspace for all its groups (they run one after another) with
     :func:`workspace`, before the base optimizer steps, so an allocation failure leaves every
@@ -141,8 +166,7 @@ def workspace(groups: list[list[torch.Tensor]]) -> Workspace:
     for tensors in groups:
         key = (compute_dtype(tensors[0].dtype), tensors[0].device)
         sizes[key] = max(sizes.get(key, 0), _block_size(tensors))
-    return Workspace({key: tuple(torch.empty(size, dtype=key[0], device=key[1]) for _ in range(3))
-                      for key, size in sizes.items()})
+    return Workspace({key: tuple(scratch(f"workspace {i}", size, *key) for i in range(3)) for key, size in sizes.items()})
 
 
 def _write(targets: list[torch.Tensor], flats: list[torch.Tensor] | None, rows: torch.Tensor, lo: int, hi: int) -> None:

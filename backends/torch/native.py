@@ -18,7 +18,8 @@ own shards, as the wrapper does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -143,10 +144,12 @@ class _NativeSmoothing(Optimizer):
     def plan(self) -> BlockPlan:
         """What is smoothed, in depth-ordered groups; printed, each group's ``path`` ("fused",
         "fused (compiles at the first step)" or "eager (why)", as ``GradientSmoothing``'s)."""
+        group_of = {id(p): g for g in self.param_groups for p in g["params"]}
         paths = []
         for members in self._members:
             band = self.operator.band(len(members), int(max(self._steps(members), default=0)))
-            paths.append(group_path(band, [local(p) for p in members], self.kind, self.fused))
+            kind = self._kernel_kind([group_of[id(p)] for p in members if id(p) in group_of])
+            paths.append(group_path(band, [local(p) for p in members], kind, self.fused))
         return self._plan.with_paths(paths)
 
     def _steps(self, members: list[Tensor]) -> list[float]:
@@ -166,16 +169,18 @@ class _NativeSmoothing(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         group_of = {id(p): g for g in self.param_groups for p in g["params"]}
-        for p in (p for g in self.param_groups for p in g["params"] if p.grad is not None):
+        stepped = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        for p in stepped:
             if p.grad.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients ({self._name(p)!r}); "
                                    "nothing was changed")
-        work, smoothed = self._plan_groups(group_of)
-        plain = {id(g): [p for p in g["params"] if p.grad is not None and id(p) not in smoothed]
-                 for g in self.param_groups}
-        for g in self.param_groups:
-            for p in plain[id(g)]:
-                self._init_state(p, g)
+        with self._state_made_undone_on_error(stepped):  # the plan: checks, state, scratch, kernels
+            work, smoothed = self._plan_groups(group_of)
+            plain = {id(g): [p for p in g["params"] if p.grad is not None and id(p) not in smoothed]
+                     for g in self.param_groups}
+            for g in self.param_groups:
+                for p in plain[id(g)]:
+                    self._init_state(p, g)
         for g in self.param_groups:
             if plain[id(g)]:
                 self._plain_step(g, plain[id(g)])
@@ -184,6 +189,22 @@ class _NativeSmoothing(Optimizer):
         for w in work:
             self._run(w)
         return loss
+
+    @contextmanager
+    def _state_made_undone_on_error(self, params: list[Tensor]) -> Iterator[None]:
+        """On any error inside, the state entries made for ``params`` (a first step's moments, a
+        new momentum buffer) are taken out again: the state is as it was before the step."""
+        had = {p: tuple(self.state[p]) if p in self.state else None for p in params}
+        try:
+            yield
+        except BaseException:
+            for p, keys in had.items():
+                if keys is None:
+                    self.state.pop(p, None)
+                else:
+                    for key in [k for k in self.state[p] if k not in keys]:
+                        del self.state[p][key]
+            raise
 
     def _name(self, p: Tensor) -> str:
         return self._params.name(p, [self])
@@ -219,15 +240,16 @@ class _NativeSmoothing(Optimizer):
         shards = [local(p) for p in members]
         table = coefficient_table(self._coefficients(members, groups, steps), shards[0])  # before the state is made
         tensors = [shards, [local(p.grad) for p in members], *self._state_lists(members, groups)]
+        lists = [ts for ts in tensors if ts[0] is not None]  # the compiled kernel's (no state list of Nones)
         program = band_program(band)
         fused = None
-        if all(t is not None for t in tensors[-1]) and eager_reason([t for ts in tensors for t in ts],
-                                                                     self.fused, self.kind) is None:
+        kind = self._kernel_kind(groups)
+        if eager_reason([t for ts in lists for t in ts], self.fused, kind) is None:
             pattern, values = band_pattern(band)
-            kernel = fused_kernel(pattern, self.kind)
+            kernel = fused_kernel(pattern, kind)
             if kernel.ready(shards[0].dtype, shards[0].device):
                 weights = device_weights(values, compute_dtype(shards[0].dtype), shards[0].device).view(-1)
-                fused = kernel, kernel.bind(*tensors, weights, table.view(-1))
+                fused = kernel, kernel.bind(*lists, weights, table.view(-1))
         if fused is None or fused[0].may_refuse(shards[0].dtype, shards[0].device):
             warm_weights(program, compute_dtype(shards[0].dtype), shards[0].device)  # the eager kernels may run
         return _GroupWork(members, tensors, table, program, None, fused)
@@ -246,6 +268,10 @@ class _NativeSmoothing(Optimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def _kernel_kind(self, groups: list[dict[str, Any]]) -> str:
+        """The compiled kernel's kind for a group whose members sit in ``groups``."""
+        return self.kind
 
     def _state_lists(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[Tensor | None]]:
         raise NotImplementedError
@@ -395,7 +421,7 @@ class SmoothedSGD(_NativeSmoothing):
 
     def _state_lists(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[Tensor | None]]:
         if all(float(g["momentum"]) == 0 for g in groups):
-            return [[None] * len(members)]  # no buffer: the eager kernels, which need none
+            return [[None] * len(members)]  # no buffer (the compiled kernels: "sgd-plain")
         buffers = []
         for p, g in zip(members, groups):
             buf = self.state[p].get("momentum_buffer") if float(g["momentum"]) != 0 else None
@@ -405,6 +431,10 @@ class SmoothedSGD(_NativeSmoothing):
                     self.state[p]["momentum_buffer"] = buf
             buffers.append(local(buf))
         return [buffers]
+
+    def _kernel_kind(self, groups: list[dict[str, Any]]) -> str:
+        """"sgd", or "sgd-plain" where no member has momentum (no buffer to read or write)."""
+        return "sgd" if any(float(g["momentum"]) != 0 for g in groups) else "sgd-plain"
 
     def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]], steps: list[float]) -> list[list[float]]:
         first = [self.state[p].get("momentum_buffer") is None for p in members]  # as torch's SGD tells it

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .execution import to_device
-from .mixing import BandProgram, _apply, _gather, _layout, _write, compute_dtype
+from .mixing import BandProgram, _apply, _gather, _layout, _write, compute_dtype, scratch
 
 __all__ = ["adamw_coefficients", "adamw_mix", "coefficient_table", "native_blocks", "sgd_coefficients", "sgd_mix"]
 
@@ -88,8 +88,8 @@ def native_blocks(kind: str, groups: list[list[list[Tensor]]]) -> list[Tensor]:
     """The scratch blocks of each group's eager step (``groups``: each group's params, grads and
     state lists, a state list of Nones where it is not made yet), (5, n, c) for AdamW, (4, n, c)
     for SGD in the members' compute dtype, ``c`` the widest chunk the kernels will walk: views of
-    one buffer per dtype and device (the groups run one after another), allocated before
-    anything changes."""
+    one buffer per dtype and device (the groups run one after another; kept across steps on a
+    CPU: :func:`~.mixing.scratch`), allocated before anything changes."""
     count = 5 if kind == "adamw" else 4
     shapes = []
     for lists in groups:
@@ -99,7 +99,7 @@ def native_blocks(kind: str, groups: list[list[list[Tensor]]]) -> list[Tensor]:
     sizes: dict[tuple[torch.dtype, torch.device], int] = {}
     for key, (a, b, c) in zip(keys, shapes):
         sizes[key] = max(sizes.get(key, 0), a * b * c)
-    flats = {key: torch.empty(size, dtype=key[0], device=key[1]) for key, size in sizes.items()}
+    flats = {key: scratch("native", size, *key) for key, size in sizes.items()}
     return [flats[key][: a * b * c].view(a, b, c) for key, (a, b, c) in zip(keys, shapes)]
 
 

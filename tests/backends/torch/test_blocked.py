@@ -30,7 +30,7 @@ def _state(n, size, dtype, kind):
     gen = torch.Generator().manual_seed(n * 1000 + size)
     rand = lambda: [torch.randn(size, generator=gen, dtype=dtype) for _ in range(n)]  # noqa: E731
     p, g = rand(), rand()
-    state = [rand(), [t.abs() for t in rand()]] if kind == "adamw" else [rand()]
+    state = {"adamw": lambda: [rand(), [t.abs() for t in rand()]], "sgd": lambda: [rand()], "sgd-plain": list}[kind]()
     return p, g, state
 
 
@@ -38,14 +38,15 @@ def _tables(kind, n, dtype):
     if kind == "adamw":
         groups = [{"lr": 0.01 * (1 + j % 3), "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1} for j in range(n)]
         return adamw_coefficients(groups, [3.0] * n)
-    groups = [{"lr": 0.05, "momentum": 0.9, "dampening": 0.1 * (j % 2), "nesterov": j % 3 == 0, "weight_decay": 0.01}
-              for j in range(n)]
+    momentum = 0.9 if kind == "sgd" else 0.0
+    groups = [{"lr": 0.05, "momentum": momentum, "dampening": 0.1 * (j % 2), "nesterov": momentum > 0 and j % 3 == 0,
+               "weight_decay": 0.01} for j in range(n)]
     return sgd_coefficients(groups, [False] * n)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+@pytest.mark.parametrize("kind", ["adamw", "sgd", "sgd-plain"])
 @pytest.mark.parametrize("options, n", BANDS, ids=[f"{o}-{n}" for o, n in BANDS])
 def test_blocked_kernel_equals_the_eager_kernel(small_blocks, options, n, kind, dtype, threads):
     band = make_operator(None, **options).band(n, 1)
@@ -53,8 +54,11 @@ def test_blocked_kernel_equals_the_eager_kernel(small_blocks, options, n, kind, 
     p, g, state = _state(n, size, dtype, kind)
     table = coefficient_table(_tables(kind, n, dtype), p[0])
     expected = [[t.clone() for t in ts] for ts in (p, g, *state)]
-    mix = adamw_mix if kind == "adamw" else sgd_mix
-    mix(band_program(band), *expected, table, native_blocks(kind, [expected])[0])
+    blocks = native_blocks(kind, [expected])[0]
+    if kind == "adamw":
+        adamw_mix(band_program(band), *expected, table, blocks)
+    else:  # SmoothedSGD's eager kernel; without momentum it takes no buffers
+        sgd_mix(band_program(band), *expected[:2], expected[2] if kind == "sgd" else None, table, blocks)
     pattern, values = band_pattern(band)
     kernel = FusedKernel(pattern, kind)
     before = torch.get_num_threads()
@@ -65,12 +69,12 @@ def test_blocked_kernel_equals_the_eager_kernel(small_blocks, options, n, kind, 
     finally:
         torch.set_num_threads(before)
     tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-13, "atol": 1e-13}
-    for name, got, want in zip(["p", "g", *(["m", "v"] if kind == "adamw" else ["b"])], (p, g, *state), expected):
+    for name, got, want in zip(["p", "g", "m", "v"] if kind == "adamw" else ["p", "g", "b"], (p, g, *state), expected):
         for j, (a, b) in enumerate(zip(got, want)):
             torch.testing.assert_close(a, b, **tol, msg=f"{name}[{j}]")
 
 
-@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+@pytest.mark.parametrize("kind", ["adamw", "sgd", "sgd-plain"])
 def test_members_without_elements_change_nothing(kind):
     band = make_operator(None, window=3).band(4, 1)
     p, g, state = _state(4, 0, torch.float32, kind)

@@ -238,3 +238,55 @@ def test_a_sparse_gradient_is_refused_before_anything_changes(tiny_net):
     with pytest.raises(RuntimeError, match="does not support sparse gradients"):
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and not opt.state
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-step", "later-step"])
+@pytest.mark.parametrize("fused", [False, None], ids=["eager", "default"])
+@pytest.mark.parametrize("native, kw", [(SmoothedAdamW, ADAMW), (SmoothedSGD, SGDS["momentum"]), (SmoothedSGD, SGDS["plain"])],
+                         ids=["adamw", "sgd-momentum", "sgd-plain"])
+def test_an_allocation_that_fails_at_any_point_of_a_step_changes_nothing(tiny_net, monkeypatch, native, kw, fused, first):
+    # the k-th allocation of a step (state, coefficient tables, scratch: torch.empty, zeros_like,
+    # tensor) raises MemoryError: either the step completes, or parameters, gradients and state
+    # are as they were, and the next step goes through
+    import gradsmooth.backends.torch.mixing as mixing_module
+    from tests.backends.torch.test_atomic import assert_unchanged, gradients, snapshot
+
+    monkeypatch.setattr(fused_module, "_KERNELS", {})  # a kernel given up here stays here
+
+    real = {name: getattr(torch, name) for name in ("empty", "zeros_like", "tensor")}
+    failed_at = []
+    for k in range(1, 80):
+        model = tiny_net()
+        opt = native(model, fused=fused, **kw)
+        if not first:
+            gradients(model, seed=2)
+            opt.step()
+        gradients(model)
+        before = snapshot(model, opt)
+        mixing_module._SCRATCH.clear()  # the scratch kept across steps: allocated again
+        calls = [0]
+
+        def failing(make):
+            def allocate(*args, **kwargs):
+                calls[0] += 1
+                if calls[0] == k:
+                    raise MemoryError("out of memory (test)")
+                return make(*args, **kwargs)
+            return allocate
+
+        for name, make in real.items():
+            monkeypatch.setattr(torch, name, failing(make))
+        try:
+            opt.step()
+        except MemoryError:
+            failed_at.append(k)
+            for name, make in real.items():
+                monkeypatch.setattr(torch, name, make)
+            assert_unchanged(model, opt, before)
+            opt.step()  # and the next try goes through
+            continue
+        finally:
+            for name, make in real.items():
+                monkeypatch.setattr(torch, name, make)
+        break  # the k-th allocation is past the step's last one
+    assert failed_at  # the step does allocate, and each failure was clean
