@@ -117,7 +117,9 @@ dist.destroy_process_group()
 @pytest.mark.parametrize("mode", ["ddp", "fsdp", "pipeline"])
 def test_the_torchrun_example_runs(mode):
     example = HERE.parents[2] / "examples" / "distributed.py"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(example),
+    # --standalone: a free port for the rendezvous (the fixed default, 29500, can still be held
+    # by an earlier run's socket)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(example),
                            "--mode", mode, "--steps", "2"], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
