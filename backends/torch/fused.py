@@ -185,12 +185,16 @@ class FusedKernel:
     def ready(self, dtype: torch.dtype, device: torch.device) -> bool:
         """Whether the kernel runs for ``dtype`` on ``device``: :meth:`prepare` it (compiling
         on first use), or False, with one warning, where compiling failed (no C++ compiler,
-        no Triton, ...): the caller runs the eager kernels instead."""
+        no Triton, ...): the caller runs the eager kernels instead. Running out of memory is
+        not a compile failure: it propagates (the step raises before anything changed, and
+        the next step compiles again)."""
         if (dtype, device) in self._failed:
             return False
         try:
             self.prepare(dtype, device)
         except Exception as error:  # any compile failure: the eager kernels give the same result
+            if _out_of_memory(error):  # not a compile failure: the step raises (nothing changed yet)
+                raise
             self.give_up(dtype, device, error)
             return False
         return True
@@ -299,6 +303,18 @@ class FusedKernel:
         """Whether dynamo still holds compiled code for this kernel (``torch._dynamo.reset()``
         drops it; a first compile is not a recompile, so the stance alone would not stop it)."""
         return _cache_entries is None or bool(_cache_entries(self._code))
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from, as dynamo wraps them) is running out
+    of memory: host (``MemoryError``) or device (``torch.OutOfMemoryError``)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:

@@ -151,6 +151,40 @@ def test_a_kernel_that_cannot_compile_falls_back_to_the_eager_kernels_with_one_w
     _assert_same(models)
 
 
+@pytest.mark.parametrize("oom", ["host", "device, wrapped"])
+def test_running_out_of_memory_while_compiling_raises_and_gives_nothing_up(tiny_net, fuse_all, monkeypatch, oom):
+    # out of memory is not a compile failure: the step raises before anything changes, no
+    # kernel is given up, and the next step compiles and runs the kernel
+    from tests.backends.torch.test_atomic import assert_unchanged, snapshot
+
+    monkeypatch.setattr(fused_module, "_KERNELS", {})
+    prepare = FusedKernel.prepare
+
+    def out_of_memory(self, dtype, device):
+        if oom == "host":
+            raise MemoryError("out of memory (test)")
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        except torch.OutOfMemoryError as error:  # dynamo wraps what a backend raises
+            raise RuntimeError("backend compiler failed") from error
+
+    models, opts = _twins(tiny_net, "update")
+    _bucket_steps(models, opts, steps=1)  # state made, kernels compiled once
+    monkeypatch.setattr(fused_module, "_KERNELS", {})  # new kernels: the next step compiles
+    monkeypatch.setattr(FusedKernel, "prepare", out_of_memory)
+    before = snapshot(models[1], opts[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "the eager kernels run instead"
+        with pytest.raises((MemoryError, RuntimeError), match="out of memory|backend compiler failed"):
+            opts[1].step()
+    assert_unchanged(models[1], opts[1], before)
+    monkeypatch.setattr(FusedKernel, "prepare", prepare)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        opts[1].step()
+    assert "fused" in opts[1].plan.paths
+
+
 @pytest.mark.parametrize("mode", ["update", "gradient"])
 def test_a_kernel_that_would_recompile_inside_a_step_falls_back_before_writing(tiny_net, fuse_all, monkeypatch, mode):
     # whatever makes a compiled call fail its guards inside a step (after the base step in update
