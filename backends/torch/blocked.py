@@ -6,7 +6,7 @@ state). A CPU keeps up with a few streams, not with dozens: inductor's single lo
 1.7-2.4x a fused AdamW step on GPT-2-small's MLP matrices, these kernels 1.0-1.1x. These
 kernels walk the flat parameters in blocks of at most ``CHUNK`` positions instead (as many
 blocks for each OpenMP thread: a share left over would leave a thread idle while another
-finishes it; 1.09 -> 1.01 on a 768 x 768 matrix); inside a block, member by
+finishes it; 1.05-1.08 -> 0.97-1.00 on a 768 x 768 group); inside a block, member by
 member in depth order, they compute the member's update into a small ring of scratch rows and
 finish each row of the band as soon as its last update is there::
 
@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import torch
 
-from .mixing import cpu_scratch
+from .mixing import scratch
 
 __all__ = ["BLOCKED_DTYPES", "CHUNK", "KINDS", "BlockedLibrary", "Kind", "applies", "blocked_source", "load_blocked",
            "ring_size"]
@@ -233,11 +233,11 @@ class BlockedLibrary:
         members' flat tensors (p, g, then the state), ``w`` and ``c`` the weights and
         coefficients in the members' dtype. The tensors must stay alive and in place."""
         threads = max(1, torch.get_num_threads())
-        scratch = cpu_scratch("blocked ring", threads * ring * CHUNK, w.dtype)
+        ring_rows = scratch("blocked ring", threads * ring * CHUNK, w.dtype, w.device)
         arrays = [(ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts]) for ts in lists]
         args = (*arrays, ctypes.c_void_p(w.data_ptr()), ctypes.c_void_p(c.data_ptr()),
-                ctypes.c_int64(lists[0][0].numel()), ctypes.c_void_p(scratch.data_ptr()), ctypes.c_int(threads))
-        def run(_keep: object = (lists, w, c, scratch)) -> None:  # the tensors live as long as the call
+                ctypes.c_int64(lists[0][0].numel()), ctypes.c_void_p(ring_rows.data_ptr()), ctypes.c_int(threads))
+        def run(_keep: object = (lists, w, c, ring_rows)) -> None:  # the tensors live as long as the call
             self._step(*args)
 
         return run

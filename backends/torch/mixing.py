@@ -19,7 +19,7 @@ import torch
 
 from gradsmooth import Band
 
-__all__ = ["BandProgram", "Workspace", "band_program", "chunk_columns", "compute_dtype", "cpu_scratch", "device_weights",
+__all__ = ["BandProgram", "Workspace", "band_program", "chunk_columns", "compute_dtype", "device_weights",
            "mix_gradients", "mix_updates", "scratch", "warm_weights", "workspace"]
 
 # elements of one gathered (n, c) block: about 2 MiB of float32 on a CPU, more on a GPU
@@ -111,24 +111,20 @@ def chunk_columns(n: int, numel: int, device: torch.device) -> list[tuple[int, i
 _SCRATCH: dict[tuple[str, torch.dtype, int], torch.Tensor] = {}
 
 
-def cpu_scratch(name: str, size: int, dtype: torch.dtype) -> torch.Tensor:
-    """``size`` values of CPU scratch: one buffer per ``name``, dtype and Python thread, kept and
-    reused by every group and step (a step runs its groups one after another), grown to the
-    largest size asked. Allocated anew at each step, a buffer of megabytes is memory the
-    allocator hands back to the system and faults in again, page by page, at the next step."""
+def scratch(name: str, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``size`` values of scratch on ``device``. On a CPU one buffer per ``name``, dtype and
+    Python thread, kept and reused by every group and step (a step runs its groups one after
+    another), grown to the largest size asked: allocated anew at each step, a buffer of
+    megabytes is memory the allocator hands back to the system and faults in again, page by
+    page. Elsewhere a new buffer (CUDA's caching allocator already reuses its memory, and then
+    holds none for us between steps)."""
+    if device.type != "cpu":
+        return torch.empty(size, dtype=dtype, device=device)
     key = (name, dtype, threading.get_ident())
     buffer = _SCRATCH.get(key)
     if buffer is None or buffer.numel() < size:
         buffer = _SCRATCH[key] = torch.empty(size, dtype=dtype)
     return buffer[:size]
-
-
-def scratch(name: str, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``size`` values of scratch on ``device``: :func:`cpu_scratch` on a CPU, a new buffer
-    elsewhere (CUDA's caching allocator already reuses its memory, and holds none for us)."""
-    if device.type == "cpu":
-        return cpu_scratch(name, size, dtype)
-    return torch.empty(size, dtype=dtype, device=device)
 
 
 class Workspace:

@@ -227,10 +227,12 @@ class _NativeSmoothing(Optimizer):
                 self._init_state(p, g)
             work.append(self._plan_group(present, groups, band, steps))
             smoothed.update(id(p) for p in present)
-        # the eager kernels' scratch, for the groups they may run: without a compiled kernel, or
-        # with one that may refuse its call (inductor's guards; a bound blocked call always runs)
+        # the eager kernels' weights and scratch, for the groups they may run: without a compiled
+        # kernel, or with one that may refuse its call (inductor's guards; a bound blocked call runs)
         eager = [i for i, w in enumerate(work) if w.fused is None or w.fused[0].may_refuse(w.tensors[0][0].dtype,
                                                                                              w.tensors[0][0].device)]
+        for i in eager:
+            warm_weights(work[i].program, compute_dtype(work[i].tensors[0][0].dtype), work[i].tensors[0][0].device)
         for i, b in zip(eager, native_blocks(self.kind, [work[i].tensors for i in eager])):
             work[i] = work[i]._replace(blocks=b)
         return work, smoothed
@@ -250,8 +252,6 @@ class _NativeSmoothing(Optimizer):
             if kernel.ready(shards[0].dtype, shards[0].device):
                 weights = device_weights(values, compute_dtype(shards[0].dtype), shards[0].device).view(-1)
                 fused = kernel, kernel.bind(*lists, weights, table.view(-1))
-        if fused is None or fused[0].may_refuse(shards[0].dtype, shards[0].device):
-            warm_weights(program, compute_dtype(shards[0].dtype), shards[0].device)  # the eager kernels may run
         return _GroupWork(members, tensors, table, program, None, fused)
 
     def _run(self, w: _GroupWork) -> None:
@@ -420,8 +420,8 @@ class SmoothedSGD(_NativeSmoothing):
         self.state[p].setdefault("step", torch.tensor(0.0, dtype=torch.float32))
 
     def _state_lists(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[Tensor | None]]:
-        if all(float(g["momentum"]) == 0 for g in groups):
-            return [[None] * len(members)]  # no buffer (the compiled kernels: "sgd-plain")
+        if self._kernel_kind(groups) == "sgd-plain":
+            return [[None] * len(members)]  # no member has momentum: no buffer
         buffers = []
         for p, g in zip(members, groups):
             buf = self.state[p].get("momentum_buffer") if float(g["momentum"]) != 0 else None
