@@ -130,6 +130,18 @@ def torch_pair(optimizer, mode, shapes=None, **smoothing):
     return Stepper(base_params, base), Stepper(wrapped_params, wrapped)
 
 
+def native_pair(shapes=None):
+    """Fused AdamW and SmoothedAdamW on the same shapes, one step taken (state made, kernels compiled)."""
+    from gradsmooth.backends.torch import SmoothedAdamW
+
+    base_params, native_params = torch_params(shapes), torch_params(shapes)
+    base = Stepper(base_params, torch_base("adamw-fused", base_params))
+    native = Stepper(native_params, SmoothedAdamW(list(native_params.items()), lr=1e-4, weight_decay=0.1))
+    base.step()
+    native.step()
+    return base, native
+
+
 def mlx_pair(optimizer, mode, shapes=None):
     """Compiled base and wrapped steps (fixed gradients), each evaluating its state."""
     from functools import partial

@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from .bench_step import Stepper, mlx_pair, torch_base, torch_pair, torch_params
+from .bench_step import Stepper, mlx_pair, native_pair, torch_base, torch_pair, torch_params
 from .bench_training import training_rows, training_table
 from .common import available, block_bytes, gpt2_shapes, side_by_side, synchronizer
 
@@ -77,23 +77,11 @@ def _torch_rows(shapes, repeats, optimizer="adamw-fused"):
             rows.append({"backend": f"torch {optimizer}, {label}", "mode": mode, "settings": kw, "base_ms": 1e3 * t_base,
                          "wrapped_ms": 1e3 * t_wrapped, "ratio": t_wrapped / t_base, "smoothing_ms": 1e3 * t_alone,
                          "floor_ms": 1e3 * t_floor, "smoothing_over_floor": t_alone / t_floor})
-    base, native = _native_pair(shapes)
+    base, native = native_pair(shapes)
     t_base, t_native = side_by_side(base.step, native.step, repeats)
     rows.append({"backend": "torch SmoothedAdamW (vs fused AdamW)", "mode": "update", "settings": NATIVE,
                  "base_ms": 1e3 * t_base, "wrapped_ms": 1e3 * t_native, "ratio": t_native / t_base})
     return rows
-
-
-def _native_pair(shapes):
-    """Fused AdamW and SmoothedAdamW on the same shapes, one step taken (state made, kernels compiled)."""
-    from gradsmooth.backends.torch import SmoothedAdamW
-
-    base_params, native_params = torch_params(shapes), torch_params(shapes)
-    base = Stepper(base_params, torch_base("adamw-fused", base_params))
-    native = Stepper(native_params, SmoothedAdamW(list(native_params.items()), lr=1e-4, weight_decay=0.1))
-    base.step()
-    native.step()
-    return base, native
 
 
 def _mlx_rows(shapes, repeats):

@@ -129,3 +129,19 @@ def test_first_step_times_a_step_and_says_which_kernels_ran(capsys):
     with pytest.raises(SystemExit):
         first_step.main(["--models", "demo,bert"])
     assert "--models should name demo, gpt2-small but names: bert" in capsys.readouterr().err
+
+
+def test_repeated_runs_print_every_run_and_count_the_targets(capsys):
+    pytest.importorskip("torch")
+    from benchmarks import repeated
+
+    rows = repeated.runs(repeated.gpt2_shapes(2, 32, vocab=64), runs=2, repeats=1)
+    assert len(rows) == 2 and all(set(r) == set(repeated.TARGETS) and all(v > 0 for v in r.values()) for r in rows)
+    fake = [dict.fromkeys(repeated.TARGETS, 1.05), dict.fromkeys(repeated.TARGETS, 1.5)]
+    lines = repeated.table(fake).splitlines()
+    assert lines[2] == "| 1 | 1.05 | 1.05 | 1.05 |"
+    assert lines[-1] == ("| 2 runs | 1.05–1.50, median 1.27; ≤ 1.6 in 2 of 2 | 1.05–1.50, median 1.27; ≤ 1.3 in 1 of 2 "
+                         "| 1.05–1.50, median 1.27; ≤ 1.1 in 1 of 2 |")
+    with pytest.raises(SystemExit):
+        repeated.main(["--runs", "0"])
+    assert "--runs should be >= 1 but is: 0" in capsys.readouterr().err
