@@ -3,7 +3,7 @@
 A kernel that computes every member's update and mixes it in one loop over positions reads
 and writes ``4n`` to ``7n`` arrays at once (n members, each with its parameter, gradient and
 state). A CPU keeps up with a few streams, not with dozens: inductor's single loop measured
-1.7-2.4x a fused AdamW step on GPT-2-small's MLP matrices, these kernels 1.0-1.1x. These
+1.7-2.4x a fused AdamW step on GPT-2-small's MLP matrices, these kernels 1.0-1.3x. These
 kernels walk the flat parameters in blocks of at most ``CHUNK`` positions instead (as many
 blocks for each OpenMP thread: a share left over would leave a thread idle while another
 finishes it; 1.05-1.08 -> 0.97-1.00 on a 768 x 768 group); inside a block, member by
