@@ -145,3 +145,38 @@ def test_repeated_runs_print_every_run_and_count_the_targets(capsys):
     with pytest.raises(SystemExit):
         repeated.main(["--runs", "0"])
     assert "--runs should be >= 1 but is: 0" in capsys.readouterr().err
+
+
+def test_the_mlx_native_probe_equals_the_wrapper_in_update_mode(capsys):
+    """The probe timed against the MLX wrapper computes the same step (so its timing means
+    something): two steps equal GradientSmoothing(AdamW) in update mode."""
+    pytest.importorskip("mlx.core")
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    import numpy as np
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    from benchmarks import mlx_native
+    from gradsmooth.backends.mlx import GradientSmoothing
+
+    shapes = mlx_native.gpt2_shapes(3, 16, vocab=32)
+    run, params = mlx_native.native_step(shapes)
+    rng = np.random.default_rng(0)
+    init = {k: mx.array(rng.standard_normal(s, dtype=np.float32) * 0.02) for k, s in shapes.items()}
+    grads = tree_unflatten([(k, mx.array(rng.standard_normal(s, dtype=np.float32) * 1e-3)) for k, s in shapes.items()])
+    opt = GradientSmoothing(optim.AdamW(learning_rate=mlx_native.LR, weight_decay=mlx_native.WEIGHT_DECAY), mode="update")
+    tree = tree_unflatten(list(init.items()))
+    for _ in range(2):
+        run()
+        tree = opt.apply_gradients(grads, tree)
+    wrapped = dict(tree_flatten(tree))
+    assert set(wrapped) == set(params())
+    for k, p in params().items():
+        assert np.allclose(np.array(p), np.array(wrapped[k]), rtol=1e-6, atol=1e-8), k
+    assert not np.allclose(np.array(params()["h.0.mlp.c_fc.weight"]), np.array(init["h.0.mlp.c_fc.weight"]))
+    mlx_native.main(["--blocks", "2", "--dim", "16", "--rounds", "1", "--repeats", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("| round | wrapper, update mode / compiled AdamW | wrapper, gradient mode / compiled AdamW "
+                      "| native probe / compiled AdamW |") and out[-1].startswith("| median | ")
+    with pytest.raises(SystemExit):
+        mlx_native.main(["--rounds", "0"])
