@@ -92,3 +92,13 @@ def side_by_side(a: Callable[[], object], b: Callable[[], object], repeats: int 
         b()
         tb.append(time.perf_counter() - start)
     return statistics.median(ta), statistics.median(tb)
+
+
+def parse_counts(parser, argv, names: tuple[str, ...]):
+    """``parser.parse_args(argv)``, with each of the options ``names`` (counts: rounds,
+    repeats, sizes) refused by name and value unless it is >= 1."""
+    args = parser.parse_args(argv)
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} should be >= 1 but is: {getattr(args, name)}")
+    return args

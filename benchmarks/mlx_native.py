@@ -19,7 +19,7 @@ from functools import partial
 import numpy as np
 
 from .bench_step import mlx_pair
-from .common import gpt2_shapes, side_by_side
+from .common import gpt2_shapes, parse_counts, side_by_side
 
 LR, BETAS, EPS, WEIGHT_DECAY = 1e-4, (0.9, 0.999), 1e-8, 0.1  # mlx_pair's AdamW
 
@@ -91,10 +91,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7, help="alternating steps of each pair per round")
     parser.add_argument("--blocks", type=int, default=12)
     parser.add_argument("--dim", type=int, default=768)
-    args = parser.parse_args(argv)
-    for name in ("rounds", "repeats", "blocks", "dim"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} should be >= 1 but is: {getattr(args, name)}")
+    args = parse_counts(parser, argv, ("rounds", "repeats", "blocks", "dim"))
     rows = rounds(gpt2_shapes(args.blocks, args.dim), args.rounds, args.repeats)
     names = list(rows[0])
     print("| round | " + " | ".join(f"{n} / compiled AdamW" for n in names) + " |")

@@ -29,7 +29,7 @@ import numpy as np
 
 from .bench_step import Stepper, mlx_pair, native_pair, torch_base, torch_pair, torch_params
 from .bench_training import training_rows, training_table
-from .common import available, block_bytes, gpt2_shapes, side_by_side, synchronizer
+from .common import available, block_bytes, gpt2_shapes, parse_counts, side_by_side, synchronizer
 
 TORCH_VARIANTS = (  # label, GradientSmoothing keywords
     ("default", {}),
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="the torch parameters' dtype (the optimizer step alone)")
     parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args(argv)
+    args = parse_counts(parser, argv, ("blocks", "dim", "repeats", "training_repeats", "batch", "context", "vocab"))
     before = os.environ.get("GRADSMOOTH_BENCH_DTYPE")
     os.environ["GRADSMOOTH_BENCH_DTYPE"] = args.dtype  # read by torch_params, here and in the memory subprocesses
     try:

@@ -16,7 +16,7 @@ import argparse
 import statistics
 
 from .bench_step import native_pair, torch_pair
-from .common import gpt2_shapes, side_by_side
+from .common import gpt2_shapes, parse_counts, side_by_side
 
 # optimizer step / fused AdamW step on a CPU, GPT-2-small block shapes (issue 15)
 TARGETS = {"default, update mode": 1.6, "default, gradient mode": 1.3, "SmoothedAdamW": 1.1}
@@ -66,10 +66,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=15, help="alternating steps of each pair per run")
     parser.add_argument("--blocks", type=int, default=12)
     parser.add_argument("--dim", type=int, default=768)
-    args = parser.parse_args(argv)
-    for name in ("runs", "repeats", "blocks", "dim"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} should be >= 1 but is: {getattr(args, name)}")
+    args = parse_counts(parser, argv, ("runs", "repeats", "blocks", "dim"))
     print(table(runs(gpt2_shapes(args.blocks, args.dim), args.runs, args.repeats)), flush=True)
 
 

@@ -180,3 +180,12 @@ def test_the_mlx_native_probe_equals_the_wrapper_in_update_mode(capsys):
                       "| native probe / compiled AdamW |") and out[-1].startswith("| median | ")
     with pytest.raises(SystemExit):
         mlx_native.main(["--rounds", "0"])
+
+
+@pytest.mark.parametrize("argv, message", [(["--repeats", "0"], "--repeats should be >= 1 but is: 0"),
+                                           (["--training-repeats", "-1"], "--training-repeats should be >= 1 but is: -1"),
+                                           (["--dim", "0"], "--dim should be >= 1 but is: 0")])
+def test_the_reports_refuse_a_count_below_one_by_name(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        overhead.main(argv)
+    assert message in capsys.readouterr().err
