@@ -94,6 +94,12 @@ def side_by_side(a: Callable[[], object], b: Callable[[], object], repeats: int 
     return statistics.median(ta), statistics.median(tb)
 
 
+def shape_options(parser) -> None:
+    """``--blocks`` and ``--dim`` of the GPT-2-small-shaped parameters (:func:`gpt2_shapes`)."""
+    parser.add_argument("--blocks", type=int, default=12)
+    parser.add_argument("--dim", type=int, default=768)
+
+
 def parse_counts(parser, argv, names: tuple[str, ...]):
     """``parser.parse_args(argv)``, with each of the options ``names`` (counts: rounds,
     repeats, sizes) refused by name and value unless it is >= 1."""

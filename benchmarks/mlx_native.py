@@ -7,21 +7,22 @@ operator (window 3, uniform, renormalized) applied along depth, the decoupled de
 layer — as one ``mx.compile``'d function, checks that it equals the wrapper in update mode,
 then times it side by side with compiled AdamW, as the wrapper in both modes is timed::
 
-    python -m benchmarks.mlx_native            # GPT-2-small block shapes, 4 rounds
+    python -m benchmarks.mlx_native            # GPT-2-small block shapes, 4 runs
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 from functools import partial
 
 import numpy as np
 
+from . import repeated
 from .bench_step import mlx_pair
-from .common import gpt2_shapes, parse_counts, side_by_side
+from .common import gpt2_shapes
 
 LR, BETAS, EPS, WEIGHT_DECAY = 1e-4, (0.9, 0.999), 1e-8, 0.1  # mlx_pair's AdamW
+# compiled wrapped AdamW / compiled AdamW (the probe has none: it is the question)
+TARGETS = {"wrapper, update mode": 1.5, "wrapper, gradient mode": 1.5}
 
 
 def native_step(shapes):
@@ -69,36 +70,20 @@ def native_step(shapes):
     return run, lambda: holder[0]["p"]
 
 
-def rounds(shapes, rounds: int, repeats: int):
-    """``rounds`` rows of variant / compiled AdamW: the wrapper in update and gradient mode and
-    the native probe, each side by side with the base."""
+def pairs(shapes):
+    """By column: (compiled AdamW, variant) steps — the wrapper in update and gradient mode and
+    the native probe."""
     base, update = mlx_pair("adamw", "update", shapes)
     _, gradient = mlx_pair("adamw", "gradient", shapes)
     native, _ = native_step(shapes)
-    rows = []
-    for _ in range(rounds):
-        row = {}
-        for name, run in (("wrapper, update mode", update), ("wrapper, gradient mode", gradient), ("native probe", native)):
-            t_base, t_run = side_by_side(base, run, repeats)
-            row[name] = t_run / t_base
-        rows.append(row)
-    return rows
+    return {"wrapper, update mode": (base, update), "wrapper, gradient mode": (base, gradient),
+            "native probe": (base, native)}
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=7, help="alternating steps of each pair per round")
-    parser.add_argument("--blocks", type=int, default=12)
-    parser.add_argument("--dim", type=int, default=768)
-    args = parse_counts(parser, argv, ("rounds", "repeats", "blocks", "dim"))
-    rows = rounds(gpt2_shapes(args.blocks, args.dim), args.rounds, args.repeats)
-    names = list(rows[0])
-    print("| round | " + " | ".join(f"{n} / compiled AdamW" for n in names) + " |")
-    print("|---" * (len(names) + 1) + "|")
-    for i, row in enumerate(rows):
-        print(f"| {i + 1} | " + " | ".join(f"{row[n]:.2f}" for n in names) + " |")
-    print("| median | " + " | ".join(f"{statistics.median(r[n] for r in rows):.2f}" for n in names) + " |")
+    args = repeated.parse(argv, __doc__, runs=4, repeats=7)
+    rows = repeated.measure(pairs(gpt2_shapes(args.blocks, args.dim)), args.runs, args.repeats)
+    print(repeated.table(rows, TARGETS, of=" / compiled AdamW"), flush=True)
 
 
 if __name__ == "__main__":

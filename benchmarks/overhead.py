@@ -29,7 +29,7 @@ import numpy as np
 
 from .bench_step import Stepper, mlx_pair, native_pair, torch_base, torch_pair, torch_params
 from .bench_training import training_rows, training_table
-from .common import available, block_bytes, gpt2_shapes, parse_counts, side_by_side, synchronizer
+from .common import available, block_bytes, gpt2_shapes, parse_counts, shape_options, side_by_side, synchronizer
 
 TORCH_VARIANTS = (  # label, GradientSmoothing keywords
     ("default", {}),
@@ -223,8 +223,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--blocks", type=int, default=12)
-    parser.add_argument("--dim", type=int, default=768)
+    shape_options(parser)
     parser.add_argument("--repeats", type=int, default=15, help="alternating repeats of each optimizer-step pair")
     parser.add_argument("--training-repeats", type=int, default=3,
                         help="alternating repeats of each whole training step pair (seconds each on a CPU)")

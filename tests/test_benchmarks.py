@@ -135,13 +135,17 @@ def test_repeated_runs_print_every_run_and_count_the_targets(capsys):
     pytest.importorskip("torch")
     from benchmarks import repeated
 
-    rows = repeated.runs(repeated.gpt2_shapes(2, 32, vocab=64), runs=2, repeats=1)
-    assert len(rows) == 2 and all(set(r) == set(repeated.TARGETS) and all(v > 0 for v in r.values()) for r in rows)
+    rows = repeated.measure(repeated.pairs(repeated.gpt2_shapes(2, 32, vocab=64)), runs=2, repeats=1)
+    assert len(rows) == 2 and all(list(r) == list(repeated.TARGETS) and all(v > 0 for v in r.values()) for r in rows)
     fake = [dict.fromkeys(repeated.TARGETS, 1.05), dict.fromkeys(repeated.TARGETS, 1.5)]
     lines = repeated.table(fake).splitlines()
+    assert lines[0] == "| run | default, update mode | default, gradient mode | SmoothedAdamW |"
     assert lines[2] == "| 1 | 1.05 | 1.05 | 1.05 |"
     assert lines[-1] == ("| 2 runs | 1.05–1.50, median 1.27; ≤ 1.6 in 2 of 2 | 1.05–1.50, median 1.27; ≤ 1.3 in 1 of 2 "
                          "| 1.05–1.50, median 1.27; ≤ 1.1 in 1 of 2 |")
+    # a column without a target: its range and median alone
+    assert repeated.table([{"x": 1.0}, {"x": 1.2}], {}, of=" / base").splitlines()[0] == "| run | x / base |"
+    assert repeated.table([{"x": 1.0}, {"x": 1.2}], {}).splitlines()[-1] == "| 2 runs | 1.00–1.20, median 1.10 |"
     with pytest.raises(SystemExit):
         repeated.main(["--runs", "0"])
     assert "--runs should be >= 1 but is: 0" in capsys.readouterr().err
@@ -174,12 +178,14 @@ def test_the_mlx_native_probe_equals_the_wrapper_in_update_mode(capsys):
     for k, p in params().items():
         assert np.allclose(np.array(p), np.array(wrapped[k]), rtol=1e-6, atol=1e-8), k
     assert not np.allclose(np.array(params()["h.0.mlp.c_fc.weight"]), np.array(init["h.0.mlp.c_fc.weight"]))
-    mlx_native.main(["--blocks", "2", "--dim", "16", "--rounds", "1", "--repeats", "1"])
+    mlx_native.main(["--blocks", "2", "--dim", "16", "--runs", "1", "--repeats", "1"])
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == ("| round | wrapper, update mode / compiled AdamW | wrapper, gradient mode / compiled AdamW "
-                      "| native probe / compiled AdamW |") and out[-1].startswith("| median | ")
+    assert out[0] == ("| run | wrapper, update mode / compiled AdamW | wrapper, gradient mode / compiled AdamW "
+                      "| native probe / compiled AdamW |") and out[-1].startswith("| 1 runs | ")
+    assert "; ≤ 1.5 in " in out[-1] and out[-1].count("; ≤") == 2  # the probe has no target
     with pytest.raises(SystemExit):
-        mlx_native.main(["--rounds", "0"])
+        mlx_native.main(["--runs", "0"])
+    assert "--runs should be >= 1 but is: 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [(["--repeats", "0"], "--repeats should be >= 1 but is: 0"),
