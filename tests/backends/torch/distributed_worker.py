@@ -167,6 +167,7 @@ def main(scenario, rank, world, init_file, out_file):
             out = {f"layers.{first + i}.{n}": p.detach().clone()
                    for i, block in enumerate(stage.layers) for n, p in block.named_parameters()}
         torch.save(out, f"{out_file}.{rank}")
+        dist.barrier()  # every rank done before any tears down (as examples/distributed.py; not after an error)
     finally:
         dist.destroy_process_group()
 
