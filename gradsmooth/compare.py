@@ -31,6 +31,7 @@ from .results import ResultsError, machine, provenance, read_results, strict, wr
 __all__ = [
     "CONFIDENCE",
     "Arm",
+    "format_reported",
     "format_summary",
     "overview",
     "paired_difference",
@@ -143,7 +144,27 @@ def summarize_records(records: Sequence[Mapping[str, Any]], higher_is_better: bo
                     "smoothed": _mean_std([s[k] for k in seeds]), "seeds": seeds}
         headline |= paired_difference([s[k] - b[k] for k in seeds], higher_is_better)
     return {"metric": metric, "test_metric": test_metric, "higher_is_better": higher_is_better, "rows": rows,
-            "best": best, "best_vs_best": headline}
+            "best": best, "best_vs_best": headline, "metrics": _reported(records, best) if headline else {}}
+
+
+def _reported(records: Sequence[Mapping[str, Any]], best: Mapping[str, float]) -> dict[str, dict[str, Any]]:
+    """Each number the records hold under ``"metrics"`` (reported, never chosen on), at each arm's
+    chosen learning rate in ``best``: per arm its mean and std over the seeds both arms have, and
+    the per-seed paired difference smoothed - base (:func:`paired_difference`), whose verdict
+    says "higher", "lower" or "no significant difference" and ``higher`` on how many seeds
+    smoothed is higher: such a number has no better direction of its own."""
+    nan = lambda v: math.nan if v is None else float(v)
+    names = list(dict.fromkeys(k for r in records for k in (r.get("metrics") or {})))
+    out = {}
+    for name in names:
+        values = {arm: {r["seed"]: nan(r["metrics"][name]) for r in records if r["arm"] == arm and r["lr"] == best[arm]
+                        and name in (r.get("metrics") or {})} for arm in ARMS}
+        seeds = sorted(set(values["base"]) & set(values["smoothed"]))
+        d = paired_difference([values["smoothed"][k] - values["base"][k] for k in seeds], higher_is_better=True)
+        d["verdict"] = {"win": "higher", "loss": "lower"}.get(d["verdict"], d["verdict"])
+        d["higher"] = d.pop("wins")
+        out[name] = {arm: _mean_std([values[arm][k] for k in seeds]) for arm in ARMS} | {"seeds": seeds} | d
+    return out
 
 
 def _signed(value: float | None) -> str:
@@ -174,6 +195,23 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                      f"{round(100 * h['confidence'])}% CI [{_signed(low)}, {_signed(high)}] (Student t); "
                      f"smoothed better on {h['wins']} of {h['n']} seeds"
                      + (f" (equal on {h['ties']})" if h.get("ties") else "") + f"; verdict: {h['verdict']}")
+    if summary.get("metrics"):
+        lines += ["", format_reported(summary["metrics"])]
+    return "\n".join(lines)
+
+
+def format_reported(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """The reported numbers of a summary (:func:`summarize_records`' ``"metrics"``) as a Markdown
+    table: each arm's mean ± std at its chosen learning rate and the paired difference."""
+    lines = ["Reported beside the metric, never chosen on (each arm at its chosen learning rate; smoothed - base "
+             "paired over seeds, Student t):", "",
+             "| reported | base | smoothed | smoothed - base [95% CI] | smoothed higher | verdict |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, m in metrics.items():
+        low, high = m["ci"]
+        lines.append(f"| {name} | {m['base'][0]:.4f} ± {m['base'][1]:.4f} | {m['smoothed'][0]:.4f} ± "
+                     f"{m['smoothed'][1]:.4f} | {_signed(m['mean'])} [{_signed(low)}, {_signed(high)}] | "
+                     f"{m['higher']}/{m['n']} | {m['verdict']} |")
     return "\n".join(lines)
 
 
@@ -214,7 +252,8 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
           out: str | pathlib.Path | None = None, metric: str = "val", test_metric: str = "test",
           settings: Mapping[str, Any] | None = None, command: Sequence[str] | None = None, verbose: bool = True,
           resume: bool = False, overwrite: bool = False, base_from: str | pathlib.Path | None = None,
-          on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          on_record: Callable[[dict[str, Any]], None] | None = None,
+          defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run ``train(make_optimizer, seed)`` for the base and the smoothed arm (``smoothing``: the
     wrapper's arguments, ``{}`` for its defaults) at every learning rate in ``lrs`` and every seed;
     ``train`` returns ``{"val": float, "test": float, ...}`` (``"history"``, a list of
@@ -237,6 +276,11 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
     runs in this grid are reused, not trained again (the base arm does not depend on the
     smoothing; training is deterministic), each marked ``"reused_from"``, and its provenance is
     kept under ``"base_from"``; other settings are refused (``ValueError``, before any training).
+    ``defaults``: settings a results.json written before they were recorded lacks, by dotted
+    path (``{"config.device": "cpu"}``), with the value they had then: ``resume`` and
+    ``base_from`` read such a results.json with them. ``train`` may return ``"metrics"``, numbers
+    by name reported beside ``val`` and ``test`` (never chosen on): the summary compares each at
+    the chosen learning rates, paired over seeds (:func:`summarize_records`).
     ``metric``/``test_metric`` name ``val``/``test`` in the tables. Returns ``{"records": [...],
     "summary": ...}``; ``on_record`` sees each record as it comes (kept ones included)."""
     lrs, seeds = _checked(lrs, seeds)
@@ -252,8 +296,9 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
                "settings": {"lrs": lrs, "seeds": seeds, "smoothing": smoothing, "higher_is_better": higher_is_better,
                             "metric": metric, "test_metric": test_metric} | dict(settings or {}),
                "machine": machine(), "summary": None, "records": records}
-    reused = _base_runs(base_from, payload, lrs, seeds) if base_from is not None else {}
-    kept = reused | (_resumed(out, payload, lrs, seeds) if resume else {})
+    defaults = dict(defaults or {})
+    reused = _base_runs(base_from, payload, lrs, seeds, defaults) if base_from is not None else {}
+    kept = reused | (_resumed(out, payload, lrs, seeds, defaults) if resume else {})
     if out is not None and not resume and not overwrite:
         _refuse_to_replace(out)
 
@@ -335,16 +380,31 @@ def _differences(before: Any, now: Any, key: str = "") -> list[str]:
     return [] if before == now else [f"{key}: {before!r} -> {now!r}"]
 
 
-def _same_settings(old: Mapping[str, Any], payload: Mapping[str, Any], ignore: tuple[str, ...]) -> list[str]:
-    """The settings in which ``old`` (a results.json) and ``payload`` differ, ``ignore``'s keys
-    and the label (derived from them) left out: ``key: old -> new`` each."""
-    before = {k: v for k, v in old.get("settings", {}).items() if k not in ignore}
+def _with_defaults(settings: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` with each of ``defaults`` (by dotted path) that it lacks set, where its parent is a dict."""
+    out = json.loads(json.dumps(settings))
+    for path, value in defaults.items():
+        *parents, last = path.split(".")
+        node: Any = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(last, value)
+    return out
+
+
+def _same_settings(old: Mapping[str, Any], payload: Mapping[str, Any], ignore: tuple[str, ...],
+                   defaults: Mapping[str, Any]) -> list[str]:
+    """The settings in which ``old`` (a results.json, read with ``defaults`` where it lacks them)
+    and ``payload`` differ, ``ignore``'s keys and the label (derived from them) left out:
+    ``key: old -> new`` each."""
+    before = {k: v for k, v in _with_defaults(old.get("settings", {}), defaults).items() if k not in ignore}
     now = {k: v for k, v in json.loads(json.dumps(strict(payload["settings"]), default=str)).items() if k not in ignore}
     return [d for d in _differences(before, now) if not d.startswith("label:")]
 
 
-def _base_runs(base_from: str | pathlib.Path, payload: dict[str, Any], lrs: list[float],
-               seeds: list[int]) -> dict[tuple[float, str, int], dict[str, Any]]:
+def _base_runs(base_from: str | pathlib.Path, payload: dict[str, Any], lrs: list[float], seeds: list[int],
+               defaults: Mapping[str, Any]) -> dict[tuple[float, str, int], dict[str, Any]]:
     """The base runs of ``base_from``/results.json in this grid, by (lr, "base", seed), each
     marked ``"reused_from"``; its provenance goes into ``payload["base_from"]``. Its settings
     must be this sweep's but for the grid and the smoothing."""
@@ -354,7 +414,7 @@ def _base_runs(base_from: str | pathlib.Path, payload: dict[str, Any], lrs: list
     except ResultsError as err:
         raise ResultsError(f"base_from: {err}") from None
     records = _records(old, where)
-    differ = _same_settings(old, payload, ("lrs", "seeds", "smoothing"))
+    differ = _same_settings(old, payload, ("lrs", "seeds", "smoothing"), defaults)
     if differ:
         raise ValueError(f"base_from={str(base_from)!r} was written with other settings ({'; '.join(differ[:5])}): its "
                          f"base runs are not this comparison's base arm; pass a comparison that differs only in "
@@ -365,8 +425,8 @@ def _base_runs(base_from: str | pathlib.Path, payload: dict[str, Any], lrs: list
     return runs
 
 
-def _resumed(out: str | pathlib.Path | None, payload: dict[str, Any], lrs: list[float],
-             seeds: list[int]) -> dict[tuple[float, str, int], dict[str, Any]]:
+def _resumed(out: str | pathlib.Path | None, payload: dict[str, Any], lrs: list[float], seeds: list[int],
+             defaults: Mapping[str, Any]) -> dict[tuple[float, str, int], dict[str, Any]]:
     """The runs of ``out``/results.json that a resumed sweep keeps, by (lr, arm, seed); the old
     provenance goes into ``payload["resumed_from"]``. Nothing to resume: none."""
     if out is None:
@@ -376,7 +436,7 @@ def _resumed(out: str | pathlib.Path | None, payload: dict[str, Any], lrs: list[
     old = read_results(out)
     where = str(pathlib.Path(out) / "results.json")
     records = _records(old, where)
-    differ = _same_settings(old, payload, ("lrs", "seeds"))
+    differ = _same_settings(old, payload, ("lrs", "seeds"), defaults)
     if differ:
         raise ValueError(f"{where!r} was written with other settings ({'; '.join(differ[:5])}): resume continues the "
                          f"same comparison only; pass another out, or overwrite=True (--overwrite) to start again")

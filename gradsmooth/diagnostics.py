@@ -4,6 +4,7 @@
   update is the concatenation of its parameters' updates, roles in a fixed order).
 - :func:`representation_similarity`: linear CKA between the blocks' output representations,
   the paper's "representation evolution across depth".
+- :func:`adjacent_similarity`: such a matrix as one number, the mean over neighbouring blocks.
 
 Inputs are arrays of any library that NumPy can read (``np.asarray``); outputs are NumPy.
 """
@@ -17,7 +18,8 @@ import numpy as np
 
 from .blocks import BlockPlan, find_blocks
 
-__all__ = ["cosine_similarity_matrix", "block_update_similarity", "representation_similarity", "linear_cka"]
+__all__ = ["cosine_similarity_matrix", "block_update_similarity", "representation_similarity", "linear_cka",
+           "adjacent_similarity"]
 
 
 def cosine_similarity_matrix(vectors: Sequence[Any]) -> np.ndarray:
@@ -71,3 +73,12 @@ def representation_similarity(outputs: Sequence[Any]) -> np.ndarray:
         for j in range(i + 1, L):
             S[i, j] = S[j, i] = linear_cka(outputs[i], outputs[j])
     return S
+
+
+def adjacent_similarity(similarity: Any) -> float:
+    """The mean similarity of neighbouring blocks in an L x L matrix: ``mean_l S[l, l + 1]``
+    over ``l = 0 .. L - 2`` (NaN for a single block)."""
+    S = np.asarray(similarity, dtype=np.float64)
+    if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        raise ValueError(f"similarity should be a square L x L matrix but has shape {S.shape}")
+    return float(np.mean(np.diagonal(S, offset=1))) if len(S) > 1 else float("nan")

@@ -30,8 +30,10 @@ def pyplot():
 
 
 def _curve(ax, histories: Sequence[History], key: str, color: str, label: str) -> None:
-    """The mean over ``histories`` of ``key`` per checkpoint (markers), their range shaded."""
-    runs = [h for h in histories if h and key in h[0]]
+    """The mean over ``histories`` of ``key`` per checkpoint (markers), their range shaded; a
+    checkpoint without ``key`` (rl's step 0 has no training metrics) is left out."""
+    runs = [[row for row in h if key in row] for h in histories]
+    runs = [h for h in runs if h]
     if not runs:
         return
     n = min(len(h) for h in runs)
@@ -46,11 +48,12 @@ def _curve(ax, histories: Sequence[History], key: str, color: str, label: str) -
 def plot_curves(arms: Mapping[str, tuple[float, Sequence[History]]], path: str | pathlib.Path,
                 title: str = "") -> Figure:
     """Curves of each arm (``{"base": (lr, histories), "smoothed": (lr, histories)}``): the
-    losses in one panel (log scale; train dashed, validation dotted, test solid), any other metric (e.g. accuracy) in a second;
+    losses in one panel (log scale where every loss is positive; train dashed, validation dotted, test solid), any
+    other metric (e.g. accuracy) in a second;
     the mean over the histories (seeds) with a marker at each checkpoint, their range shaded.
     Returns the (closed) figure."""
     plt = pyplot()
-    keys = list(dict.fromkeys(k for _, hs in arms.values() for h in hs for row in h[:1] for k in row if k != "step"))
+    keys = list(dict.fromkeys(k for _, hs in arms.values() for h in hs for row in h for k in row if k != "step"))
     panels = [[k for k in keys if "loss" in k], [k for k in keys if "loss" not in k]]
     panels = [p for p in panels if p] or [[]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
@@ -60,8 +63,8 @@ def plot_curves(arms: Mapping[str, tuple[float, Sequence[History]]], path: str |
                 _curve(ax, histories, key, COLORS.get(arm, "tab:gray"), f"{arm} {key.replace('_', ' ')} (lr {lr:g})")
         losses = bool(panel) and "loss" in panel[0]
         ax.set(xlabel="step", ylabel="loss" if losses else ", ".join(k.replace("_", " ") for k in panel))
-        if losses:
-            ax.set_yscale("log")
+        if losses and all(row[k] > 0 for _, hs in arms.values() for h in hs for row in h for k in panel if k in row):
+            ax.set_yscale("log")  # not where a loss goes to zero or below (rl's policy-gradient loss)
         steps = {row["step"] for _, hs in arms.values() for h in hs for row in h}
         if len(steps) == 1:  # one checkpoint: one tick at its step, not fractions of a step around it
             ax.set_xticks(sorted(steps))

@@ -7,6 +7,7 @@ already imported by the run.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -69,8 +70,10 @@ def machine() -> dict[str, Any]:
 
 
 def strict(value: Any) -> Any:
-    """``value`` with every NaN or infinity made None (JSON null), tuples made lists and NumPy
-    scalars made Python's."""
+    """``value`` with every NaN or infinity made None (JSON null), tuples made lists, NumPy
+    scalars made Python's and dataclass instances (e.g. an alpha schedule) dicts of their fields."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return strict(dataclasses.asdict(value))
     if isinstance(value, dict):
         return {k: strict(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

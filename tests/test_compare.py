@@ -285,3 +285,47 @@ def test_base_from_refuses_a_comparison_with_other_settings_before_training(tmp_
     with pytest.raises(ResultsError, match=r"base_from: DIR '.*nowhere' holds no results.json"):
         sweep(never, [1e-3], [0], smoothing={"window": 5}, base_from=tmp_path / "nowhere", verbose=False)
     assert not (tmp_path / "b").exists()
+
+
+def test_reported_metrics_are_paired_at_each_arms_chosen_rate_and_never_chosen_on():
+    records = []
+    for seed in range(4):
+        for lr, base_val, smoothed_val in ((1e-3, 0.9, 0.5), (1e-2, 0.5, 0.9)):
+            # the reported number would choose the other rate: it must not be chosen on
+            records.append(result(lr, seed, False, base_val, 0.8) | {"metrics": {"cka": 0.5 + 0.01 * seed + lr,
+                                                                                 "acc": None}})
+            records.append(result(lr, seed, True, smoothed_val, 0.8) | {"metrics": {"cka": 0.6 + 0.02 * seed - lr,
+                                                                                    "acc": 0.5}})
+    summary = summarize(records)
+    assert summary["best"] == {"base": 1e-3, "smoothed": 1e-2}
+    cka = summary["metrics"]["cka"]
+    diffs = [(0.6 + 0.02 * s - 1e-2) - (0.5 + 0.01 * s + 1e-3) for s in range(4)]
+    assert cka["per_seed_diff"] == pytest.approx(diffs) and cka["n"] == 4 and cka["higher"] == 4
+    assert cka["verdict"] == "higher" and cka["base"][0] == pytest.approx(0.5 + 0.015 + 1e-3)
+    assert summary["metrics"]["acc"]["verdict"] == "no significant difference"  # NaN (null) base values
+    table = format_summary(summary)
+    assert "Reported beside the metric, never chosen on" in table
+    assert "| reported | base | smoothed | smoothed - base [95% CI] | smoothed higher | verdict |" in table
+    assert "| cka | 0.5160 ± 0.0129 | 0.6200 ± 0.0258 | +0.1040 [" in table and "| 4/4 | higher |" in table
+    flipped = [r | {"metrics": {"cka": -r["metrics"]["cka"]}} for r in records]
+    assert summarize(flipped)["metrics"]["cka"]["verdict"] == "lower"
+    assert "Reported" not in format_summary(summarize([{k: v for k, v in r.items() if k != "metrics"}
+                                                       for r in records]))  # none recorded: no table
+
+
+def test_defaults_read_an_older_results_json_with_the_value_a_new_setting_had(tmp_path):
+    sweep(toy_train, [1e-3], [0], smoothing={"window": 3}, out=tmp_path / "old", verbose=False,
+          settings={"config": {"depth": 4}})  # written before "device" was recorded
+    now = {"config": {"depth": 4, "device": "cpu"}}
+    never = lambda make, seed: pytest.fail("trained again")  # noqa: E731
+    with pytest.raises(ValueError, match=r"config.device: None -> 'cpu'"):  # without defaults: refused
+        sweep(never, [1e-3], [0], smoothing={"window": 3}, out=tmp_path / "old", verbose=False, settings=now,
+              resume=True)
+    sweep(never, [1e-3], [0], smoothing={"window": 3}, out=tmp_path / "old", verbose=False, settings=now,
+          resume=True, defaults={"config.device": "cpu"})
+    sweep(toy_train, [1e-3], [0], smoothing={"window": 5}, out=tmp_path / "ablation", verbose=False, settings=now,
+          base_from=tmp_path / "old", defaults={"config.device": "cpu", "absent.parent": 1})
+    with pytest.raises(ValueError, match=r"other settings \(config.device: 'cpu' -> 'cuda'\)"):
+        sweep(never, [1e-3], [0], smoothing={"window": 5}, out=tmp_path / "gpu", verbose=False,
+              settings={"config": {"depth": 4, "device": "cuda"}}, base_from=tmp_path / "old",
+              defaults={"config.device": "cpu"})

@@ -34,3 +34,13 @@ def test_linear_cka_is_invariant_to_rotation_and_scale():
     assert linear_cka(X, rng.standard_normal((50, 6))) < 0.5
     S = representation_similarity([X, X @ Q, rng.standard_normal((50, 4))])
     assert S.shape == (3, 3) and S[0, 1] == pytest.approx(1.0) and S[0, 2] < 0.5
+
+
+def test_adjacent_similarity_is_the_mean_of_the_first_off_diagonal():
+    from gradsmooth.diagnostics import adjacent_similarity
+
+    S = np.array([[1.0, 0.2, 0.9], [0.2, 1.0, 0.4], [0.9, 0.4, 1.0]])
+    assert adjacent_similarity(S) == pytest.approx(0.3)  # (0.2 + 0.4) / 2: not the far pair's 0.9
+    assert np.isnan(adjacent_similarity(np.eye(1)))
+    with pytest.raises(ValueError, match=r"similarity should be a square L x L matrix but has shape \(2, 3\)"):
+        adjacent_similarity(np.zeros((2, 3)))

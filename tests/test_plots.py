@@ -36,3 +36,15 @@ def test_metric_vs_lr_has_a_title_and_says_what_the_error_bars_are(tmp_path):
     assert [t.get_text() for t in one.axes[0].texts] == ["one seed: no error bars"]
     paths = core_plots.plot_compare(records, summary, tmp_path)
     assert [p.name for p in paths] == ["metric_vs_lr.png", "curves_at_best_lr.png"]
+
+
+def test_curves_leave_out_checkpoints_without_a_metric_and_losses_below_zero_stay_linear(tmp_path):
+    rl = [{"step": 0, "val_acc": 0.3}] + [{"step": s, "train_loss": -0.1, "reward": 0.2, "val_acc": 0.4}
+                                          for s in (10, 20)]
+    fig = core_plots.plot_curves({"base": (1e-3, [rl, rl]), "smoothed": (1e-3, [rl])}, tmp_path / "rl.png")
+    losses, others = fig.axes
+    assert losses.get_yscale() == "linear"  # a policy-gradient loss is not positive
+    train = [line for line in losses.get_lines() if "train loss" in line.get_label()]
+    assert [list(line.get_xdata()) for line in train] == [[10, 20], [10, 20]]
+    accuracy = [line for line in others.get_lines() if "val acc" in line.get_label()]
+    assert [list(line.get_xdata()) for line in accuracy] == [[0, 10, 20], [0, 10, 20]]  # from phase 1's step 0

@@ -43,3 +43,15 @@ def test_read_results_names_the_folder(tmp_path):
     (tmp_path / "results.json").write_text("{oops")
     with pytest.raises(ResultsError, match="is not JSON"):
         read_results(tmp_path)
+
+
+def test_a_dataclass_is_written_as_its_fields():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Schedule:
+        kind: str
+        start: float
+
+    assert strict({"alpha": Schedule("linear", math.nan)}) == {"alpha": {"kind": "linear", "start": None}}
+    assert strict(Schedule) is Schedule  # a class is not an instance
