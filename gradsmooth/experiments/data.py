@@ -1,24 +1,31 @@
-"""The two tasks' data, made locally: no download.
+"""The tasks' data, made locally: no download.
 
-- ``vit``: scikit-learn's bundled 8 x 8 digits images, a fixed train/test split; optionally a
-  validation split held out of the training part (``compare`` chooses learning rates on it).
+- ``vit`` and ``diffusion``: scikit-learn's bundled 8 x 8 digits images, a fixed train/test
+  split; optionally a validation split held out of the training part (``compare`` chooses
+  learning rates on it). The diffusion task sees the images scaled to [-1, 1].
 - ``lm``: a character-level (UTF-8 byte) corpus: by default the running Python's standard
   library sources, read from disk; any UTF-8 text file instead: train, then validation, then
   (optionally) test, in that order.
+- ``rl``: addition problems ``a + b`` of two numbers of ``digits`` digits, generated in code:
+  every pair once, split with a fixed seed into held-out validation and test problems and the
+  training problems (:func:`load_problems`).
 """
 
 from __future__ import annotations
 
 import pathlib
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DataError", "DigitsData", "TextData", "load_digits_split", "load_text", "train_batches", "val_batches",
-           "held_out_batches", "VOCAB"]
+__all__ = ["DataError", "DigitsData", "TextData", "ProblemData", "load_digits_split", "load_text", "load_problems",
+           "train_batches", "val_batches", "held_out_batches", "VOCAB", "signed_images", "encode_problems", "PROBLEM_VOCAB"]
 
 VOCAB = 256  # bytes
+PLUS, EQUALS = 10, 11  # the rl task's tokens: the digits 0-9 are themselves
+PROBLEM_VOCAB = 12
 
 
 class DataError(ValueError):
@@ -33,6 +40,22 @@ class DigitsData:
     y_test: np.ndarray
     x_val: np.ndarray | None = None  # held out of the training part; None when not asked for
     y_val: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ProblemData:
+    """The rl task's addition problems: each row an operand pair ``(a, b)``, ``0 <= a, b < 10**digits``.
+
+    ``folder`` is where the phase-1 models trained on them are kept between processes (None: in
+    memory only); ``models`` holds them in memory, by the key of their settings
+    (:mod:`gradsmooth.experiments.reasoning`)."""
+
+    train: np.ndarray  # (n, 2) int64
+    val: np.ndarray
+    test: np.ndarray
+    digits: int
+    folder: pathlib.Path | None = None
+    models: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -63,6 +86,40 @@ def load_digits_split(test_fraction: float = 0.2, val_fraction: float = 0.0) -> 
     n_val = int(round(val_fraction * len(train)))
     val, train = inner[:n_val], inner[n_val:]
     return DigitsData(x[train], y[train], x[test], y[test], x[val], y[val])
+
+
+def signed_images(images: np.ndarray) -> np.ndarray:
+    """Digits images in [0, 1] scaled to [-1, 1] (``2 x - 1``), as the diffusion task sees them."""
+    return images * np.float32(2) - np.float32(1)
+
+
+def load_problems(digits: int = 2, held_out: int = 500, folder: str | pathlib.Path | None = None) -> ProblemData:
+    """Every pair ``(a, b)`` of ``digits``-digit numbers (leading zeros allowed) once, shuffled
+    with a fixed seed: the first ``held_out`` are the validation problems, the next
+    ``held_out`` the test problems, the rest the training problems (the split never changes
+    between runs). ``folder``: where phase-1 models are kept (:class:`ProblemData`)."""
+    if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 4:
+        raise ValueError(f"digits should be an integer in [1, 4] but is: {digits!r}")
+    n = 10**digits
+    if isinstance(held_out, bool) or not isinstance(held_out, int) or not 1 <= held_out or 2 * held_out >= n * n:
+        raise ValueError(f"held_out should be an integer in [1, {(n * n - 1) // 2}] (two held-out splits and some "
+                         f"training problems among the {n * n} problems) but is: {held_out!r}")
+    order = np.random.default_rng(0).permutation(n * n)
+    pairs = np.stack([order // n, order % n], axis=1).astype(np.int64)  # (n^2, 2)
+    return ProblemData(pairs[2 * held_out :], pairs[:held_out], pairs[held_out : 2 * held_out], digits,
+                       None if folder is None else pathlib.Path(folder))
+
+
+def encode_problems(pairs: np.ndarray, digits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Addition problems as tokens: prompts ``a + b =`` with each operand's ``digits`` digits
+    (leading zeros, most significant first), shape (n, 2 digits + 2); answers: the sum's
+    ``digits + 1`` digits, least significant first (the order a carry travels), shape (n, digits + 1)."""
+    a, b = pairs[:, 0], pairs[:, 1]
+    place = 10 ** np.arange(digits - 1, -1, -1)  # most significant first
+    prompts = np.concatenate([a[:, None] // place % 10, np.full((len(a), 1), PLUS), b[:, None] // place % 10,
+                              np.full((len(a), 1), EQUALS)], axis=1)
+    answers = (a + b)[:, None] // 10 ** np.arange(digits + 1) % 10
+    return prompts.astype(np.int64), answers.astype(np.int64)
 
 
 def _stdlib_text(max_bytes: int) -> tuple[bytes, str]:
@@ -112,15 +169,20 @@ def load_text(path: str | None, context: int, max_bytes: int = 2_000_000, val_fr
     return TextData(arr[:n_train], arr[n_train : n_train + n_val], source, test)
 
 
-def train_batches(task: str, data: DigitsData | TextData, batch_size: int, context: int, seed: int):
+def train_batches(task: str, data: DigitsData | TextData | ProblemData, batch_size: int, context: int, seed: int):
     """Endless (inputs, targets) NumPy batches drawn with ``seed``: the same order for every
-    backend and both arms of a comparison. vit: (b, 8, 8) images and labels; lm: (b, context)
-    byte windows and the next bytes."""
+    backend and both arms of a comparison. vit: (b, 8, 8) images and labels; diffusion: the
+    same images in [-1, 1] and their labels; lm: (b, context) byte windows and the next bytes;
+    rl: (b, 2 digits + 2) prompts of training problems and (b, digits + 1) answers (:func:`encode_problems`)."""
     rng = np.random.default_rng(seed)
-    if task == "vit":
+    if task in ("vit", "diffusion"):
+        scale = signed_images if task == "diffusion" else (lambda x: x)
         while True:
             idx = rng.integers(0, len(data.y_train), batch_size)
-            yield data.x_train[idx], data.y_train[idx]
+            yield scale(data.x_train[idx]), data.y_train[idx]
+    if task == "rl":
+        while True:
+            yield encode_problems(data.train[rng.integers(0, len(data.train), batch_size)], data.digits)
     n = len(data.train) - context - 1
     while True:
         starts = rng.integers(0, n, batch_size)

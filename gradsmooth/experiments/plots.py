@@ -1,5 +1,5 @@
-"""The demo's depth-structure figure (matplotlib, drawn off-screen); the comparisons' figures
-are :mod:`gradsmooth.plots`."""
+"""The demo's figures (matplotlib, drawn off-screen): the depth structure, and the diffusion
+task's samples; the comparisons' figures are :mod:`gradsmooth.plots`."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..plots import pyplot
+from .diffusion import CLASSES
 from .runs import RunResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["plot_depth_structure"]
+__all__ = ["plot_depth_structure", "plot_samples"]
 
 
 def _steps(history: Sequence[dict[str, float]]) -> str:
@@ -46,6 +47,30 @@ def plot_depth_structure(base: RunResult, smoothed: RunResult, path: str | pathl
     fig.suptitle(f"Depth structure across the blocks, {cfg.task} {cfg.optimizer}: base vs smoothed\n"
                  f"updates: mean over the updates at steps {_steps(base.history)}; "
                  f"representations: after step {last}, on held-out data", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return fig
+
+
+def plot_samples(base: RunResult, smoothed: RunResult, path: str | pathlib.Path) -> Figure:
+    """The diffusion task's samples after training, base beside smoothed: one row per class,
+    drawn by the fixed deterministic sampler (gradsmooth.experiments.diffusion.ddim_sample),
+    with the judge's accuracy on them. Returns the (closed) figure."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.6))
+    for ax, r in zip(axes, (base, smoothed)):
+        samples = np.asarray(r.diagnostics["samples"])  # (classes * per class, 8, 8) in [-1, 1], class by class
+        per = len(samples) // CLASSES
+        grid = samples[: CLASSES * per].reshape(CLASSES, per, 8, 8).transpose(0, 2, 1, 3).reshape(CLASSES * 8, per * 8)
+        ax.imshow(grid, cmap="gray_r", vmin=-1, vmax=1)
+        ax.set_title(f"{r.config.label} (lr {r.config.lr:g}): sample accuracy {r.final('sample_acc'):.2f}", fontsize=9)
+        ax.set_yticks(np.arange(CLASSES) * 8 + 3.5, [str(c) for c in range(CLASSES)])
+        ax.set_xticks([])
+        ax.set_ylabel("class")
+    fig.suptitle(f"Samples after step {base.history[-1]['step'] if base.history else base.config.steps}: DDIM (eta 0) "
+                 f"from fixed noise, the same for both; accuracy of a classifier fitted on the training images",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -9,7 +9,6 @@ difference, its 95 % Student-t interval, the win count and a verdict.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import math
 import pathlib
@@ -26,7 +25,9 @@ from . import loop
 
 __all__ = [
     "BACKENDS",
+    "LEGACY_SETTINGS",
     "METRICS",
+    "REPORTED",
     "SELECTION",
     "Backend",
     "BackendMissing",
@@ -38,10 +39,18 @@ __all__ = [
 ]
 
 # the headline metric of each task in the demo: (history key, True when higher is better)
-METRICS = {"vit": ("test_acc", True), "lm": ("val_loss", False)}
+METRICS = {"vit": ("test_acc", True), "lm": ("val_loss", False), "diffusion": ("test_loss", False),
+           "rl": ("test_acc", True)}
 # compare's metrics per task: (the validation key learning rates are chosen on, the test key
 # reported at the chosen rate, True when higher is better)
-SELECTION = {"vit": ("val_acc", "test_acc", True), "lm": ("val_loss", "test_loss", False)}
+SELECTION = {"vit": ("val_acc", "test_acc", True), "lm": ("val_loss", "test_loss", False),
+             "diffusion": ("val_loss", "test_loss", False), "rl": ("val_acc", "test_acc", True)}
+# what compare records beside its two metrics, at the end of each run and never chosen on: the
+# depth structure (loop.depth_summary) for every task, and these history keys of the last row
+REPORTED = {"diffusion": ("sample_acc",)}
+# the value a setting had before results.json recorded it: a comparison written before is read
+# with it (compare.sweep's ``defaults``), so that --resume and --base-from still accept it
+LEGACY_SETTINGS = {"config.device": "cpu"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,12 @@ class RunConfig:
     warmup: float = 0.05
     depth: int | None = None  # blocks; None: the task's default (loop.MODEL_SIZES)
     width: int | None = None  # model dimension; None: the task's default
+    device: str = "auto"  # the framework's device (cpu, cuda, mps; MLX: cpu, gpu); auto: the best there is
+    # rl only (None elsewhere; None: reasoning.RL_DEFAULTS): answers sampled per prompt, the KL
+    # coefficient to the phase-1 model, phase 1's target accuracy on the validation problems
+    group: int | None = None
+    kl: float | None = None
+    sft_target: float | None = None
 
     @property
     def label(self) -> str:
@@ -97,6 +112,7 @@ class RunResult:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     complete: bool = False
+    phase1: dict[str, Any] | None = None  # rl: what phase 1 did (reasoning.train_phase1), trained or kept
 
     def final(self, key: str) -> float:
         return self.history[-1][key] if self.history else math.nan
@@ -105,6 +121,8 @@ class RunResult:
         out = {"config": asdict(self.config), "history": self.history, "seconds": round(self.seconds, 2),
                "complete": self.complete}
         out["diagnostics"] = {k: np.asarray(v).round(4).tolist() for k, v in self.diagnostics.items()}
+        if self.phase1 is not None:
+            out["phase1"] = self.phase1
         return out
 
     @classmethod
@@ -113,8 +131,11 @@ class RunResult:
         nan = lambda v: math.nan if v is None else v
         history = [{k: nan(v) for k, v in row.items()} for row in entry.get("history", [])]
         diagnostics = {k: np.asarray(v, dtype=float) for k, v in entry.get("diagnostics", {}).items()}
-        return cls(RunConfig(**entry["config"]), history, diagnostics, entry.get("seconds", 0.0),
-                   entry.get("complete", False))
+        config = dict(entry["config"])
+        if isinstance((config.get("smoothing") or {}).get("alpha"), dict):  # a schedule, as strict JSON writes it
+            config["smoothing"] = config["smoothing"] | {"alpha": loop.AlphaSchedule(**config["smoothing"]["alpha"])}
+        return cls(RunConfig(**config), history, diagnostics, entry.get("seconds", 0.0), entry.get("complete", False),
+                   entry.get("phase1"))
 
 
 def backend_module(backend: str) -> ModuleType:
@@ -134,14 +155,15 @@ def run(config: RunConfig, data: Any, progress: Callable[[int], None] | None = N
         into: list[RunResult] | None = None) -> RunResult:
     """Train once. The result is appended to ``into`` before training starts, so that on
     Ctrl-C (the KeyboardInterrupt goes on up) what was gathered so far is there, ``complete=False``."""
+    module = backend_module(config.backend)
+    config = replace(config, device=module.resolve_device(config.device))  # an unknown device: before training
     result = RunResult(config)
     if into is not None:
         into.append(result)
     start = time.perf_counter()
     try:
-        module = backend_module(config.backend)
-        with getattr(module, "deterministic", contextlib.nullcontext)():
-            loop.train(config, data, result, module.Trainer, progress=progress, diagnose=diagnose)
+        with module.running(config):
+            loop.train(config, data, result, module.TRAINERS[config.task], progress=progress, diagnose=diagnose)
         result.complete = True
     finally:
         result.seconds = time.perf_counter() - start
@@ -155,17 +177,22 @@ def compare(config: RunConfig, smoothing: dict[str, Any], lrs: Sequence[float], 
             resume: bool = False, overwrite: bool = False,
             base_from: str | pathlib.Path | None = None) -> dict[str, Any]:
     """Base and smoothed at every learning rate in ``lrs`` for every seed:
-    :func:`gradsmooth.compare.sweep` over :func:`run`; each record holds the run's history."""
+    :func:`gradsmooth.compare.sweep` over :func:`run`; each record holds the run's history and,
+    under ``metrics``, the numbers reported beside the two metrics (never chosen on): the depth
+    structure (:func:`~gradsmooth.experiments.loop.depth_summary`) and the task's ``REPORTED``."""
     val_key, test_key, higher = SELECTION[config.task]
 
     def train(arm: Arm, seed: int) -> dict[str, Any]:
         cfg = replace(config, lr=arm.lr, seed=seed, smoothing=arm.smoothing)
-        result = run(cfg, data, progress=progress_for(cfg) if progress_for else None)
-        return {"val": _final(result, val_key), "test": _final(result, test_key), "history": result.history}
+        result = run(cfg, data, progress=progress_for(cfg) if progress_for else None, diagnose=True)
+        metrics = loop.depth_summary(result.diagnostics) | {k: _final(result, k) for k in REPORTED.get(config.task, ())}
+        record = {"val": _final(result, val_key), "test": _final(result, test_key), "history": result.history,
+                  "metrics": metrics}
+        return record | ({"phase1": result.phase1} if result.phase1 is not None else {})
 
     return sweep(train, lrs, seeds, smoothing=smoothing, higher_is_better=higher, out=out, metric=val_key,
                  test_metric=test_key, settings=settings, command=command, verbose=verbose, resume=resume,
-                 overwrite=overwrite, base_from=base_from)
+                 overwrite=overwrite, base_from=base_from, defaults=LEGACY_SETTINGS)
 
 
 def _final(result: RunResult, key: str) -> float:

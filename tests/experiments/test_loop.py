@@ -1,6 +1,7 @@
 """The training loop, framework-free: a fake trainer shows what the loop does with its pieces,
 the schedule's shape, and the backend registry (lazy, BackendMissing naming the extra)."""
 
+import contextlib
 import math
 import sys
 import types
@@ -72,7 +73,9 @@ def test_the_schedule_warms_up_linearly_then_decays_by_cosine_to_a_tenth():
 def fake_backend(monkeypatch):
     """A backend "fake" in the registry whose module holds FakeTrainer."""
     module = types.ModuleType("fake_framework_models")
-    module.Trainer = FakeTrainer
+    module.TRAINERS = {"vit": FakeTrainer}
+    module.resolve_device = lambda name: "cpu" if name == "auto" else name
+    module.running = lambda config: contextlib.nullcontext()
     monkeypatch.setitem(sys.modules, "fake_framework_models", module)
     monkeypatch.setitem(runs.BACKENDS, "fake", Backend("fake_framework_models", framework="numpy", extra="fake"))
     return module
@@ -111,3 +114,64 @@ def test_the_registry_names_importable_modules_of_gradsmooth_experiments():
     for name, entry in runs.BACKENDS.items():
         assert entry.module.startswith("gradsmooth.experiments.") and entry.extra == name
         assert importlib.util.find_spec(entry.module) is not None  # found without importing it
+
+
+class RLFakeTrainer(FakeTrainer):
+    """Evaluated first; steps return metrics by name; a phase 1 and samples to hand over."""
+
+    evaluate_first = True
+    phase1 = {"steps": 25, "val_acc": 0.4, "reached": True, "seconds": 0.1}
+
+    def step(self, step, x, y):
+        super().step(step, x, y)
+        return {"train_loss": float(step), "reward": 0.5 * step}
+
+    def samples(self):
+        return np.zeros((3, 8, 8))
+
+
+def test_metrics_by_name_are_averaged_and_a_first_evaluation_is_row_zero():
+    config, result = RunConfig(steps=4, eval_every=2, batch_size=3), RunResult(RunConfig())
+    loop.train(config, DIGITS, result, RLFakeTrainer, diagnose=True)
+    assert result.history == [{"step": 0, "test_loss": 0.5, "test_acc": 0.25},
+                              {"step": 2, "train_loss": 0.5, "reward": 0.25, "test_loss": 0.5, "test_acc": 0.25},
+                              {"step": 4, "train_loss": 2.5, "reward": 1.25, "test_loss": 0.5, "test_acc": 0.25}]
+    assert result.phase1 == RLFakeTrainer.phase1 and result.diagnostics["samples"].shape == (3, 8, 8)
+
+
+def test_the_depth_summary_is_the_mean_over_adjacent_blocks():
+    s = np.array([[1.0, 0.8, 0.1], [0.8, 1.0, 0.6], [0.1, 0.6, 1.0]])
+    u = np.array([[1.0, -0.2, 0.0], [-0.2, 1.0, 0.4], [0.0, 0.4, 1.0]])
+    summary = loop.depth_summary({"representation_similarity": s, "update_similarity": u})
+    assert summary == {"adjacent_cka": pytest.approx(0.7), "adjacent_update_cosine": pytest.approx(0.1)}
+
+
+@pytest.mark.parametrize("kind, middle", [("linear", 0.5), ("cosine", 0.5)])
+def test_an_alpha_schedule_goes_from_start_at_the_first_step_to_final_at_the_last(kind, middle):
+    s = loop.AlphaSchedule(kind, 1.0, 0.0, steps=101)
+    assert s(0) == 1.0 and s(100) == pytest.approx(0.0, abs=1e-15) and s(10_000) == s(100)
+    assert s(50) == pytest.approx(middle)
+    if kind == "cosine":
+        assert s(25) == pytest.approx(0.5 * (1 + np.cos(np.pi / 4)))
+    else:
+        assert s(25) == pytest.approx(0.75)
+    rising = loop.AlphaSchedule(kind, 0.2, 0.6, steps=11)
+    assert rising(0) == pytest.approx(0.2) and rising(10) == pytest.approx(0.6)
+    assert str(s) == f"{kind} 1 to 0 over 101 steps" and loop.AlphaSchedule(kind, 1, 0, 1)(0) == 1.0
+
+
+def test_an_alpha_schedule_refuses_bad_settings_by_name():
+    with pytest.raises(ValueError, match=r"alpha schedule should be one of \('linear', 'cosine'\) .* but is: 'step'"):
+        loop.AlphaSchedule("step", 1.0, 0.0, 10)
+    with pytest.raises(ValueError, match=r"alpha schedule's start should be a number in \[0, 1\] but is: 1.5"):
+        loop.AlphaSchedule("linear", 1.5, 0.0, 10)
+    with pytest.raises(ValueError, match="alpha schedule's final should be .* but is: 'x'"):
+        loop.AlphaSchedule("linear", 1.0, "x", 10)
+    with pytest.raises(ValueError, match="final .* but is: nan"):
+        loop.AlphaSchedule("linear", 1.0, float("nan"), 10)
+    with pytest.raises(ValueError, match="steps should be a positive integer but is: 0"):
+        loop.AlphaSchedule("cosine", 1.0, 0.0, 0)
+    import pickle
+
+    s = loop.AlphaSchedule("cosine", 1.0, 0.25, 7)
+    assert pickle.loads(pickle.dumps(s)) == s
