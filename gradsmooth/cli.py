@@ -18,15 +18,16 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .compare import format_summary, overview, render
-from .experiments.data import DataError, load_digits_split, load_text
-from .experiments.loop import MODEL_SIZES
+from .experiments.data import DataError, load_digits_split, load_problems, load_text
+from .experiments.loop import ALPHA_SCHEDULES, MODEL_SIZES, AlphaSchedule
+from .experiments.reasoning import RL_DEFAULTS
 from .experiments.runs import METRICS, BackendMissing, RunConfig, RunResult, backend_module, compare, run
 from .kernels import BOUNDARIES
 from .modes import MODES
 from .operators import WINDOW_DEFAULTS, make_operator
 from .results import ResultsError, machine, provenance, read_results, write_results
 
-__all__ = ["main", "TASK_DEFAULTS", "DEMO_LRS", "VAL_FRACTION", "TEST_FRACTION"]
+__all__ = ["main", "TASK_DEFAULTS", "DEMO_LRS", "DEVICES", "VAL_FRACTION", "TEST_FRACTION"]
 
 # the help's description: plain text (the module docstring above is reStructuredText)
 DESCRIPTION = """The gradsmooth command: demo and compare train small models with and without
@@ -35,11 +36,26 @@ renders a results folder's tables and plots again from its results.json.
 
 Frameworks are imported only when a run needs one (--backend torch or mlx)."""
 
-# per task: the run length and batch that fit the demo's budget on a 2-core CPU
+# per task: the run length and batch that fit the demo's budget on a 2-core CPU (rl: phase 2's
+# steps, and prompts per step; phase 1 comes before, once per seed)
 TASK_DEFAULTS = {
     "vit": dict(steps=600, batch_size=32, eval_every=50),
     "lm": dict(steps=300, batch_size=16, eval_every=25),
+    "diffusion": dict(steps=500, batch_size=64, eval_every=100),
+    "rl": dict(steps=100, batch_size=16, eval_every=20),
 }
+# what each task is, for --task's help
+TASKS = {
+    "vit": "a small ViT on scikit-learn's digits (accuracy)",
+    "lm": "a small byte-level GPT on a local corpus (loss)",
+    "diffusion": "a class-conditional diffusion transformer on the digits (denoising loss)",
+    "rl": "the GPT post-trained by policy gradient on addition problems after a supervised phase 1 "
+          "(exact-match accuracy)",
+}
+# the rl task's problems (data.load_problems): digits per operand, validation and test problems each
+RL_PROBLEMS = {"digits": 2, "held_out": 500}
+# --device: every backend's names (each backend refuses the ones it does not have, before training)
+DEVICES = ("auto", "cpu", "cuda", "mps", "gpu")
 # compare's held-out splits: the digits' validation part of the training images; the text's test part
 VAL_FRACTION = 0.2
 TEST_FRACTION = 0.1
@@ -53,6 +69,12 @@ DEMO_LRS = {
     ("lm", "sgd"): (0.3, 0.3),
     ("vit", "muon"): (1e-2, 5e-3),
     ("lm", "muon"): (0.02, 0.02),
+    ("diffusion", "adamw"): (1e-2, 1e-2),
+    ("rl", "adamw"): (1e-3, 1e-3),
+    ("diffusion", "sgd"): (0.1, 0.1),
+    ("rl", "sgd"): (0.03, 0.03),
+    ("diffusion", "muon"): (0.02, 0.02),
+    ("rl", "muon"): (3e-3, 3e-3),
 }
 
 
@@ -134,6 +156,14 @@ def _width(text: str) -> int:
     return value
 
 
+def _at_least_two(text: str) -> int:
+    return _integer(text, 2, "an integer >= 2")
+
+
+def _share(text: str) -> float:
+    return _number(text, lambda v: 0 < v <= 1, "a number in (0, 1]")  # False for NaN
+
+
 def _decay(text: str) -> float:
     return _number(text, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
@@ -153,15 +183,22 @@ def _demo_lr_help(arm: int) -> str:
         values = set(by_task.values())
         parts.append(f"{opt} {values.pop():g}" if len(values) == 1
                      else f"{opt} " + ", ".join(f"{lr:g} ({task})" for task, lr in by_task.items()))
-    return ("default: " + "; ".join(parts) + "; AdamW's, and Muon's on vit, are each arm's choice in the published "
-            "comparisons, docs/results")
+    return ("default: " + "; ".join(parts) + "; AdamW's on vit and lm, and Muon's on vit, are each arm's choice in "
+            "the published comparisons, docs/results; diffusion's and rl's from short sweeps")
+
+
+def _per_task(key: str) -> str:
+    """A default of TASK_DEFAULTS for every task: "vit 600, lm 300, ..."."""
+    return ", ".join(f"{task} {d[key]}" for task, d in TASK_DEFAULTS.items())
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=sorted(METRICS), default="vit",
-                   help="vit: a small ViT on scikit-learn's digits (accuracy); lm: a small byte-level GPT "
-                        "on a local corpus (loss) (default: %(default)s)")
+                   help="; ".join(f"{task}: {what}" for task, what in TASKS.items()) + " (default: %(default)s)")
     p.add_argument("--backend", choices=("torch", "mlx"), default="torch", help="framework (default: %(default)s)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where to train: torch: cpu, cuda or mps; MLX: cpu or gpu; auto: torch's cuda, else mps, "
+                        "else cpu, MLX's default device (default: %(default)s)")
     p.add_argument("--optimizer", choices=("sgd", "adamw", "muon"), default="adamw",
                    help="base optimizer; muon is Muon for the blocks' matrices + AdamW at lr/10 for the rest "
                         "(default: %(default)s)")
@@ -171,11 +208,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boundary", choices=BOUNDARIES, default=WINDOW_DEFAULTS["boundary"], help="(default: %(default)s)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=WINDOW_DEFAULTS["normalize"],
                    help="divide the kernel by its sum (default: normalize)")
-    p.add_argument("--alpha", type=_fraction, default=WINDOW_DEFAULTS["alpha"], help="strength in [0, 1] (default: %(default)s)")
+    p.add_argument("--alpha", type=_fraction, default=WINDOW_DEFAULTS["alpha"],
+                   help="strength in [0, 1]; with --alpha-schedule, the first step's (default: %(default)s)")
+    p.add_argument("--alpha-schedule", choices=ALPHA_SCHEDULES, default="constant",
+                   help="alpha over the run: constant, or from --alpha at the first step to --alpha-final at the "
+                        "last, linear or cosine (default: %(default)s)")
+    p.add_argument("--alpha-final", type=_fraction, default=None,
+                   help="the last step's alpha in [0, 1] of a linear or cosine --alpha-schedule (default: 0)")
     p.add_argument("--mode", choices=MODES, default="update", help="smooth the update or the gradient (default: %(default)s)")
-    p.add_argument("--steps", type=_positive, default=None, help="training steps (default: vit 600, lm 300)")
-    p.add_argument("--batch-size", type=_positive, default=None, help="(default: vit 32, lm 16)")
-    p.add_argument("--eval-every", type=_positive, default=None, help="steps between evaluations (default: vit 50, lm 25)")
+    p.add_argument("--steps", type=_positive, default=None,
+                   help=f"training steps; rl: phase 2's (default: {_per_task('steps')})")
+    p.add_argument("--batch-size", type=_positive, default=None,
+                   help=f"rl: prompts per step (default: {_per_task('batch_size')})")
+    p.add_argument("--eval-every", type=_positive, default=None,
+                   help=f"steps between evaluations (default: {_per_task('eval_every')})")
     p.add_argument("--context", type=_positive, default=64, help="lm context length in bytes (default: %(default)s)")
     p.add_argument("--data", default=None, help="lm: a UTF-8 text file (default: this Python's standard library sources)")
     sizes = ", ".join(f"{task} {s['depth']}" for task, s in MODEL_SIZES.items())
@@ -186,6 +232,13 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="weight decay of adamw and muon (default: %(default)s)")
     p.add_argument("--warmup", type=_fraction, default=RunConfig.warmup,
                    help="fraction of the steps spent warming the learning rate up (default: %(default)s)")
+    p.add_argument("--group", type=_at_least_two, default=None,
+                   help=f"rl: answers sampled per prompt (default: {RL_DEFAULTS['group']})")
+    p.add_argument("--kl", type=_decay, default=None,
+                   help=f"rl: coefficient of the KL term to the phase-1 model (default: {RL_DEFAULTS['kl']:g})")
+    p.add_argument("--sft-target", type=_share, default=None,
+                   help=f"rl: phase 1 trains until its validation accuracy reaches this, in (0, 1] "
+                        f"(default: {RL_DEFAULTS['sft_target']:g})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -261,28 +314,60 @@ def _check_out(command: str, out: pathlib.Path) -> None:
         _fail(f"gradsmooth {command}: error: --out {str(out)!r} is not writable: {err.strerror or err}")
 
 
+def _alpha(args: argparse.Namespace, steps: int) -> float | AlphaSchedule:
+    """--alpha, or the schedule of --alpha-schedule from it to --alpha-final over ``steps``."""
+    if args.alpha_schedule == "constant":
+        if args.alpha_final is not None:
+            _fail(f"gradsmooth {args.command}: error: --alpha-final {args.alpha_final:g} needs --alpha-schedule "
+                  f"linear or cosine (a constant alpha is --alpha alone)")
+        return args.alpha
+    final = 0.0 if args.alpha_final is None else args.alpha_final
+    return AlphaSchedule(args.alpha_schedule, args.alpha, final, steps)
+
+
+def _rl_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--group, --kl and --sft-target for --task rl (their defaults where not given); refused elsewhere."""
+    given = {k: getattr(args, k) for k in RL_DEFAULTS}
+    if args.task != "rl":
+        named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+        if named:
+            _fail(f"gradsmooth {args.command}: error: {', '.join(named)} applies to --task rl only, not --task "
+                  f"{args.task}")
+        return {}
+    return {k: RL_DEFAULTS[k] if v is None else v for k, v in given.items()}
+
+
 def _config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
-    smoothing = dict(window=args.window, kernel=args.kernel, boundary=args.boundary, normalize=args.normalize,
-                     alpha=args.alpha, mode=args.mode)
+    """The run's settings and the smoothing's, every one checked before any training."""
     _check_kernel_window(args.command, args.kernel, args.window)
-    try:
-        make_operator(**{k: v for k, v in smoothing.items() if k != "mode"})
-    except (TypeError, ValueError) as err:
-        _fail(f"gradsmooth {args.command}: error: {err}")
     defaults, sizes = TASK_DEFAULTS[args.task], MODEL_SIZES[args.task]
+    try:
+        device = backend_module(args.backend).resolve_device(args.device)
+    except ValueError as err:
+        _fail(f"gradsmooth {args.command}: error: --device {args.device}: {err}")
     config = RunConfig(task=args.task, backend=args.backend, optimizer=args.optimizer,
                        steps=args.steps or defaults["steps"], batch_size=args.batch_size or defaults["batch_size"],
                        eval_every=args.eval_every or defaults["eval_every"], data=args.data, context=args.context,
                        weight_decay=args.weight_decay, warmup=args.warmup,
-                       depth=args.depth or sizes["depth"], width=args.width or sizes["width"])
+                       depth=args.depth or sizes["depth"], width=args.width or sizes["width"], device=device,
+                       **_rl_options(args))
+    smoothing = dict(window=args.window, kernel=args.kernel, boundary=args.boundary, normalize=args.normalize,
+                     alpha=_alpha(args, config.steps), mode=args.mode)
+    try:
+        make_operator(**{k: v for k, v in smoothing.items() if k != "mode"})
+    except (TypeError, ValueError) as err:
+        _fail(f"gradsmooth {args.command}: error: {err}")
     return config, smoothing
 
 
-def _data(config: RunConfig, held_out: bool = False) -> Any:
+def _data(config: RunConfig, out: pathlib.Path, held_out: bool = False) -> Any:
     """The task's data; with ``held_out`` (compare) a validation split of the digits' training
-    images, or a test part of the text, beside the split the demo uses."""
-    if config.task == "vit":
+    images, or a test part of the text, beside the split the demo uses. rl: its problems, with
+    the phase-1 models kept in ``out``/phase1 (reused by both arms, and by a resumed comparison)."""
+    if config.task in ("vit", "diffusion"):
         return load_digits_split(val_fraction=VAL_FRACTION if held_out else 0.0)
+    if config.task == "rl":
+        return load_problems(**RL_PROBLEMS, folder=out / "phase1")
     return load_text(config.data, config.context, test_fraction=TEST_FRACTION if held_out else 0.0)
 
 
@@ -312,7 +397,7 @@ def _demo(args: argparse.Namespace, argv: list[str]) -> int:
             replace(config, lr=lr_smoothed if args.lr_smoothed is None else args.lr_smoothed, seed=args.seed,
                     smoothing=smoothing)]
     out = pathlib.Path(args.out)
-    data = _data(config)
+    data = _data(config, out)
     _check_out(args.command, out)
     results: list[RunResult] = []
     progress = _progress(args.quiet)
@@ -338,25 +423,40 @@ def _render_demo(results: list[RunResult], out: pathlib.Path) -> list[pathlib.Pa
     base, smoothed = results
     config = base.config
     print(_demo_table(base, smoothed))
-    from .experiments.plots import plot_depth_structure
+    from .experiments.plots import plot_depth_structure, plot_samples
     from .plots import plot_curves
 
     plot_curves({r.config.label: (r.config.lr, [r.history]) for r in (base, smoothed)}, out / "curves.png",
                 title=f"{config.task}: {config.optimizer} vs {config.optimizer} + Gradient Smoothing")
     plot_depth_structure(base, smoothed, out / "depth_structure.png")
-    return [out / "curves.png", out / "depth_structure.png"]
+    paths = [out / "curves.png", out / "depth_structure.png"]
+    if all("samples" in r.diagnostics for r in (base, smoothed)):
+        plot_samples(base, smoothed, out / "samples.png")
+        paths.append(out / "samples.png")
+    return paths
+
+
+# the demo table's columns per task (a row without one, rl's step 0, shows "-")
+DEMO_COLUMNS = {"vit": ["train_loss", "test_loss", "test_acc"], "lm": ["train_loss", "val_loss"],
+                "diffusion": ["train_loss", "test_loss", "sample_acc"], "rl": ["train_loss", "reward", "test_acc"]}
 
 
 def _demo_table(base: RunResult, smoothed: RunResult) -> str:
-    keys = ["train_loss", "test_loss", "test_acc"] if base.config.task == "vit" else ["train_loss", "val_loss"]
+    keys = DEMO_COLUMNS[base.config.task]
+    cell = lambda row, k: f"{row[k]:.4f}" if k in row else "-"  # noqa: E731
     head = ["step"] + [f"base {k}" for k in keys] + [f"smoothed {k}" for k in keys]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for b, s in zip(base.history, smoothed.history):
-        lines.append(" | ".join([str(b["step"])] + [f"{b[k]:.4f}" for k in keys] + [f"{s[k]:.4f}" for k in keys]))
+        lines.append(" | ".join([str(b["step"])] + [cell(b, k) for k in keys] + [cell(s, k) for k in keys]))
     key, higher = METRICS[base.config.task]
     diff = smoothed.final(key) - base.final(key)
     verdict = "better" if (diff > 0) == higher and diff != 0 else "worse" if diff != 0 else "equal"
     lines.append("")
+    if base.phase1 is not None:
+        p1 = base.phase1
+        lines.append(f"phase 1 (the same for both, not compared): {p1['steps']} supervised steps to validation "
+                     f"accuracy {p1['val_acc']:.3f} (target {base.config.sft_target:g}"
+                     + ("" if p1["reached"] else ", not reached") + ")")
     lines.append(f"base lr {base.config.lr:g}, smoothed lr {smoothed.config.lr:g} "
                  f"({smoothed.config.smoothing}); {base.seconds:.0f} s and {smoothed.seconds:.0f} s")
     lines.append(f"final {key}: base {base.final(key):.4f}, smoothed {smoothed.final(key):.4f}, "
@@ -375,12 +475,13 @@ def _label(config: RunConfig, smoothing: dict[str, Any]) -> str:
 def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     config, smoothing = _config(args)
     out = pathlib.Path(args.out)
-    data = _data(config, held_out=True)
+    data = _data(config, out, held_out=True)
     _check_out(args.command, out)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     settings = {"config": asdict(config), "label": _label(config, smoothing),
-                "val_fraction": VAL_FRACTION if config.task == "vit" else None,
-                "test_fraction": TEST_FRACTION if config.task == "lm" else None}
+                "val_fraction": VAL_FRACTION if config.task in ("vit", "diffusion") else None,
+                "test_fraction": TEST_FRACTION if config.task == "lm" else None,
+                "problems": RL_PROBLEMS if config.task == "rl" else None}
     try:
         result = compare(config, smoothing, args.lrs, seeds, data, out=out, verbose=not args.quiet,
                          progress_for=_progress(args.quiet), command=["gradsmooth", *argv], settings=settings,

@@ -240,9 +240,10 @@ def test_help_is_plain_text(capsys, command):
     if command == ["demo"]:
         flat = " ".join(text.split())
         assert "README sweep's best)" not in flat
-        assert "--lr-base LR_BASE base learning rate (default: adamw 0.001 (vit), 0.003 (lm); sgd 0.1 (vit), 0.3 " \
-               "(lm); muon 0.01 (vit), 0.02 (lm); AdamW's, and Muon's on vit, are each arm's choice in the published " \
-               "comparisons, docs/results)" in flat
+        assert "--lr-base LR_BASE base learning rate (default: adamw 0.001 (vit), 0.003 (lm), 0.01 (diffusion), " \
+               "0.001 (rl); sgd 0.1 (vit), 0.3 (lm), 0.1 (diffusion), 0.03 (rl); muon 0.01 (vit), 0.02 (lm), 0.02 " \
+               "(diffusion), 0.003 (rl); AdamW's on vit and lm, and Muon's on vit, are each arm's choice in the " \
+               "published comparisons, docs/results; diffusion's and rl's from short sweeps)" in flat
 
 
 def _strict_json(text):
@@ -361,3 +362,154 @@ def test_base_from_trains_only_the_smoothed_arm_of_an_ablation(tmp_path, capsys)
     with pytest.raises(SystemExit) as exit_:
         cli.main([*args, "--steps", "3", "--base-from", str(tmp_path / "w3"), "--out", str(tmp_path / "x")])
     assert exit_.value.code == 2 and "other settings (config.steps:" in capsys.readouterr().err
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, as the published runs are, restored after: the small
+    models' many short operations are slow with two threads on a busy machine (waiting threads)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def quick_phase1(monkeypatch):
+    """rl's phase 1 in a few steps (a tiny model does not reach its target: the warning says so)."""
+    from gradsmooth.experiments import reasoning
+
+    monkeypatch.setattr(reasoning, "SFT_MAX_STEPS", 4)
+    monkeypatch.setattr(reasoning, "SFT_CHECK", 2)
+    calls = []
+    train_phase1 = reasoning.train_phase1
+    monkeypatch.setattr(reasoning, "train_phase1", lambda *a: calls.append(a[-2]) or train_phase1(*a))
+    return calls
+
+
+SMALL = ["--depth", "2", "--width", "16", *TINY]
+
+
+def test_demo_diffusion_draws_its_samples(tmp_path, capsys, one_thread):
+    assert cli.main(["demo", "--task", "diffusion", "--batch-size", "8", *SMALL, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "base sample_acc" in out and "smoothed test_loss" in out and "final test_loss" in out
+    for name in ("curves.png", "depth_structure.png", "samples.png", "results.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert len(runs[1]["diagnostics"]["samples"]) == 100 and runs[0]["config"]["device"] == "cpu"
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path)]) == 0  # the samples drawn again from results.json
+    assert "samples.png" in capsys.readouterr().out
+
+
+def test_demo_rl_starts_both_arms_from_one_phase1_and_reports_the_reward(tmp_path, capsys, quick_phase1, one_thread):
+    with pytest.warns(RuntimeWarning, match="phase 1 stopped"):
+        assert cli.main(["demo", "--task", "rl", "--batch-size", "2", "--group", "2", *SMALL,
+                         "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "base reward" in out and "smoothed test_acc" in out and "\n0 | - | - | " in out
+    assert "phase 1 (the same for both, not compared): 4 supervised steps to validation accuracy" in out
+    assert "(target 0.3, not reached)" in out and quick_phase1 == [0]
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert runs[0]["phase1"] == runs[1]["phase1"] and runs[1]["config"]["group"] == 2
+    assert len(list((tmp_path / "phase1").glob("*.npz"))) == 1
+
+
+def test_compare_rl_records_the_depth_structure_and_reuses_phase1_when_resumed(tmp_path, capsys, quick_phase1, one_thread):
+    args = ["compare", "--task", "rl", "--lrs", "1e-3,3e-3", "--seeds", "2", "--batch-size", "2", "--group", "2",
+            "--kl", "0.1", *SMALL, "--out", str(tmp_path)]
+    with pytest.warns(RuntimeWarning, match="phase 1 stopped"):
+        assert cli.main(args) == 0
+    assert quick_phase1 == [0, 1]  # once per seed, for both arms and both learning rates
+    out = capsys.readouterr().out
+    assert "| lr | base val_acc | smoothed val_acc |" in out and "test_acc at each arm's chosen" in out
+    assert "| adjacent_cka |" in out and "| adjacent_update_cosine |" in out
+    result = json.loads((tmp_path / "results.json").read_text())
+    record = result["records"][0]
+    assert set(record["metrics"]) == {"adjacent_cka", "adjacent_update_cosine"} and record["phase1"]["steps"] == 4
+    assert {"reward", "kl"} <= set(record["history"][-1]) and record["history"][0]["step"] == 0
+    config = result["settings"]["config"]
+    assert (config["group"], config["kl"], config["sft_target"], config["device"]) == (2, 0.1, 0.3, "cpu")
+    assert result["settings"]["problems"] == {"digits": 2, "held_out": 500}
+    with pytest.warns(RuntimeWarning):  # a third seed: its phase 1 trained; seeds 0 and 1's kept in the folder
+        assert cli.main([*args[:6], "3", *args[7:], "--resume"]) == 0
+    assert quick_phase1 == [0, 1, 2]
+
+
+def test_compare_diffusion_reports_sample_accuracy_beside_the_loss(tmp_path, capsys, one_thread):
+    assert cli.main(["compare", "--task", "diffusion", "--lrs", "1e-3", "--seeds", "2", "--batch-size", "8", *SMALL,
+                     "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| lr | base val_loss | smoothed val_loss |" in out and "| sample_acc |" in out
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["settings"]["val_fraction"] == 0.2 and result["settings"]["metric"] == "val_loss"
+    assert set(result["records"][0]["metrics"]) == {"adjacent_cka", "adjacent_update_cosine", "sample_acc"}
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert "| sample_acc |" in capsys.readouterr().out
+
+
+def test_an_alpha_schedule_is_recorded_and_base_from_accepts_a_comparison_that_differs_only_in_it(tmp_path, capsys, one_thread):
+    common = ["compare", "--lrs", "1e-3", "--seeds", "1", "--depth", "2", *TINY]
+    assert cli.main([*common, "--out", str(tmp_path / "constant")]) == 0
+    assert cli.main([*common, "--alpha", "0.8", "--alpha-schedule", "cosine", "--alpha-final", "0.1",
+                     "--base-from", str(tmp_path / "constant"), "--out", str(tmp_path / "decay")]) == 0
+    result = json.loads((tmp_path / "decay" / "results.json").read_text())
+    assert result["settings"]["smoothing"]["alpha"] == {"kind": "cosine", "start": 0.8, "final": 0.1, "steps": 4}
+    assert "alpha cosine 0.8 to 0.1 over 4 steps" in result["settings"]["label"]
+    (base,) = [r for r in result["records"] if r["arm"] == "base"]
+    assert base["reused_from"] == str(tmp_path / "constant")
+    smoothed = [r for r in result["records"] if r["arm"] == "smoothed"][0]
+    constant = json.loads((tmp_path / "constant" / "results.json").read_text())["records"]
+    assert smoothed["history"] != [r for r in constant if r["arm"] == "smoothed"][0]["history"]
+    assert cli.main([*common, "--alpha-schedule", "linear", "--out", str(tmp_path / "linear")]) == 0
+    linear = json.loads((tmp_path / "linear" / "results.json").read_text())["settings"]["smoothing"]["alpha"]
+    assert linear == {"kind": "linear", "start": 1.0, "final": 0.0, "steps": 4}  # --alpha-final's default: 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["compare", "--alpha-final", "0.5"], "error: --alpha-final 0.5 needs --alpha-schedule linear or cosine"),
+        (["demo", "--alpha-final", "2"], "argument --alpha-final: should be a number in [0, 1] but is: '2'"),
+        (["compare", "--alpha-schedule", "step"], "argument --alpha-schedule: invalid choice: 'step'"),
+        (["compare", "--kl", "0.1"], "error: --kl applies to --task rl only, not --task vit"),
+        (["demo", "--task", "diffusion", "--group", "4", "--sft-target", "0.5"],
+         "error: --group, --sft-target applies to --task rl only, not --task diffusion"),
+        (["compare", "--task", "rl", "--group", "1"], "argument --group: should be an integer >= 2 but is: '1'"),
+        (["compare", "--task", "rl", "--kl", "-1"], "argument --kl: should be a finite number >= 0 but is: '-1'"),
+        (["demo", "--task", "rl", "--sft-target", "0"], "argument --sft-target: should be a number in (0, 1] but is: '0'"),
+        (["compare", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+        (["compare", "--device", "gpu"], "error: --device gpu: device should be one of ('auto', 'cpu', 'cuda', 'mps') "
+                                         "for torch but is: 'gpu': that is MLX's name"),
+        (["demo", "--backend", "mlx", "--device", "cuda"], "error: --device cuda: device should be one of ('auto', "
+                                                            "'cpu', 'gpu') for MLX but is: 'cuda'"),
+    ],
+)
+def test_the_new_options_refuse_bad_values_before_training(monkeypatch, capsys, args, message):
+    if "mlx" in args:
+        pytest.importorskip("mlx.core")
+    _no_training(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*args, "--quiet"])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_a_device_the_machine_lacks_is_refused_before_training(monkeypatch, capsys):
+    import torch
+
+    _no_training(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--device", "cuda", "--quiet"])
+    assert "error: --device cuda: device 'cuda' is not available here" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    seen = []
+    monkeypatch.setattr(cli, "run", lambda config, *a, **k: seen.append(config.device) or pytest.skip("seen"))
+    with pytest.raises(pytest.skip.Exception):  # auto picks the GPU torch sees (training itself stubbed)
+        cli.main(["demo", "--quiet", "--out", "unused"])
+    assert seen == ["cuda"]
