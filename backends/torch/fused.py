@@ -10,7 +10,7 @@ For update mode the kernel reads ``p`` and the snapshot ``s`` and computes, per 
 
     x_j = p_j - d_j * s_j                      (the base's step without decoupled decay)
     y_l = p_l + sum_j (A - I)[l, j] * x_j      (= d_l * s_l + sum_j A[l, j] * x_j)
-    p_l <- y_l,  s_l <- y_l                     (s then holds the next step's snapshot)
+    p_l <- y_l
 
 and for gradient mode ``g_l <- sum_j A[l, j] * g_j``: one read and one write of each member.
 Low-precision members are mixed in float32 and rounded once on the write.
@@ -125,8 +125,6 @@ def kernel_source(pattern: Pattern, mode: str) -> str:
             lines.append(f"    y{l} = " + (" + ".join(terms) if terms else f"p[{l}].new_zeros(p[{l}].shape, dtype=w.dtype)"))
     for l in range(n):
         lines.append(f"    p[{l}].copy_(y{l})")
-        if mode == "update":
-            lines.append(f"    s[{l}].copy_(y{l})")
     return "\n".join(lines) + "\n"
 
 

@@ -140,11 +140,7 @@ class GradientSmoothing(Optimizer):
             Kernels compile before anything changes (the first step with a new band pattern:
             seconds, cached on disk by inductor) and never inside a step: one that cannot
             compile or run warns once and the eager kernels run instead. ``print(opt.plan)``
-            says which path each group takes. In update mode the kernel also writes the next
-            step's snapshot, so no copy is taken while every member's version counter and
-            storage are unchanged since that write (``execution.Snapshots``). In-place
-            changes that bypass version counters (through ``p.data``) are then not seen: make
-            them through ``torch.no_grad()`` instead.
+            says which path each group takes.
         pipeline: a :class:`PipelineStages` when this process holds one stage of a pipeline:
             boundary members are exchanged with the neighbouring stages so the result equals
             smoothing the whole stack.
@@ -385,7 +381,6 @@ class GradientSmoothing(Optimizer):
         """Check, and plan every group's work (compiling fused kernels, allocating the workspace
         and snapshots); then change things: the gradient mixing (gradient mode) or the
         snapshots (update mode). Returns what the update mode does after the base step."""
-        carried = self._snapshots.start_step()
         if self.check_finite:
             raise_if_not_finite([p for b in self._bases for g in b.param_groups for p in g["params"]
                                  if p.grad is not None], self._name, self._step_count)
@@ -395,12 +390,9 @@ class GradientSmoothing(Optimizer):
         ws = workspace([w.targets for w in work])
         if self.mode == "gradient":
             for w in work:
-                run_group_step(w, self.mode, ws, self._snapshots)
+                run_group_step(w, self.mode, ws)
             return [], None
-        stale = [w for w in work if w.fused is None or not Snapshots.still_valid(carried, w.index, w.shards)]
-        if stale:
-            torch._foreach_copy_([row.view(t.shape) for w in stale for row, t in zip(w.before.unbind(0), w.shards)],
-                                 [t for w in stale for t in w.shards])
+        Snapshots.take(work)  # theta before the base step, whatever wrote it since the last step
         return work, ws
 
     def _plan_step(self) -> list[GroupStep]:
@@ -436,7 +428,7 @@ class GradientSmoothing(Optimizer):
         if pending and self.pipeline is not None:
             stage_updates(self.pipeline, self._stage_band(), pending, decay_factors(self._bases, self.decoupled_decay))
         for w in pending if self.pipeline is None else ():
-            run_group_step(w, self.mode, ws, self._snapshots)
+            run_group_step(w, self.mode, ws)
         self._step_count += 1
 
     # -- state dict --------------------------------------------------------------------------

@@ -121,8 +121,7 @@ def stage_snapshots(groups: list[list[Tensor]], snapshots: Snapshots) -> list[Gr
         shards = [local(p) for p in members]
         work.append(GroupStep(gi, members, shards, shards, None, None, None,
                               snapshots.buffer(gi, shards, len(members))))
-    torch._foreach_copy_([row.view(t.shape) for w in work for row, t in zip(w.before.unbind(0), w.shards)],
-                         [t for w in work for t in w.shards])
+    Snapshots.take(work)
     return work
 
 
