@@ -95,6 +95,18 @@ class BlockPlan:
             all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15) for a, b in zip(row, first)) for row in rows[1:]
         )
 
+    def nothing_smoothed(self) -> str | None:
+        """The warning for a plan that smooths nothing (no stack found, or every group of one
+        member: training would equal the base optimizer while smoothing seems on), naming the
+        way out; None when the plan holds a group."""
+        if self.groups:
+            return None
+        return (
+            f"gradsmooth smooths nothing: no stack of two or more repeated blocks was found among the "
+            f"{len(self.ungrouped)} parameters, so training equals the base optimizer. Name the stacks: stacks='layers' "
+            "(the name before the depth index) or stacks=re.compile(r'layer(\\d+)'); see print(opt.plan)."
+        )
+
     @property
     def names(self) -> tuple[str, ...]:
         """Every grouped name."""

@@ -58,7 +58,7 @@ def band_pattern(band: Band, minus_identity: bool = False) -> tuple[Pattern, tup
 # per native kind: the state lists the kernel reads and writes besides p and g, and the number
 # of per-member coefficients (laid out coefficient-major: c[k * n + j] for member j)
 # ("sgd-plain": SmoothedSGD's groups without momentum, which hold no buffer)
-NATIVE = {"adamw": (("m", "v"), 7), "sgd": (("b",), 6), "sgd-plain": ((), 6)}
+NATIVE = {"adamw": (("m", "v"), 8), "sgd": (("b",), 7), "sgd-plain": ((), 7)}
 
 
 def _row_terms(pattern: Pattern, var: str) -> list[list[str]]:
@@ -82,19 +82,19 @@ def _native_source(pattern: Pattern, kind: str) -> str:
     lines = [head]
     for j in range(n):
         c = [f"c[{k * n + j}]" for k in range(7)]
-        lines.append(f"    g{j} = g[{j}].to(w.dtype)")
-        if kind == "adamw":  # c: 1 - beta1, beta2, 1 - beta2, sqrt(bias corr. 2), eps, -lr / bias corr. 1, decay
+        lines.append(f"    g{j} = g[{j}].to(w.dtype) * {c[6]}")  # the sign: -1 under maximize
+        if kind == "adamw":  # c: 1 - beta1, beta2, 1 - beta2, sqrt(bias corr. 2), eps, -lr / bias corr. 1, sign, decay
             lines.append(f"    m{j} = m[{j}].to(w.dtype)")
             lines.append(f"    m{j} = m{j} + {c[0]} * (g{j} - m{j})")
             lines.append(f"    v{j} = v[{j}].to(w.dtype) * {c[1]} + {c[2]} * g{j} * g{j}")
             lines.append(f"    u{j} = {c[5]} * (m{j} / (v{j}.sqrt() / {c[3]} + {c[4]}))")
-        else:  # c: weight decay, momentum (0 at the first step), 1 - dampening (1 then), a, b, -lr
+        else:  # c: weight decay, momentum (0 at the first step), 1 - dampening (1 then), a, b, -lr, sign
             lines.append(f"    e{j} = g{j} + {c[0]} * p[{j}].to(w.dtype)")
             if state:
                 lines.append(f"    b{j} = b[{j}].to(w.dtype) * {c[1]} + {c[2]} * e{j}")
             lines.append(f"    u{j} = {c[5]} * ({c[3]} * e{j} + {c[4]} * {f'b{j}' if state else f'e{j}'})")
     for l, terms in enumerate(_row_terms(pattern, "u")):
-        own = f"c[{6 * n + l}] * p[{l}].to(w.dtype)" if kind == "adamw" else f"p[{l}].to(w.dtype)"
+        own = f"c[{7 * n + l}] * p[{l}].to(w.dtype)" if kind == "adamw" else f"p[{l}].to(w.dtype)"
         lines.append(f"    y{l} = " + " + ".join([own, *terms]))
     for l in range(n):
         lines.append(f"    p[{l}].copy_(y{l})")
