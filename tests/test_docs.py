@@ -157,16 +157,97 @@ def test_every_public_function_class_and_method_has_a_docstring(module):
     assert not missing, f"{module}: public names without a docstring: {missing}"
 
 
-def test_the_docs_site_builds_with_warnings_as_errors(tmp_path):
+@pytest.fixture
+def page_checks(monkeypatch):
+    """docs/hooks/checks.py, the mkdocs hook that turns a page rendering wrong into a warning."""
+    monkeypatch.syspath_prepend(str(ROOT / "docs" / "hooks"))
+    import checks
+
+    return checks
+
+
+def test_the_docs_site_builds_with_warnings_as_errors(tmp_path, page_checks):
     """mkdocs.yml: the method, architecture, results, recipes and the API reference built from
-    the docstrings; a broken link, a missing page or a docstring that does not match its
-    signature fails the build (strict)."""
+    the docstrings; a broken link, a missing page, a docstring that does not match its
+    signature or an unresolved cross-reference fails the build (strict), and so does a page
+    that renders wrong (docs/hooks/checks.py). The built pages are checked here again, so the
+    checks hold even if the hook is taken out of mkdocs.yml."""
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+    site = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "site" / "api" / "torch" / "index.html").exists()
+    pages = {p.relative_to(site).as_posix(): p.read_text() for p in site.rglob("*.html")}
+    found = {name: page_checks.problems(html) for name, html in pages.items()}
+    assert not any(found.values()), {name: problems for name, problems in found.items() if problems}
+    # the API is anchored by import paths, the adapters' and the reference's included
+    torch_page = pages["api/torch/index.html"]
+    for anchor in ("gradsmooth.backends.torch.GradientSmoothing", "gradsmooth.backends.torch.SmoothedAdamW",
+                   "gradsmooth.backends.torch.SmoothedAdamW.step"):  # step: from the private base
+        assert f'id="{anchor}"' in torch_page, anchor
+    assert 'id="gradsmooth.backends.mlx.GradientSmoothing"' in pages["api/mlx/index.html"]
+    assert 'id="gradsmooth.reference"' in pages["api/reference/index.html"]
+    # a docstring's cross-reference is a link to the object's page and anchor
+    assert 'href="../core/#gradsmooth.find_blocks"' in torch_page
+    # the home page's formula and its inline math are MathML
+    assert pages["index.html"].count("<math ") == 2 and "$" not in pages["index.html"]
+    assert (site / "css" / "pygments.css").exists() and 'class="highlight"' in torch_page
+
+
+def test_the_page_checks_catch_what_renders_wrong(page_checks):
+    good = ('<h2 id="gradsmooth.smooth" class="doc doc-heading">x</h2><p>Bases: <code><span title="torch.optim'
+            '.Optimizer">Optimizer</span></code></p><p>as <a href="#x"><code>smooth</code></a>, $5:</p>'
+            '<pre><code>a::\n$$x$$ :class:`y`</code></pre><p><code>:class:`y`</code></p>'
+            '<script src="js/base.js"></script><a href="https://example.org">a link is not loaded</a>')
+    assert page_checks.problems(good) == []
+    bad = {
+        "a Sphinx role left as text": "<p>any :class:<code>gradsmooth.DepthOperator</code>, or</p>",
+        "unrendered TeX": "<p>$$\\tilde U$$</p>",
+        "a reST literal-block marker": "<p>For each member ::</p>",
+        "a private base class shown": '<p>Bases: <code><span title="x.native._NativeSmoothing">_NativeSmoothing'
+                                      '</span></code></p>',
+        "not anchored by its import path": '<h2 id="backends.torch.GradientSmoothing" class="doc doc-heading">',
+        "loaded from the network": '<script src="https://cdnjs.example/highlight.min.js"></script>',
+    }
+    for what, html in bad.items():
+        problems = page_checks.problems(html)
+        assert problems and all(what in problem for problem in problems), (what, problems)
+    assert "loaded from the network" in page_checks.problems("<style>a { background: url(//cdn.example/x.png) }</style>")[0]
+
+
+def test_math_is_rendered_to_mathml(monkeypatch):
+    pytest.importorskip("latex2mathml")
+    monkeypatch.syspath_prepend(str(ROOT / "docs" / "hooks"))
+    from mathml import to_mathml
+
+    html = to_mathml('<p><span class="arithmatex">\\(A_{lj}\\)</span></p>\n<div class="arithmatex">\\[a &lt; b\\]</div>')
+    assert html.count("<math ") == 2 and 'display="inline"' in html and 'display="block"' in html
+    assert "<mo>&#x0003C;</mo>" in html and "\\(" not in html and "\\[" not in html
+
+
+SPHINX_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|data|attr|obj|exc|const):`")
+QUOTED = re.compile(r"``.+?``|^\s*```.*?^\s*```", re.S | re.M)
+
+
+def test_no_docstring_uses_sphinx_roles_or_rest_literal_blocks():
+    """Docstrings are Markdown (mkdocstrings): ``[X][gradsmooth.X]`` cross-references and fenced
+    code, also where no page renders them (benchmarks, experiments, private modules)."""
+    import ast
+
+    offenders = []
+    for folder in ("gradsmooth", "backends", "reference", "benchmarks", "examples", "docs"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+                        and isinstance(node.value.value, str)):
+                    continue
+                text = QUOTED.sub("", node.value.value)
+                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                offenders += [f"{where}: {m.group(0)}" for m in SPHINX_ROLE.finditer(text)]
+                offenders += [f"{where}: '::' literal block" for line in text.splitlines()
+                              if line.rstrip().endswith("::")]
+    assert not offenders, f"reST in docstrings, write [`X`][gradsmooth.X] and fenced code instead: {offenders}"
 
 
 def test_a_published_run_reproduces_exactly_from_its_recorded_command(tmp_path):
