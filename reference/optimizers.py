@@ -45,11 +45,13 @@ class Optimizer:
 class SGD(Optimizer):
     """torch.optim.SGD.
 
+    ```
     g = -grad (maximize) or grad
     g = g + weight_decay * theta                         (coupled L2)
     b = g (first step) or momentum * b + (1 - dampening) * g
     g = g + momentum * b (nesterov) or b (momentum > 0)
     delta = -lr * g
+    ```
     """
 
     def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False):
@@ -74,6 +76,7 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """torch.optim.Adam (and AdamW with ``decoupled_weight_decay=True``).
 
+    ```
     g = -grad (maximize) or grad
     g = g + weight_decay * theta                         (coupled; not when decoupled)
     m = beta1 * m + (1 - beta1) * g
@@ -81,6 +84,7 @@ class Adam(Optimizer):
     denom = sqrt(v or v_max) / sqrt(1 - beta2^t) + eps
     delta = -lr / (1 - beta1^t) * m / denom
     decay = 1 - lr * weight_decay                        (decoupled only)
+    ```
     """
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
@@ -142,11 +146,13 @@ def newton_schulz(x, coefficients=(3.4445, -4.7750, 2.0315), steps=5, eps=1e-7):
 class Muon(Optimizer):
     """torch.optim.Muon, for 2-D parameters.
 
+    ```
     b = b + (1 - momentum) * (grad - b)                  (torch's lerp)
     u = grad + momentum * (b - grad) (nesterov) or b
     O = NewtonSchulz(u)
     lr_adj = lr * sqrt(max(1, A / B)) ("original") or lr * 0.2 * sqrt(max(A, B)) ("match_rms_adamw")
     delta = -lr_adj * O;   decay = 1 - lr * weight_decay (decoupled)
+    ```
     """
 
     def __init__(self, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
