@@ -30,7 +30,11 @@ LITERAL_MARKER = re.compile(r"::\s*</p>")
 BASES = re.compile(r"Bases:(.*?)</p>", re.S)
 BASE_NAME = re.compile(r'title="([^"]+)"|>([^<>,\s]+)<')
 DOC_HEADING = re.compile(r'<h\d id="([^"]+)"\s+class="doc doc-heading"')
-LOADED = re.compile(r"<(?:script|link|img|iframe|source|audio|video|embed)\b[^>]*?\b(?:src|href)=\"([^\"]*)\""
+# what a browser fetches by itself: sources of scripts, images, frames and media, stylesheets and
+# icons (a <link rel="canonical"> or "next" only names a page), and CSS url()
+LOADED = re.compile(r"<(?:script|img|iframe|source|audio|video|embed)\b[^>]*?\bsrc=\"([^\"]*)\""
+                    r"|<link\b(?=[^>]*\brel=\"[^\"]*(?:stylesheet|icon|preload|prefetch|manifest))"
+                    r"[^>]*?\bhref=\"([^\"]*)\""
                     r"|url\(\s*['\"]?([^'\")]*)", re.S)
 REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//", re.I)
 
@@ -59,8 +63,8 @@ def problems(page_html: str) -> list[str]:
         found += [f"a private base class shown: Bases: {name}" for name in names if _private(name)]
     found += [f"an API heading not anchored by its import path: {anchor}"
               for anchor in DOC_HEADING.findall(page_html) if not anchor.startswith("gradsmooth.")]
-    for tag, css in LOADED.findall(page_html):
-        address = tag or css
+    for addresses in LOADED.findall(page_html):
+        address = "".join(addresses)
         if REMOTE.match(address.strip()):
             found.append(f"loaded from the network: {address}")
     return found
