@@ -50,9 +50,10 @@ class BlockGroup(NamedTuple):
 class BlockPlan:
     """What will be smoothed: ``groups`` (each of two or more members) and ``ungrouped`` names.
 
-    ``operator`` (set by :meth:`with_operator`, not part of equality) lets the printed plan
-    mark the groups the operator moves in lockstep; ``paths`` (set by :meth:`with_paths`, not
-    part of equality either) say which kernels an adapter runs for each group.
+    ``operator`` (set by [`with_operator`][gradsmooth.BlockPlan.with_operator], not part of equality) lets the printed
+    plan mark the groups the operator moves in lockstep; ``paths`` (set by
+    [`with_paths`][gradsmooth.BlockPlan.with_paths], not part of equality either) say which kernels an adapter runs for
+    each group.
     """
 
     groups: tuple[BlockGroup, ...]

@@ -1,10 +1,10 @@
-"""Compare fairly, for any training code: :func:`sweep` runs the base and the smoothed optimizer
+"""Compare fairly, for any training code: [`sweep`][gradsmooth.compare.sweep] runs the base and the smoothed optimizer
 at every learning rate of one grid over the same seeds, chooses each arm's learning rate on the
 validation metric, and reports the test metric there as per-seed paired differences with a
 Student-t interval, a win count and a verdict (docs/method.md, "Comparing fairly").
 
 Framework-free: the user's ``train(make_optimizer, seed)`` builds the model and the optimizer
-(``make_optimizer``, an :class:`Arm`, says which learning rate and smoothing) and returns
+(``make_optimizer``, an [`Arm`][gradsmooth.compare.Arm], says which learning rate and smoothing) and returns
 ``{"val": float, "test": float, ...}`` (and, for curves, ``"history"``: a list of
 ``{"step": ..., "<metric>": ...}``). With ``out`` it writes ``results.json`` after every run (on
 Ctrl-C too) and draws the plots; ``gradsmooth report DIR`` prints the tables again. ``gradsmooth
@@ -129,8 +129,8 @@ def summarize_records(records: Sequence[Mapping[str, Any]], higher_is_better: bo
     """The summary of ``records`` (each ``{"lr", "arm", "seed", "val", "test"}``): per learning
     rate and arm the mean and std over seeds of ``val`` (``rows``); each arm's learning rate
     chosen on it (``best``); and at the chosen rates each arm's ``test`` and the per-seed paired
-    difference smoothed - base (``best_vs_best``, :func:`paired_difference`). ``metric`` and
-    ``test_metric`` name the two metrics in the summary."""
+    difference smoothed - base (``best_vs_best``, [`paired_difference`][gradsmooth.compare.paired_difference]).
+    ``metric`` and ``test_metric`` name the two metrics in the summary."""
     val, test = _table(records, "val"), _table(records, "test")
     rows = [{"lr": lr} | {arm: _mean_std(list(val[lr][arm].values())) for arm in ARMS} for lr in sorted(val)]
     best = _chosen(rows, higher_is_better)
@@ -195,7 +195,8 @@ def _checked(lrs: Iterable[float], seeds: Iterable[int]) -> tuple[list[float], l
 
 
 def _draw(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], out: pathlib.Path) -> list[pathlib.Path]:
-    """The plots of :func:`gradsmooth.plots.plot_compare`; none, with a warning, without matplotlib."""
+    """The plots of [`gradsmooth.plots.plot_compare`][gradsmooth.plots.plot_compare]; none, with a warning, without
+    matplotlib."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -219,7 +220,7 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
     wrapper's arguments, ``{}`` for its defaults) at every learning rate in ``lrs`` and every seed;
     ``train`` returns ``{"val": float, "test": float, ...}`` (``"history"``, a list of
     ``{"step": ..., "<metric>": ...}``, gives the curves plot). Each arm's learning rate is chosen
-    on ``val``; ``test`` is compared there, seed by seed (:func:`summarize_records`).
+    on ``val``; ``test`` is compared there, seed by seed ([`summarize_records`][gradsmooth.compare.summarize_records]).
 
     ``verbose``: a line per run and the tables at the end (stderr, stdout). ``out``: a folder
     where ``results.json`` (records, summary, ``settings``, the ``command`` — default: this
@@ -419,7 +420,7 @@ def _incomplete(payload: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
 
 
 def render(folder: str | pathlib.Path, draw: bool = True) -> str:
-    """The tables of ``folder``/results.json written by :func:`sweep` (or ``gradsmooth compare``),
+    """The tables of ``folder``/results.json written by [`sweep`][gradsmooth.compare.sweep] (or ``gradsmooth compare``),
     as Markdown, recomputed from its records; with ``draw`` its plots are drawn into ``folder`` again.
     An unfinished comparison says so first: its choice and verdict are provisional."""
     folder = pathlib.Path(folder)

@@ -6,7 +6,7 @@ its own zero and is never mixed; **coupled** L2 decay (SGD, Adam: ``g <- g + wd 
 part of the gradient, hence of ``delta``, and is smoothed with it (docs/method.md).
 
 Which kind an optimizer uses is a property of the optimizer, and optimizers outside
-torch.optim rarely say so in their param groups. :func:`classify_decay` decides, in order:
+torch.optim rarely say so in their param groups. [`classify_decay`][gradsmooth.decay.classify_decay] decides, in order:
 
 1. the user's declaration (``decoupled_decay=True/False``, or a function of the param group
    that returns a bool, or the decay factor itself as a number);
@@ -14,14 +14,14 @@ torch.optim rarely say so in their param groups. :func:`classify_decay` decides,
    (timm's AdaBelief, ...), ``decoupled`` (timm's Adopt, ...);
 3. a flag on the optimizer: ``adam_w_mode`` (apex and DeepSpeed ``FusedAdam``),
    ``adamw_mode`` (DeepSpeed ``DeepSpeedCPUAdam``);
-4. the optimizer's class, by module and class name (nothing is imported): :data:`DECOUPLED`
-   and :data:`COUPLED`, searched along the class's MRO so subclasses inherit the answer;
+4. the optimizer's class, by module and class name (nothing is imported): `DECOUPLED`
+   and `COUPLED`, searched along the class's MRO so subclasses inherit the answer;
 5. otherwise unknown (``None``): the adapters treat the decay as coupled and warn once,
    naming the class and the ``decoupled_decay`` option.
 
-:func:`decay_factor` then gives the factor ``f`` of ``theta <- f * theta + delta`` that a
+[`decay_factor`][gradsmooth.decay.decay_factor] then gives the factor ``f`` of ``theta <- f * theta + delta`` that a
 decoupled optimizer applies at a step, from the param group as it is then: ``1 - lr *
-weight_decay`` (AdamW's rule), or a known variant read from the group (:data:`RULES`): timm's
+weight_decay`` (AdamW's rule), or a known variant read from the group (`RULES`): timm's
 ``corrected_weight_decay`` (``1 - lr**2 / max_lr * weight_decay``, ``max_lr`` the peak rate the
 optimizer was built with) and timm's Adan without ``no_prox`` (``theta <- (theta + delta) / (1 +
 lr * weight_decay)``, a factor ``1 / (1 + lr * weight_decay)``). A rule that is none of these is

@@ -1,5 +1,6 @@
-"""results.json: what reproduces a result (:func:`provenance`, :func:`machine`), written as
-strict JSON (:func:`write_results`) and read back (:func:`read_results`).
+"""results.json: what reproduces a result ([`provenance`][gradsmooth.results.provenance],
+[`machine`][gradsmooth.results.machine]), written as strict JSON ([`write_results`][gradsmooth.results.write_results])
+and read back ([`read_results`][gradsmooth.results.read_results]).
 
 Framework-free: the thread count of a framework is recorded only when that framework is
 already imported by the run.
@@ -94,8 +95,8 @@ def write_results(out: str | pathlib.Path, payload: dict[str, Any]) -> pathlib.P
 
 
 def read_results(folder: str | pathlib.Path) -> dict[str, Any]:
-    """``folder``/results.json as written by :func:`write_results`; :class:`ResultsError` when
-    it is missing or not JSON."""
+    """``folder``/results.json as written by [`write_results`][gradsmooth.results.write_results];
+    [`ResultsError`][gradsmooth.results.ResultsError] when it is missing or not JSON."""
     path = pathlib.Path(folder) / "results.json"
     if not path.is_file():
         raise ResultsError(f"DIR {str(folder)!r} holds no results.json")

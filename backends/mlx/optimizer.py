@@ -3,8 +3,8 @@
 ``mode="update"`` (default): the base computes its new parameters ``decay * theta + delta``;
 ``delta = new - decay * theta`` is mixed along depth and ``decay * theta`` added back, so
 decoupled weight decay (``decay = 1 - lr * weight_decay``) stays per layer. Which optimizers
-decay decoupled is decided by :func:`gradsmooth.decay.classify_decay` (MLX's AdamW and Lion;
-SGD, Muon, Adam, ... apply *coupled* L2 decay, which is part of delta and smoothed with it),
+decay decoupled is decided by [`gradsmooth.decay.classify_decay`][gradsmooth.decay.classify_decay] (MLX's AdamW and
+Lion; SGD, Muon, Adam, ... apply *coupled* L2 decay, which is part of delta and smoothed with it),
 or declared with ``decoupled_decay``. ``mode="gradient"``: the gradients are mixed before the
 base step.
 
@@ -188,18 +188,18 @@ class GradientSmoothing(optim.Optimizer):
     Args:
         optimizer: the base optimizer.
         mode: ``"update"`` or ``"gradient"``.
-        operator: any :class:`gradsmooth.DepthOperator`, in place of the window arguments.
-        stacks: as :func:`gradsmooth.find_blocks`; by default stacks are the lists of blocks
+        operator: any [`gradsmooth.DepthOperator`][gradsmooth.DepthOperator], in place of the window arguments.
+        stacks: as [`gradsmooth.find_blocks`][gradsmooth.find_blocks]; by default stacks are the lists of blocks
             in the parameter tree.
-        exclude: as :func:`gradsmooth.find_blocks`: parameters never smoothed.
+        exclude: as [`gradsmooth.find_blocks`][gradsmooth.find_blocks]: parameters never smoothed.
         check_finite: ``True`` raises ``FloatingPointError`` on a non-finite gradient before
             anything changes (each element is tested: finite values near the float32 maximum
             pass). It evaluates the gradients, so it works eagerly, not under ``mx.compile``.
         decoupled_decay: whether each optimizer that steps parameters (the base, or each member
             of a ``MultiOptimizer``) applies its weight decay decoupled (kept per layer, never
             mixed) or coupled (L2 in the gradient, smoothed with it). ``None`` classifies it
-            (:func:`gradsmooth.decay.classify_decay`: MLX's AdamW and Lion are decoupled, its
-            other optimizers coupled); an optimizer that cannot be classified and has a nonzero
+            ([`gradsmooth.decay.classify_decay`][gradsmooth.decay.classify_decay]: MLX's AdamW and Lion are decoupled,
+            its other optimizers coupled); an optimizer that cannot be classified and has a nonzero
             ``weight_decay`` is warned about once, here, and treated as coupled. ``True`` or
             ``False`` declares it for all; a function is called **with the optimizer instance**
             (MLX optimizers have no param groups) and returns a bool (called once, here), or the
@@ -207,9 +207,9 @@ class GradientSmoothing(optim.Optimizer):
             then ``param * factor``, for any rule). A decoupled optimizer's decay is otherwise
             computed as ``param * (1 - learning_rate * weight_decay)``, so it needs both
             attributes (ValueError here otherwise).
-        **window: the Window Smoothing options (:class:`gradsmooth.operators.WindowOptions`:
+        **window: the Window Smoothing options (`gradsmooth.operators.WindowOptions`:
             ``window``, ``kernel``, ``boundary``, ``alpha``, ``sigma``, ``normalize``), with
-            :class:`gradsmooth.WindowSmoothing`'s defaults; ``alpha`` may be a function of the
+            [`gradsmooth.WindowSmoothing`][gradsmooth.WindowSmoothing]'s defaults; ``alpha`` may be a function of the
             step (an ``mx.array``), like MLX schedules.
 
     What is checked, and when (a refused step changes nothing):
@@ -217,14 +217,14 @@ class GradientSmoothing(optim.Optimizer):
     - Eagerly (no ``mx.compile``, or a compiled function whose inputs do not hold
       ``opt.state``): every step checks ``alpha(step)`` before anything changes: a value
       outside [0, 1] or NaN raises ValueError naming the step and the value. The core checks
-      a function's Python numbers (:meth:`DepthOperator.alpha_at`), this class its ``mx.array``
-      values.
+      a function's Python numbers ([`DepthOperator.alpha_at`][gradsmooth.DepthOperator.alpha_at]), this class its
+      ``mx.array`` values.
     - Under ``mx.compile`` the step is traced, so ``alpha(step)`` has no value while tracing
       and the compiled step never returns to Python: only its shape and dtype (one real
       number) are checked, once, when tracing. Its value is not: a schedule that leaves
       [0, 1] at some step is applied as given there (``alpha = 2`` applies ``2A - I``). To
       catch most such schedules, ``alpha`` is evaluated and checked here at the steps
-      :data:`ALPHA_PROBES` (0, 1, 2, 10, ..., 10**6), and at the restored step whenever
+      `ALPHA_PROBES` (0, 1, 2, 10, ..., 10**6), and at the restored step whenever
       ``opt.state`` is set. ``check_finite=True`` raises ValueError while tracing. An error
       raised while tracing leaves the compiled function's inputs (model and optimizer state)
       holding MLX's placeholders (MLX does not restore them): reload them before going on.
@@ -376,7 +376,8 @@ class GradientSmoothing(optim.Optimizer):
 
     def _mix(self, flat: dict[str, mx.array], plan: BlockPlan, alpha: float | mx.array) -> dict[str, mx.array]:
         """Each group's members replaced by ``sum_j [(1 - alpha) I + alpha A][l, j] U_j``: the
-        core's band at this strength (:meth:`DepthOperator.band_at`), executed by :func:`mix_group`."""
+        core's band at this strength ([`DepthOperator.band_at`][gradsmooth.DepthOperator.band_at]), executed by
+        `mix_group`."""
         out = dict(flat)
         for group in plan.groups:
             members = [flat[name] for name in group.names]
@@ -429,7 +430,7 @@ def _as(x: mx.array, dtype: mx.Dtype) -> mx.array:
 
 def mix_group(names: Sequence[str], members: list[mx.array], band: Band) -> dict[str, mx.array]:
     """The MLX executor: ``U~_l = sum_j band[l, j] U_j`` for one group (the core's
-    :func:`~gradsmooth.smoothing.weighted_sum` on MLX arrays, which ``mx.compile`` fuses).
+    `weighted_sum` on MLX arrays, which ``mx.compile`` fuses).
     bfloat16 and float16 members are mixed in float32 and rounded once to their dtype, so a
     parameter never changes dtype (an array-valued alpha is float32)."""
     dtype = members[0].dtype

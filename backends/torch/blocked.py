@@ -8,13 +8,15 @@ kernels walk the flat parameters in blocks of at most ``CHUNK`` positions instea
 blocks for each OpenMP thread: a share left over would leave a thread idle while another
 finishes it; 1.05-1.08 -> 0.97-1.00 on a 768 x 768 group); inside a block, member by
 member in depth order, they compute the member's update into a small ring of scratch rows and
-finish each row of the band as soon as its last update is there::
+finish each row of the band as soon as its last update is there:
 
-    for each block of positions [lo, lo + CHUNK):
-        for j in 0 .. n-1:
-            u[j % R] = update of member j       (reads g_j and the state, writes the state)
-            for each row l whose last term is u_j:
-                p_l = d_l p_l + sum_k A[l, k] u[k % R]
+```
+for each block of positions [lo, lo + CHUNK):
+    for j in 0 .. n-1:
+        u[j % R] = update of member j       (reads g_j and the state, writes the state)
+        for each row l whose last term is u_j:
+            p_l = d_l p_l + sum_k A[l, k] u[k % R]
+```
 
 so every inner loop touches a handful of arrays, the scratch stays in cache, and each array
 is still read and written once: the passes of AdamW (or SGD) alone. ``R`` (the ring) is the
@@ -105,7 +107,7 @@ def applies(kind: str, dtype: torch.dtype, device: torch.device | str) -> bool:
 
 def blocked_source(pattern: Pattern, kind: str, ctype: str) -> str:
     """C++ source of ``step(*lists, w, c, numel, scratch, threads)`` for ``pattern`` (the members
-    each row reads), ``kind`` (:data:`KINDS`) and ``ctype`` ("float" or "double"): each list an
+    each row reads), ``kind`` (`KINDS`) and ``ctype`` ("float" or "double"): each list an
     array of n pointers (``p, g, m, v`` or ``p, g, b``), ``w`` the band's weights flattened row
     by row, ``c`` the coefficients, ``scratch`` ``threads * R * CHUNK`` values."""
     return _source(pattern, kind, ctype, CHUNK)
@@ -223,7 +225,7 @@ def _cpu() -> str:
 
 
 class BlockedLibrary:
-    """A loaded blocked kernel: :meth:`bind` makes a call ready (pointer arrays, scratch) before
+    """A loaded blocked kernel: `bind` makes a call ready (pointer arrays, scratch) before
     anything changes; the call writes in place."""
 
     def __init__(self, library: ctypes.CDLL) -> None:

@@ -3,7 +3,7 @@
 A stack is an ``nn.ModuleList`` or ``nn.Sequential`` of two or more children of one
 class; the outermost such list is depth (a list inside a block, such as MoE experts,
 is part of the block). The components that wrappers add are dropped from names
-(:data:`WRAPPERS`), so a wrapped model plans like the plain one.
+(`WRAPPERS`), so a wrapped model plans like the plain one.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def canonical_name(name: str) -> str:
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
-    """The module a wrapper holds (any of :data:`WRAPPERS`), else ``module``."""
+    """The module a wrapper holds (any of `WRAPPERS`), else ``module``."""
     for attr in WRAPPERS:
         inner = getattr(module, attr, None)
         if isinstance(inner, nn.Module) and len(list(module.children())) == 1:

@@ -1,16 +1,16 @@
 """One smoothing step on torch tensors, group by group, as plain functions (the way torch.optim
 puts an optimizer's arithmetic in functions beside its class).
 
-A step has two halves around the base optimizer's step. Before it, :func:`plan_group_steps`
-plans every group's work and allocates all it needs (:class:`GroupStep`: the band's program,
+A step has two halves around the base optimizer's step. Before it, `plan_group_steps`
+plans every group's work and allocates all it needs (`GroupStep`: the band's program,
 the fused kernel's bound call, the decay factors, the snapshot buffer; then one
-:class:`~.mixing.Workspace` for all groups), so anything that can fail fails before the first
-write. Then :func:`run_group_step` executes one group: its compiled kernel where it has one,
+`Workspace` for all groups), so anything that can fail fails before the first
+write. Then `run_group_step` executes one group: its compiled kernel where it has one,
 else the eager kernels (also when the kernel refuses to run: it never compiles inside a step).
 
 Update mode (the paper's) mixes the base's step: ``theta_l <- d_l theta_l + sum_j A[l, j] delta_j``
 with ``delta_j = p_j - d_j theta_j`` recovered from a snapshot of ``theta`` taken before the
-base step (:class:`Snapshots`). Gradient mode mixes the gradients before the base step.
+base step (`Snapshots`). Gradient mode mixes the gradients before the base step.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class GroupStep(NamedTuple):
 
 class Snapshots:
     """Update mode's copies of the blocks' parameters before the base step: one (n, numel)
-    buffer per group, kept across steps and refilled at every step (:meth:`take`).
+    buffer per group, kept across steps and refilled at every step (`take`).
 
     The copy is taken at every step, whatever happened since the last one: a write to the
     parameters between steps (under ``no_grad``, through ``p.data``, ``vector_to_parameters``,
@@ -115,7 +115,7 @@ def eager_reason(targets: list[Tensor], fused: bool | None, mode: str = "") -> s
 def fused_call(band: Band, targets: list[Tensor], mode: str, fused: bool | None = True) -> tuple[FusedKernel, Tensor] | None:
     """The compiled kernel for ``band`` (prepared for the targets' dtype and device: compiled on
     first use) and its weights (``A``'s band, or ``A - I``'s in update mode), or None where the
-    eager kernels run (:func:`eager_reason`, or a kernel that could not compile: it warns once)."""
+    eager kernels run (`eager_reason`, or a kernel that could not compile: it warns once)."""
     if eager_reason(targets, fused) is not None:
         return None
     pattern, values = band_pattern(band, mode == "update")
@@ -139,7 +139,7 @@ def group_path(band: Band, targets: list[Tensor], mode: str, fused: bool | None)
 def plan_group_step(index: int, members: list[Tensor], band: Band, mode: str, *, fused: bool | None,
                     snapshots: Snapshots, capacity: int, decays: dict[int, float]) -> GroupStep:
     """Group ``index``'s work at this step: its program, its fused kernel bound to its tensors
-    (where one runs: :func:`fused_call`), and in update mode its decay factors and snapshot
+    (where one runs: `fused_call`), and in update mode its decay factors and snapshot
     buffer. Allocates (and compiles a new kernel); changes nothing."""
     update = mode == "update"
     shards = [local(p) for p in members]

@@ -107,7 +107,7 @@ def _native_source(pattern: Pattern, kind: str) -> str:
 def kernel_source(pattern: Pattern, mode: str) -> str:
     """Straight-line Python for one pattern: ``mix(p, s, w, d)`` (update) or ``mix(p, w)``
     (gradient), ``p`` and ``s`` lists of 1-D tensors, ``w`` the flat weights, ``d`` the decay
-    factors; both in the compute dtype. ``"adamw"`` and ``"sgd"``: :func:`_native_source`."""
+    factors; both in the compute dtype. ``"adamw"`` and ``"sgd"``: `_native_source`."""
     if mode in NATIVE:
         return _native_source(pattern, mode)
     n = len(pattern)
@@ -150,7 +150,7 @@ def compiler_missing(device_type: str) -> str | None:
 
 
 class FusedKernel:
-    """A compiled kernel for one pattern and mode; :meth:`prepare` compiles it for a dtype and
+    """A compiled kernel for one pattern and mode; `prepare` compiles it for a dtype and
     device (call it before anything changes: compilation can fail), calling it runs it.
 
     The native steps' kernels ("adamw", "sgd") for float32 and float64 members on a CPU are
@@ -181,7 +181,7 @@ class FusedKernel:
         return "failed" if key in self._failed else "compiled" if key in ready else "not compiled yet"
 
     def ready(self, dtype: torch.dtype, device: torch.device) -> bool:
-        """Whether the kernel runs for ``dtype`` on ``device``: :meth:`prepare` it (compiling
+        """Whether the kernel runs for ``dtype`` on ``device``: `prepare` it (compiling
         on first use), or False, with one warning, where compiling failed (no C++ compiler,
         no Triton, ...): the caller runs the eager kernels instead. Running out of memory is
         not a compile failure: it propagates (the step raises before anything changed, and
@@ -201,7 +201,7 @@ class FusedKernel:
         """Whether a call bound for ``dtype`` on ``device`` may refuse to run (inductor's kernels:
         its guards, a reset; the caller then runs the eager kernels and keeps their scratch
         ready). A bound blocked call refuses only when a member's storage was replaced between
-        :meth:`bind` and the call, which a step never does."""
+        `bind` and the call, which a step never does."""
         return self._blocked(dtype, device) is None
 
     def give_up(self, dtype: torch.dtype, device: torch.device, error: BaseException) -> None:
@@ -258,7 +258,7 @@ class FusedKernel:
         (contiguous, one shape) in place; ``args`` are the snapshot rows, weights and decay
         factors (update) or the weights (gradient).
 
-        The call never compiles: arguments that fail the guards of the kernel :meth:`prepare`
+        The call never compiles: arguments that fail the guards of the kernel `prepare`
         compiled make it raise ``RuntimeError`` before it writes anything (the caller then
         runs the eager kernels), and so does a call after ``torch._dynamo.reset()``."""
         source = self._blocked(members[0].dtype, members[0].device)
@@ -280,7 +280,7 @@ class FusedKernel:
         return run
 
     def _bind_blocked(self, source: str, members: list[torch.Tensor], *args: object) -> Callable[[], None]:
-        """:meth:`bind` for the blocked C++ kernel: its pointer arrays and scratch made now."""
+        """`bind` for the blocked C++ kernel: its pointer arrays and scratch made now."""
         *lists, w, c = args
         call = blocked.load_blocked(source).bind([members, *lists], w, c, blocked.ring_size(self.pattern))
         pointers = [t.data_ptr() for t in members]
@@ -294,7 +294,7 @@ class FusedKernel:
         return run
 
     def __call__(self, members: list[torch.Tensor], *args: object) -> None:
-        """Bind and run at once (see :meth:`bind`)."""
+        """Bind and run at once (see `bind`)."""
         self.bind(members, *args)()
 
     def _compiled_code_exists(self) -> bool:

@@ -1,7 +1,7 @@
 """Planning on the torch side: which optimizer steps which parameter, and which parameters
 form the groups that are smoothed together. Nothing here changes a tensor.
 
-The plan itself (stacks, roles, depth order) is the core's :func:`gradsmooth.find_blocks`;
+The plan itself (stacks, roles, depth order) is the core's [`gradsmooth.find_blocks`][gradsmooth.find_blocks];
 this module feeds it the parameters the base optimizers own, under their model names, and
 checks what only torch can tell: Muon's 2-D rule, one owner per parameter, FSDP2 layouts.
 """

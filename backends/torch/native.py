@@ -427,10 +427,12 @@ class _NativeSmoothing(Optimizer):
 class SmoothedAdamW(_NativeSmoothing):
     """AdamW whose updates are smoothed along depth as they are computed.
 
-    For each group of blocks (one role of one stack, in depth order) and each member ``l``::
+    For each group of blocks (one role of one stack, in depth order) and each member ``l``:
 
-        u_l = -lr / (1 - beta1^t) * m_l / (sqrt(v_l) / sqrt(1 - beta2^t) + eps)   (AdamW's update)
-        theta_l <- (1 - lr * weight_decay) * theta_l + sum_j A[l, j] u_j
+    ```
+    u_l = -lr / (1 - beta1^t) * m_l / (sqrt(v_l) / sqrt(1 - beta2^t) + eps)   (AdamW's update)
+    theta_l <- (1 - lr * weight_decay) * theta_l + sum_j A[l, j] u_j
+    ```
 
     with ``A`` the depth operator (window 3, uniform, ``renormalize``, ``alpha`` 1 by default):
     ``GradientSmoothing(torch.optim.AdamW(...), model)`` in update mode without its snapshot,
@@ -520,12 +522,14 @@ class SmoothedSGD(_NativeSmoothing):
     """SGD (with momentum, dampening, Nesterov, coupled weight decay: ``torch.optim.SGD``'s
     arithmetic) whose updates are smoothed along depth as they are computed.
 
-    For each group of blocks and each member ``l``::
+    For each group of blocks and each member ``l``:
 
-        e_l = g_l + weight_decay * theta_l
-        b_l <- momentum * b_l + (1 - dampening) * e_l          (b_l = e_l at the first step)
-        u_l = -lr * (e_l + momentum * b_l if nesterov else b_l)
-        theta_l <- theta_l + sum_j A[l, j] u_j
+    ```
+    e_l = g_l + weight_decay * theta_l
+    b_l <- momentum * b_l + (1 - dampening) * e_l          (b_l = e_l at the first step)
+    u_l = -lr * (e_l + momentum * b_l if nesterov else b_l)
+    theta_l <- theta_l + sum_j A[l, j] u_j
+    ```
 
     ``GradientSmoothing(torch.optim.SGD(...), model)`` in update mode without its snapshot,
     equal to it to rounding. Parameters outside every group take torch.optim's SGD step.

@@ -5,19 +5,23 @@ in one pass over column chunks (the compiled kernels' source is ``fused.py``).
 For a group of n members (one role of one stack), at one position of the flat parameters:
 
 AdamW (``torch.optim.AdamW``'s arithmetic, then the band instead of the identity; ``g_j`` is
-the gradient, negated where the member's param group has ``maximize``)::
+the gradient, negated where the member's param group has ``maximize``):
 
-    m_j <- m_j + (1 - beta1) (g_j - m_j)
-    v_j <- beta2 v_j + (1 - beta2) g_j^2
-    u_j  = -(lr_j / bc1_j) * m_j / (sqrt(v_j) / sqrt(bc2_j) + eps_j)
-    p_l <- (1 - lr_l wd_l) p_l + sum_j A[l, j] u_j
+```
+m_j <- m_j + (1 - beta1) (g_j - m_j)
+v_j <- beta2 v_j + (1 - beta2) g_j^2
+u_j  = -(lr_j / bc1_j) * m_j / (sqrt(v_j) / sqrt(bc2_j) + eps_j)
+p_l <- (1 - lr_l wd_l) p_l + sum_j A[l, j] u_j
+```
 
-SGD (``torch.optim.SGD``'s, weight decay coupled, as there; ``g_j`` negated under ``maximize``)::
+SGD (``torch.optim.SGD``'s, weight decay coupled, as there; ``g_j`` negated under ``maximize``):
 
-    e_j  = g_j + wd_j p_j
-    b_j <- momentum_j b_j + (1 - dampening_j) e_j         (b_j = e_j at the first step)
-    u_j  = -lr_j * (e_j + momentum_j b_j  if nesterov  else  b_j)
-    p_l <- p_l + sum_j A[l, j] u_j
+```
+e_j  = g_j + wd_j p_j
+b_j <- momentum_j b_j + (1 - dampening_j) e_j         (b_j = e_j at the first step)
+u_j  = -lr_j * (e_j + momentum_j b_j  if nesterov  else  b_j)
+p_l <- p_l + sum_j A[l, j] u_j
+```
 
 This equals ``GradientSmoothing(AdamW or SGD, mode="update")`` with no snapshot: the update is
 mixed where it is computed. The coefficients are per member (members may sit in param groups
@@ -97,7 +101,7 @@ def native_blocks(kind: str, groups: list[list[list[Tensor]]]) -> list[Tensor]:
     state lists, a state list of Nones where it is not made yet), (5, n, c) for AdamW, (4, n, c)
     for SGD in the members' compute dtype, ``c`` the widest chunk the kernels will walk: views of
     one buffer per dtype and device (the groups run one after another; kept across steps on a
-    CPU: :func:`~.mixing.scratch`), allocated before anything changes."""
+    CPU: `scratch`), allocated before anything changes."""
     count = 5 if kind == "adamw" else 4
     shapes = []
     for lists in groups:
@@ -128,8 +132,8 @@ def _columns(table: Tensor) -> list[Tensor]:
 def adamw_mix(program: BandProgram, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
               exp_avg_sqs: list[Tensor], table: Tensor, blocks: Tensor) -> None:
     """In place, one group: AdamW's moments and update for every member, mixed along depth by
-    ``program`` (the band of ``A``), chunk by chunk in ``blocks`` (:func:`native_blocks`);
-    ``table``: :func:`adamw_coefficients` as a :func:`coefficient_table`."""
+    ``program`` (the band of ``A``), chunk by chunk in ``blocks`` (`native_blocks`);
+    ``table``: `adamw_coefficients` as a `coefficient_table`."""
     c1, c2, c3, c4, c5, c6, sign, c7 = _columns(table)
     flats, chunks = _chunks([params, grads, exp_avgs, exp_avg_sqs])
     for lo, hi in chunks:
@@ -157,7 +161,7 @@ def adamw_mix(program: BandProgram, params: list[Tensor], grads: list[Tensor], e
 def sgd_mix(program: BandProgram, params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | None,
             table: Tensor, blocks: Tensor) -> None:
     """In place, one group: SGD's (momentum) update for every member, mixed along depth by
-    ``program`` (the band of ``A``), chunk by chunk in ``blocks`` (:func:`native_blocks`).
+    ``program`` (the band of ``A``), chunk by chunk in ``blocks`` (`native_blocks`).
     ``buffers``: the members' momentum buffers, or None where no member has momentum."""
     c1, c2, c3, c4, c5, c6, sign = _columns(table)
     (pf, gf, bf), chunks = _chunks([params, grads, buffers if buffers is not None else params])

@@ -131,9 +131,9 @@ class GradientSmoothing(Optimizer):
         model: an ``nn.Module`` (blocks found from its structure) or an iterable of
             ``(name, parameter)`` pairs (blocks found from the names).
         mode: ``"update"`` (smooth the base's step) or ``"gradient"`` (smooth the gradients).
-        operator: any :class:`gradsmooth.DepthOperator`, in place of the window arguments.
-        stacks: as :func:`gradsmooth.find_blocks` (given, blocks are found from the names).
-        exclude: as :func:`gradsmooth.find_blocks`: parameters never smoothed.
+        operator: any [`gradsmooth.DepthOperator`][gradsmooth.DepthOperator], in place of the window arguments.
+        stacks: as [`gradsmooth.find_blocks`][gradsmooth.find_blocks] (given, blocks are found from the names).
+        exclude: as [`gradsmooth.find_blocks`][gradsmooth.find_blocks]: parameters never smoothed.
         check_finite: raise ``FloatingPointError`` on a non-finite gradient, before anything
             changes. Off by default, as in torch.optim: it reads every gradient once more and
             synchronises with the device once per step (under ``GradScaler`` the scaler
@@ -147,18 +147,18 @@ class GradientSmoothing(Optimizer):
             seconds, cached on disk by inductor) and never inside a step: one that cannot
             compile or run warns once and the eager kernels run instead. ``print(opt.plan)``
             says which path each group takes.
-        pipeline: a :class:`PipelineStages` when this process holds one stage of a pipeline:
-            boundary members are exchanged with the neighbouring stages so the result equals
+        pipeline: a [`PipelineStages`][gradsmooth.backends.torch.PipelineStages] when this process holds one stage of a
+            pipeline: boundary members are exchanged with the neighbouring stages so the result equals
             smoothing the whole stack.
         decoupled_decay: whether the bases' ``weight_decay`` is decoupled (kept per layer,
             never mixed) or coupled L2 (smoothed with the gradient): ``None`` (default)
             classifies each optimizer (torch.optim's flags, timm, bitsandbytes, torchao, apex,
-            DeepSpeed by class name: see :mod:`gradsmooth.decay`) and warns once, naming the
+            DeepSpeed by class name: see [`gradsmooth.decay`][gradsmooth.decay]) and warns once, naming the
             class, where it cannot tell; ``True``/``False`` declares it for every group; a
             function ``param_group -> bool`` declares it group by group.
-        **window: the Window Smoothing options (:class:`gradsmooth.operators.WindowOptions`:
+        **window: the Window Smoothing options (`gradsmooth.operators.WindowOptions`:
             ``window``, ``kernel``, ``boundary``, ``alpha``, ``sigma``, ``normalize``), with
-            :class:`gradsmooth.WindowSmoothing`'s defaults (window 3, uniform, renormalize,
+            [`gradsmooth.WindowSmoothing`][gradsmooth.WindowSmoothing]'s defaults (window 3, uniform, renormalize,
             alpha 1); ``alpha`` may be a function of the step.
 
     Under FSDP2 (``fully_shard``) the members of a group are DTensors of one shape and one

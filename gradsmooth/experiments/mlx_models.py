@@ -1,6 +1,6 @@
-"""The demo's models and training step in MLX: the twins of :mod:`gradsmooth.experiments.torch_models`.
+"""The demo's models and training step in MLX: the twins of `gradsmooth.experiments.torch_models`.
 
-The loop itself is :func:`gradsmooth.experiments.loop.train`; :class:`Trainer` is this framework's part of
+The loop itself is `gradsmooth.experiments.loop.train`; `Trainer` is this framework's part of
 it, with a compiled step.
 """
 
@@ -119,7 +119,7 @@ def build_model(config: RunConfig) -> nn.Module:
 
 
 def _schedule(config: RunConfig, peak: float) -> Callable[[mx.array], mx.array]:
-    """:class:`~gradsmooth.experiments.loop.WarmupCosine` as an MLX schedule peaking at ``peak``,
+    """`WarmupCosine` as an MLX schedule peaking at ``peak``,
     so that it runs inside the compiled step."""
     s = WarmupCosine.of(config)
     return optim.join_schedules([optim.linear_schedule(peak / s.warm, peak, s.warm - 1 if s.warm > 1 else 1),
@@ -183,7 +183,7 @@ def _compiled_step(model: nn.Module, optimizer: optim.Optimizer) -> tuple[Callab
 
 
 class Trainer:
-    """MLX's part of the loop (:class:`gradsmooth.experiments.loop.Trainer`): the model and
+    """MLX's part of the loop (`gradsmooth.experiments.loop.Trainer`): the model and
     optimizer of ``config`` and a compiled step (the schedule lives in the optimizer)."""
 
     def __init__(self, config: RunConfig, data: Any, val: dict[str, list[Batch]] | None) -> None:
@@ -201,7 +201,7 @@ class Trainer:
         return loss.item()
 
     def evaluate(self) -> dict[str, float]:
-        """The task's held-out metrics (:func:`evaluate`)."""
+        """The task's held-out metrics (`evaluate`)."""
         return evaluate(self.model, self.config, self.data, self.val)
 
     def parameters(self) -> dict[str, np.ndarray]:
@@ -217,5 +217,5 @@ class Trainer:
 
 def train(config: RunConfig, data: Any, result: RunResult, progress: Callable[[int], None] | None = None,
           diagnose: bool = False) -> None:
-    """Train ``config`` on ``data`` in MLX: :func:`gradsmooth.experiments.loop.train` with :class:`Trainer`."""
+    """Train ``config`` on ``data`` in MLX: `gradsmooth.experiments.loop.train` with `Trainer`."""
     loop.train(config, data, result, Trainer, progress=progress, diagnose=diagnose)

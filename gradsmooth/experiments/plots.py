@@ -1,5 +1,5 @@
 """The demo's depth-structure figure (matplotlib, drawn off-screen); the comparisons' figures
-are :mod:`gradsmooth.plots`."""
+are [`gradsmooth.plots`][gradsmooth.plots]."""
 
 from __future__ import annotations
 

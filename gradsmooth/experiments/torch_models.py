@@ -1,9 +1,9 @@
-"""The demo's models and training step in PyTorch (the MLX twin is :mod:`gradsmooth.experiments.mlx_models`).
+"""The demo's models and training step in PyTorch (the MLX twin is `gradsmooth.experiments.mlx_models`).
 
 - ``vit``: a small Vision Transformer on 8 x 8 digits: 2 x 2 patches, a class token, pre-norm blocks.
 - ``lm``: a small GPT on bytes: causal pre-norm blocks.
 
-The loop itself is :func:`gradsmooth.experiments.loop.train`; :class:`Trainer` is this framework's part of it.
+The loop itself is `gradsmooth.experiments.loop.train`; `Trainer` is this framework's part of it.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def _classify(model: nn.Module, split: str, x: np.ndarray, y: np.ndarray) -> dic
 
 
 class Trainer:
-    """PyTorch's part of the loop (:class:`gradsmooth.experiments.loop.Trainer`): the model and
+    """PyTorch's part of the loop (`gradsmooth.experiments.loop.Trainer`): the model and
     optimizer of ``config``; each step sets the scheduled learning rate, clips the gradient norm to 1."""
 
     def __init__(self, config: RunConfig, data: Any, val: dict[str, list[Batch]] | None) -> None:
@@ -228,7 +228,7 @@ class Trainer:
         return loss.item()
 
     def evaluate(self) -> dict[str, float]:
-        """The task's held-out metrics (:func:`evaluate`)."""
+        """The task's held-out metrics (`evaluate`)."""
         return evaluate(self.model, self.config, self.data, self.val)
 
     def parameters(self) -> dict[str, np.ndarray]:
@@ -247,5 +247,5 @@ class Trainer:
 
 def train(config: RunConfig, data: Any, result: RunResult, progress: Callable[[int], None] | None = None,
           diagnose: bool = False) -> None:
-    """Train ``config`` on ``data`` in PyTorch: :func:`gradsmooth.experiments.loop.train` with :class:`Trainer`."""
+    """Train ``config`` on ``data`` in PyTorch: `gradsmooth.experiments.loop.train` with `Trainer`."""
     loop.train(config, data, result, Trainer, progress=progress, diagnose=diagnose)
