@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ResultsError", "machine", "provenance", "read_results", "strict", "write_results"]
+__all__ = ["ResultsError", "machine", "provenance", "read_results", "strict", "write_results", "wrote"]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -106,3 +106,9 @@ def read_results(folder: str | pathlib.Path) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ResultsError(f"{str(path)!r} is not a results.json of gradsmooth")
     return payload
+
+
+def wrote(paths: Sequence[str | pathlib.Path]) -> str:
+    """"wrote a, b and c": the closing line of a command that wrote the files ``paths`` (at least one)."""
+    names = [str(p) for p in paths]
+    return "wrote " + (", ".join(names[:-1]) + " and " if len(names) > 1 else "") + names[-1]
