@@ -299,6 +299,7 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
         written = records + [r for key, r in kept.items() if key not in done]
         payload["records"] = written
         payload["interrupted"] = interrupted
+        payload["machine"] = machine()  # the frameworks imported by now: what selected their kernels too
         payload["summary"] = summarize_records(written, higher_is_better, metric, test_metric) if written else None
         return write_results(out, payload)
 
