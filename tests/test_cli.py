@@ -496,3 +496,13 @@ def test_the_default_output_folders_are_ignored_by_git():
         pytest.skip("not a git checkout")
     for folder in ("gradsmooth-demo", "gradsmooth-compare"):
         assert subprocess.run(["git", "check-ignore", "-q", f"{folder}/results.json"], cwd=root).returncode == 0, folder
+
+
+def test_threads_with_another_backend_is_refused(monkeypatch, capsys):
+    _no_training(monkeypatch)
+    monkeypatch.setattr(cli, "backend_module", lambda backend: None)  # as if MLX were installed
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--backend", "mlx", "--threads", "2", *TINY])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == "gradsmooth demo: error: --threads 2 sets torch's CPU threads; " \
+                                              "--backend mlx does not take it"
