@@ -26,7 +26,7 @@ import numpy as np
 
 from .modes import check_mode
 from .operators import WINDOW_OPTIONS, make_operator
-from .results import ResultsError, machine, provenance, read_results, strict, write_results
+from .results import ResultsError, machine, provenance, read_results, strict, write_results, wrote
 
 __all__ = [
     "CONFIDENCE",
@@ -124,13 +124,33 @@ def _chosen(rows: list[dict[str, Any]], higher: bool) -> dict[str, float]:
     return best
 
 
+def _grid_doubt(lrs: Sequence[float], best: Mapping[str, float]) -> str | None:
+    """Why the learning rates ``best`` (each arm's choice) cannot carry a verdict on the grid
+    ``lrs`` (sorted): a grid of one learning rate chooses none, and an arm that chose the grid's
+    lowest or highest rate may do better beyond it. None when every choice lies inside the grid."""
+    if len(lrs) == 1:
+        return f"a grid of one learning rate ({lrs[0]:g}) chooses none; give several"
+    edges = {arm: "lowest" if lr == lrs[0] else "highest" for arm, lr in best.items() if lr in (lrs[0], lrs[-1])}
+    if not edges:
+        return None
+    if len(edges) == 2 and best["base"] == best["smoothed"]:
+        said = f"both arms chose the grid's {edges['base']} lr ({best['base']:g})"
+    else:
+        said = " and ".join(f"{arm} chose the grid's {edge} lr ({best[arm]:g})" for arm, edge in edges.items())
+    return f"{said}; widen the grid"
+
+
 def summarize_records(records: Sequence[Mapping[str, Any]], higher_is_better: bool, metric: str = "val",
                       test_metric: str = "test") -> dict[str, Any]:
     """The summary of ``records`` (each ``{"lr", "arm", "seed", "val", "test"}``): per learning
     rate and arm the mean and std over seeds of ``val`` (``rows``); each arm's learning rate
     chosen on it (``best``); and at the chosen rates each arm's ``test`` and the per-seed paired
     difference smoothed - base (``best_vs_best``, [`paired_difference`][gradsmooth.compare.paired_difference]).
-    ``metric`` and ``test_metric`` name the two metrics in the summary."""
+    ``metric`` and ``test_metric`` name the two metrics in the summary.
+
+    The verdict rests on the choice: where an arm chose the lowest or highest learning rate of
+    the grid, or the grid holds one rate, it is "inconclusive: <why>; widen the grid (the
+    interval alone: <verdict>)", the interval's own verdict kept as ``interval_verdict``."""
     val, test = _table(records, "val"), _table(records, "test")
     rows = [{"lr": lr} | {arm: _mean_std(list(val[lr][arm].values())) for arm in ARMS} for lr in sorted(val)]
     best = _chosen(rows, higher_is_better)
@@ -142,6 +162,10 @@ def summarize_records(records: Sequence[Mapping[str, Any]], higher_is_better: bo
                     "smoothed_lr": best["smoothed"], "base": _mean_std([b[k] for k in seeds]),
                     "smoothed": _mean_std([s[k] for k in seeds]), "seeds": seeds}
         headline |= paired_difference([s[k] - b[k] for k in seeds], higher_is_better)
+        headline["interval_verdict"] = headline["verdict"]
+        doubt = _grid_doubt([r["lr"] for r in rows], best)
+        if doubt:
+            headline["verdict"] = f"inconclusive: {doubt} (the interval alone: {headline['verdict']})"
     return {"metric": metric, "test_metric": test_metric, "higher_is_better": higher_is_better, "rows": rows,
             "best": best, "best_vs_best": headline}
 
@@ -185,12 +209,22 @@ def _record(arm: Arm, seed: int, out: Mapping[str, Any], seconds: float) -> dict
     return {"lr": arm.lr, "arm": arm.label, "seed": seed, "seconds": round(seconds, 2)} | dict(out)
 
 
+def _repeated(values: Sequence[Any]) -> Any:
+    """The first value of ``values`` that occurs twice, else None."""
+    return next((v for i, v in enumerate(values) if v in values[:i]), None)
+
+
 def _checked(lrs: Iterable[float], seeds: Iterable[int]) -> tuple[list[float], list[int]]:
     lrs, seeds = list(lrs), list(seeds)
     if not lrs or any(not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0) for lr in lrs):
         raise ValueError(f"lrs should be finite positive numbers, at least one, but are: {lrs!r}")
-    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds):
+    if _repeated(lrs) is not None:
+        raise ValueError(f"lrs should be distinct (each learning rate is run once per seed) but "
+                         f"{_repeated(lrs):g} is repeated: {lrs!r}")
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds):
         raise ValueError(f"seeds should hold at least one seed, distinct integers, but is: {seeds!r}")
+    if _repeated(seeds) is not None:
+        raise ValueError(f"seeds should be distinct (each is one paired run) but {_repeated(seeds)} is repeated: {seeds!r}")
     return lrs, seeds
 
 
@@ -239,7 +273,9 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
     smoothing; training is deterministic), each marked ``"reused_from"``, and its provenance is
     kept under ``"base_from"``; other settings are refused (``ValueError``, before any training).
     ``metric``/``test_metric`` name ``val``/``test`` in the tables. Returns ``{"records": [...],
-    "summary": ...}``; ``on_record`` sees each record as it comes (kept ones included)."""
+    "summary": ..., "written": [...]}`` (the files written into ``out``: results.json and the
+    plots, said last when ``verbose``); ``on_record`` sees each record as it comes (kept ones
+    included)."""
     lrs, seeds = _checked(lrs, seeds)
     smoothing = dict(smoothing or {})
     _check_smoothing(smoothing)
@@ -264,6 +300,7 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
         written = records + [r for key, r in kept.items() if key not in done]
         payload["records"] = written
         payload["interrupted"] = interrupted
+        payload["machine"] = machine()  # the frameworks imported by now: what selected their kernels too
         payload["summary"] = summarize_records(written, higher_is_better, metric, test_metric) if written else None
         return write_results(out, payload)
 
@@ -295,12 +332,13 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
             sys.stderr.write(f"\ninterrupted: the results gathered so far are in {path} (continue with resume=True; "
                              f"gradsmooth compare: --resume)\n")
         raise
-    result = {"records": records, "summary": summary()}
+    result = {"records": records, "summary": summary(), "written": []}
     if out is not None:
-        save()
-        _draw(records, result["summary"], out)
+        result["written"] = [save(), *_draw(records, result["summary"], out)]
     if verbose:
         print(format_summary(result["summary"]))
+        if result["written"]:
+            print(f"\n{wrote(result['written'])}")
     return result
 
 

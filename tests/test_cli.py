@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -50,7 +51,8 @@ def test_compare_chooses_on_val_and_reports_the_paired_test_difference(tmp_path,
     assert result["settings"]["metric"] == "val_loss" and result["settings"]["higher_is_better"] is False
     headline = result["summary"]["best_vs_best"]
     assert len(headline["per_seed_diff"]) == 2 and headline["n"] == 2 and len(headline["ci"]) == 2
-    assert headline["verdict"] in ("win", "loss", "no significant difference")
+    assert headline["interval_verdict"] in ("win", "loss", "no significant difference")
+    assert headline["verdict"].startswith("inconclusive: ")  # two learning rates: each arm chose an edge
     origin = result["provenance"]
     assert origin["command"] == "gradsmooth " + " ".join(args) and origin["seeds"] == [0, 1]
     assert origin["threads"]["torch"] >= 1 and "OMP_NUM_THREADS" in origin["threads"]
@@ -168,7 +170,17 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, ar
         (["compare", "--seeds", "0"], "argument --seeds: should be a positive integer but is: '0'"),
         (["demo", "--seed", "-1"], "argument --seed: should be an integer >= 0 but is: '-1'"),
         (["compare", "--window", "abc"], "argument --window: should be an odd integer >= 1 but is: 'abc'"),
-        (["compare", "--depth", "0"], "argument --depth: should be a positive integer but is: '0'"),
+        (["compare", "--depth", "0"], "argument --depth: should be an integer >= 2 (one block has no neighbour to "
+                                      "smooth with) but is: '0'"),
+        (["demo", "--depth", "1"], "argument --depth: should be an integer >= 2 (one block has no neighbour to smooth "
+                                   "with) but is: '1'"),
+        (["compare", "--lrs", "1e-3,3e-3,0.001"], "argument --lrs: learning rates should be distinct (each runs once "
+                                                  "per seed) but 0.001 is repeated: '1e-3,3e-3,0.001'"),
+        (["demo", "--lrs", "1e-3,3e-3"], "gradsmooth demo: error: unrecognized arguments: --lrs 1e-3,3e-3 (see "
+                                         "--help); demo takes --lr-base and --lr-smoothed (compare takes --lrs)"),
+        (["compare", "--lr-base=1e-3"], "gradsmooth compare: error: unrecognized arguments: --lr-base=1e-3 (see "
+                                        "--help); compare takes --lrs, one grid for both arms (demo takes --lr-base"),
+        (["demo", "--threads", "0"], "argument --threads: should be a positive integer but is: '0'"),
         (["demo", "--width", "30"], "argument --width: should be a positive multiple of 4 (the attention heads) but is: '30'"),
         (["compare", "--weight-decay", "-1"], "argument --weight-decay: should be a finite number >= 0 but is: '-1'"),
         (["demo", "--warmup", "1.5"], "argument --warmup: should be a number in [0, 1] but is: '1.5'"),
@@ -361,3 +373,136 @@ def test_base_from_trains_only_the_smoothed_arm_of_an_ablation(tmp_path, capsys)
     with pytest.raises(SystemExit) as exit_:
         cli.main([*args, "--steps", "3", "--base-from", str(tmp_path / "w3"), "--out", str(tmp_path / "x")])
     assert exit_.value.code == 2 and "other settings (config.steps:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["demo", "compare"])
+def test_a_depth_of_one_is_refused_before_training_and_leaves_no_folder(tmp_path, monkeypatch, capsys, command):
+    _no_training(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--depth", "1", *TINY, "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "argument --depth" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, module, name", [
+    (["demo"], "sklearn", "scikit-learn (module sklearn)"),
+    (["demo", "--task", "lm", "--steps", "2"], "tqdm", "tqdm (module tqdm)"),  # the progress bars
+    (["compare", "--quiet"], "scipy", "scipy (module scipy)"),
+    (["demo", "--quiet"], "matplotlib", "matplotlib (module matplotlib)"),
+    (["report", "."], "matplotlib", "matplotlib (module matplotlib)"),
+])
+def test_a_missing_extra_names_the_pip_install_before_any_work(monkeypatch, capsys, args, module, name):
+    _no_training(monkeypatch)
+    monkeypatch.setitem(sys.modules, module, None)  # importing it now fails
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == f"gradsmooth {args[0]}: error: {name} is not installed: " \
+                                              f"pip install 'gradsmooth[demo]'"
+
+
+def test_a_missing_extra_is_one_line_not_a_traceback(tmp_path):
+    code = "import sys; sys.modules['sklearn'] = None; from gradsmooth.cli import main; sys.exit(main(['demo']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr == "gradsmooth demo: error: scikit-learn (module sklearn) is not " \
+                                                   "installed: pip install 'gradsmooth[demo]'\n"
+    assert not (tmp_path / "gradsmooth-demo").exists()
+
+
+def test_missing_torch_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["compare", *TINY])
+    assert exit_.value.code == 2
+    assert "backend 'torch' is not installed: pip install 'gradsmooth[torch]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["demo", "compare"])
+def test_fewer_steps_than_eval_every_still_evaluate_the_last_step(tmp_path, capsys, command):
+    args = ["--steps", "3", "--eval-every", "10", "--depth", "2", "--quiet", "--out", str(tmp_path)]
+    assert cli.main([command, *args] if command == "demo" else [command, "--lrs", "1e-3", "--seeds", "1", *args]) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    runs = saved["runs"] if command == "demo" else saved["records"]
+    assert [[row["step"] for row in r["history"]] for r in runs] == [[3], [3]]
+    if command == "compare":
+        assert all(r["val"] == r["history"][-1]["val_acc"] and r["test"] is not None for r in runs)
+        assert saved["summary"]["best"] == {"base": 1e-3, "smoothed": 1e-3}
+    else:
+        assert "final test_acc: base 0." in capsys.readouterr().out
+
+
+@pytest.fixture
+def no_thread_setting(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+
+@pytest.mark.parametrize("given, threads, why", [([], 1, "the default for these small models; --threads N to change"),
+                                                 (["--threads", "2"], 2, "--threads")])
+def test_demo_chooses_its_threads_says_so_and_records_them(tmp_path, capsys, no_thread_setting, given, threads, why):
+    import torch
+
+    before = torch.get_num_threads()
+    assert cli.main(["demo", *TINY, "--depth", "2", *given, "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert f"gradsmooth demo: torch on {threads} CPU thread{'s' if threads > 1 else ''} ({why})" in captured.err
+    assert f" s on {threads} thread" in captured.out
+    recorded = json.loads((tmp_path / "results.json").read_text())["provenance"]["threads"]
+    assert recorded == {"OMP_NUM_THREADS": None, "torch": threads}
+    assert torch.get_num_threads() == before  # the process's setting is left as it was
+
+
+def test_omp_num_threads_is_respected(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # as torch read it at its start
+    assert cli.main(["compare", "--lrs", "1e-3", "--seeds", "1", *TINY, "--depth", "2", "--out", str(tmp_path)]) == 0
+    assert f"torch on {torch.get_num_threads()} CPU thread" in capsys.readouterr().err
+    recorded = json.loads((tmp_path / "results.json").read_text())["provenance"]["threads"]
+    assert recorded["torch"] == torch.get_num_threads()
+
+
+def test_the_demo_closes_with_what_one_seed_can_and_cannot_show(tmp_path, capsys):
+    assert cli.main(["demo", *TINY, "--depth", "2", "--out", str(tmp_path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "One seed shows how the two arms train at these learning rates. It cannot show whether the difference " \
+           "is larger than what another seed changes" in out
+    assert "`gradsmooth compare` runs both arms over a grid of learning rates and several seeds" in out
+    assert out.endswith(f"wrote {tmp_path / 'curves.png'}, {tmp_path / 'depth_structure.png'} and "
+                        f"{tmp_path / 'results.json'}")
+
+
+def test_report_of_a_demo_beside_comparisons_prints_its_table_and_their_overview(tmp_path, capsys):
+    assert cli.main(["demo", *TINY, "--depth", "2", "--out", str(tmp_path / "demo")]) == 0
+    table = capsys.readouterr().out.split("\nwrote ")[0]
+    for name in ("c1", "c2"):
+        assert cli.main(["compare", "--lrs", "1e-3", "--seeds", "1", *TINY, "--depth", "2",
+                         "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path / "demo"), str(tmp_path / "c1"), str(tmp_path / "c2")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"demo {tmp_path / 'demo'}:\n\n{table}\n")
+    assert "| results | setting | seeds |" in out and f"| {tmp_path / 'c2'} |" in out
+
+
+def test_compare_says_what_it_wrote(tmp_path, capsys):
+    assert cli.main(["compare", "--lrs", "1e-3", "--seeds", "1", *TINY, "--depth", "2", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        f"wrote {tmp_path / 'results.json'}, {tmp_path / 'metric_vs_lr.png'} and {tmp_path / 'curves_at_best_lr.png'}")
+
+
+def test_the_default_output_folders_are_ignored_by_git():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for folder in ("gradsmooth-demo", "gradsmooth-compare"):
+        assert subprocess.run(["git", "check-ignore", "-q", f"{folder}/results.json"], cwd=root).returncode == 0, folder
+
+
+def test_threads_with_another_backend_is_refused(monkeypatch, capsys):
+    _no_training(monkeypatch)
+    monkeypatch.setattr(cli, "backend_module", lambda backend: None)  # as if MLX were installed
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--backend", "mlx", "--threads", "2", *TINY])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == "gradsmooth demo: error: --threads 2 sets torch's CPU threads; " \
+                                              "--backend mlx does not take it"

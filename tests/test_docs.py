@@ -254,10 +254,50 @@ def test_no_docstring_uses_sphinx_roles_or_rest_literal_blocks():
     assert not offenders, f"reST in docstrings, write [`X`][gradsmooth.X] and fenced code instead: {offenders}"
 
 
-def test_a_published_run_reproduces_exactly_from_its_recorded_command(tmp_path):
+# What selected the CPU kernels of the published records, which predate results.json's record of
+# it (machine: cpu, torch_cpu, kernel_environment): the notes of the time say a 2-core AMD EPYC
+# whose torch ran its AVX-512 kernels, no kernel variable set.
+PUBLISHED_KERNELS = {"cpu": "AMD EPYC", "capability": "AVX512", "environment": {}}
+# Where the kernels differ, a run reproduces to these tolerances. Other kernels round float32
+# differently from the first step on: ATen's AVX2 log_softmax differs from its AVX-512 one in the
+# last bit, and MKL's matrix products take other code paths on another CPU model, so the
+# parameters differ by rounding after step 1, and so does every later number. Measured on an
+# Intel Xeon against the AMD EPYC record of this run (AVX-512; AVX2; MKL restricted to AVX2),
+# over its 600 steps: losses within 7.2e-7 relative, no accuracy changed. LOSS_RTOL leaves a
+# margin of 14x; an accuracy may move by one image (of the 288 validation images, 359 test)
+# where two classes are a near tie.
+LOSS_RTOL = 1e-5
+ACCURACY_ATOL = 1 / 288
+
+
+def _kernels(machine):
+    """What selects the CPU kernels in a results.json's machine section (None where unrecorded)."""
+    return {"cpu": machine.get("cpu"), "capability": (machine.get("torch_cpu") or {}).get("capability"),
+            "environment": machine.get("kernel_environment")}
+
+
+def _same_kernels(recorded, rerun):
+    """Whether a re-run ran the recorded kernels: the same CPU model (a published record: the
+    same family), torch CPU capability and kernel environment variables."""
+    if recorded["capability"] is None:  # a published record: what the notes say
+        recorded = PUBLISHED_KERNELS
+        return (rerun["cpu"] or "").startswith(recorded["cpu"]) and {**rerun, "cpu": None} == {**recorded, "cpu": None}
+    return rerun == recorded
+
+
+def _close(key, recorded, again):
+    if key == "step":
+        return recorded == again
+    if key.endswith("_acc"):
+        return abs(recorded - again) <= ACCURACY_ATOL
+    return abs(recorded - again) <= LOSS_RTOL * abs(recorded)
+
+
+def test_a_published_run_reproduces_from_its_recorded_command(tmp_path):
     """The cheapest published comparison: one of its runs, re-run by its recorded command
     restricted to that learning rate and seed, with its recorded thread count, gives the same
-    curve, number for number."""
+    curve: number for number where the CPU kernels are the recorded ones (docs/results/README.md,
+    "What reproduces means"), else within LOSS_RTOL and ACCURACY_ATOL."""
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     import shlex
@@ -278,6 +318,23 @@ def test_a_published_run_reproduces_exactly_from_its_recorded_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gradsmooth", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    again = json.loads((tmp_path / "again" / "results.json").read_text())["records"]
-    rerun = next(r for r in again if r["arm"] == "smoothed")
-    assert rerun["history"] == record["history"] and (rerun["val"], rerun["test"]) == (record["val"], record["test"])
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    rerun = next(r for r in again["records"] if r["arm"] == "smoothed")
+    if _same_kernels(_kernels(saved["machine"]), _kernels(again["machine"])):
+        assert rerun["history"] == record["history"] and (rerun["val"], rerun["test"]) == (record["val"], record["test"])
+        return
+    assert [row.keys() for row in rerun["history"]] == [row.keys() for row in record["history"]]
+    far = [(row["step"], key, row[key], new[key]) for row, new in zip(record["history"], rerun["history"]) for key in row
+           if not _close(key, row[key], new[key])]
+    assert not far, f"on other CPU kernels ({_kernels(again['machine'])}), beyond the tolerances: {far[:5]}"
+    assert _close("val_acc", record["val"], rerun["val"]) and _close("test_acc", record["test"], rerun["test"])
+
+
+def test_same_kernels_reads_the_published_records_as_the_notes_say():
+    epyc = {"cpu": "AMD EPYC 9B14", "capability": "AVX512", "environment": {}}
+    unrecorded = {"cpu": None, "capability": None, "environment": None}
+    assert _same_kernels(unrecorded, epyc)
+    assert not _same_kernels(unrecorded, epyc | {"capability": "AVX2"})
+    assert not _same_kernels(unrecorded, epyc | {"environment": {"ATEN_CPU_CAPABILITY": "avx2"}})
+    assert not _same_kernels(unrecorded, epyc | {"cpu": "Intel(R) Xeon(R) Processor"})
+    assert _same_kernels(epyc, dict(epyc)) and not _same_kernels(epyc, epyc | {"cpu": "AMD EPYC 7B13"})
