@@ -20,12 +20,33 @@ def test_package_docstring_example():
     assert doctest.testmod(gradsmooth, raise_on_error=True).attempted > 0
 
 
-def test_readme_minimal_example_runs():
-    text = (ROOT / "README.md").read_text()
+def test_core_guide_minimal_example_runs():
+    text = (ROOT / "docs" / "guide" / "core.md").read_text()
     block = re.search(r"## A minimal example\s+```python\n(.*?)```", text, re.S).group(1)
     scope = {}
-    exec(compile(block, "README.md", "exec"), scope)
+    exec(compile(block, "docs/guide/core.md", "exec"), scope)
     assert scope["smoothed"]["model.embed_tokens.weight"] is scope["updates"]["model.embed_tokens.weight"]
+
+
+def test_readme_is_a_front_door():
+    """Short, with the PyTorch quick start on its first screen and the install before it."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 200
+    first_code = next(i for i, line in enumerate(lines) if line.startswith("```python"))
+    assert first_code < 60 and lines.index("## Install") < first_code
+    assert "Quick start: PyTorch" in lines[first_code - 2]
+
+
+@pytest.mark.parametrize("framework, module", [("PyTorch", "torch"), ("MLX", "mlx.core")])
+def test_readme_quick_starts_run_as_written(framework, module, capsys):
+    pytest.importorskip(module)
+    text = (ROOT / "README.md").read_text()
+    block = re.search(rf"## Quick start: {framework}\s+```python\n(.*?)```", text, re.S).group(1)
+    scope = {"__name__": "__main__"}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert len(scope["opt"].plan.groups) >= 2  # the blocks' weights and biases, smoothed
+    out = capsys.readouterr().out
+    assert "BlockPlan: " in out and float(re.search(r"loss (\S+)", out).group(1)) < 0.1
 
 
 def test_quickstart_runs(capsys):
@@ -86,7 +107,7 @@ def test_method_worked_examples_match_the_operator():
         assert gradsmooth.WindowSmoothing(window=3, boundary=boundary).band(4).dense()[0] == parse(row), boundary
 
 
-# the README's sweep examples, made tiny: each replacement must find its text, so the README cannot drift
+# the compare guide's sweep examples, made tiny: each replacement must find its text, so the page cannot drift
 TINY_SWEEP = {"seeds=range(5)": "seeds=range(2)", "lrs=[1e-3, 3e-3, 1e-2]": "lrs=[1e-3, 1e-2]", "steps=150": "steps=3"}
 
 
@@ -94,15 +115,15 @@ TINY_SWEEP = {"seeds=range(5)": "seeds=range(2)", "lrs=[1e-3, 3e-3, 1e-2]": "lrs
 def test_readme_sweep_examples_run(framework, module, tmp_path, monkeypatch, capsys):
     pytest.importorskip(module)
     pytest.importorskip("matplotlib")
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Compare on your own model", 1)[1]
+    text = (ROOT / "docs" / "guide" / "compare.md").read_text()
+    section = text.split("## On your own model", 1)[1]
     block = re.search(rf"With {framework}.*?```python\n(.*?)```", section, re.S).group(1)
     for real, tiny in TINY_SWEEP.items():
-        assert real in block, f"the README's {framework} sweep example no longer holds {real!r}"
+        assert real in block, f"the compare guide's {framework} sweep example no longer holds {real!r}"
         block = block.replace(real, tiny)
     monkeypatch.chdir(tmp_path)
     scope = {}
-    exec(compile(block, "README.md", "exec"), scope)
+    exec(compile(block, "docs/guide/compare.md", "exec"), scope)
     records = scope["result"]["records"]
     assert len(records) == 2 * 2 * 2 and {r["arm"] for r in records} == {"base", "smoothed"}
     out = next(tmp_path.glob("sweep-*"))

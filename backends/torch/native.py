@@ -175,8 +175,8 @@ class _NativeSmoothing(Optimizer):
         model = model if isinstance(model, nn.Module) else list(model)
         if "params" in smoothing:
             raise TypeError("params is not a factory argument: the class is given its params when it is built")
-        cls(model, **smoothing)  # every argument checked now
         native = made_by_factory(cls)
+        native(model, **smoothing)  # every argument checked now
 
         def init(self: _NativeSmoothing, params: Any, **kwargs: Any) -> None:
             twice = sorted(set(kwargs) & set(smoothing))
