@@ -95,7 +95,7 @@ def side_by_side(a: Callable[[], object], b: Callable[[], object], repeats: int 
 
 
 def shape_options(parser) -> None:
-    """``--blocks`` and ``--dim`` of the GPT-2-small-shaped parameters (:func:`gpt2_shapes`)."""
+    """``--blocks`` and ``--dim`` of the GPT-2-small-shaped parameters (`gpt2_shapes`)."""
     parser.add_argument("--blocks", type=int, default=12)
     parser.add_argument("--dim", type=int, default=768)
 

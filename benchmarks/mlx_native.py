@@ -5,9 +5,11 @@ no snapshot of the parameters. This builds the same step for MLX by hand — MLX
 (``bias_correction=False``, its default) for every member, the band of the wrapper's default
 operator (window 3, uniform, renormalized) applied along depth, the decoupled decay kept per
 layer — as one ``mx.compile``'d function, checks that it equals the wrapper in update mode,
-then times it side by side with compiled AdamW, as the wrapper in both modes is timed::
+then times it side by side with compiled AdamW, as the wrapper in both modes is timed:
 
-    python -m benchmarks.mlx_native            # GPT-2-small block shapes, 4 runs
+```
+python -m benchmarks.mlx_native            # GPT-2-small block shapes, 4 runs
+```
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ each backend and mode, measured side by side in one run.
     python -m benchmarks.overhead --dim 256  # smaller, quicker
 
 The floor is an in-place axpy over the blocks' parameter bytes (``p <- p + a g``: two arrays
-read, one written; on copies of the parameters, so that the wrapper timed beside it keeps its
-carried snapshot as in training). Extra memory, over the blocks' parameter bytes, is what a
+read, one written; on copies of the parameters). Extra memory, over the blocks' parameter bytes, is what a
 wrapped run holds and peaks at beyond a base run: (peak during three steps after a first one
 - resident before them) + bytes the wrapper holds between steps, wrapped minus base, each in
 a fresh process (Linux /proc for torch on a CPU, the caching allocator's counters on CUDA,

@@ -4,10 +4,12 @@ One report is one sample of a noisy machine (on the 2-core CPU machines the same
 step measures 45-90 ms within the hour). This builds the report's three optimizer-step pairs
 once (fused AdamW against the default wrapper in update mode, in gradient mode, and against
 ``SmoothedAdamW``), then measures each side by side, as the report does, ``--runs`` times, and
-prints every run, the range and median of each column, and how many runs meet the targets::
+prints every run, the range and median of each column, and how many runs meet the targets:
 
-    python -m benchmarks.repeated             # 4 runs, GPT-2-small block shapes (12 blocks, d = 768)
-    python -m benchmarks.repeated --runs 10
+```
+python -m benchmarks.repeated             # 4 runs, GPT-2-small block shapes (12 blocks, d = 768)
+python -m benchmarks.repeated --runs 10
+```
 """
 
 from __future__ import annotations

@@ -50,9 +50,10 @@ class BlockGroup(NamedTuple):
 class BlockPlan:
     """What will be smoothed: ``groups`` (each of two or more members) and ``ungrouped`` names.
 
-    ``operator`` (set by :meth:`with_operator`, not part of equality) lets the printed plan
-    mark the groups the operator moves in lockstep; ``paths`` (set by :meth:`with_paths`, not
-    part of equality either) say which kernels an adapter runs for each group.
+    ``operator`` (set by [`with_operator`][gradsmooth.BlockPlan.with_operator], not part of equality) lets the printed
+    plan mark the groups the operator moves in lockstep; ``paths`` (set by
+    [`with_paths`][gradsmooth.BlockPlan.with_paths], not part of equality either) say which kernels an adapter runs for
+    each group.
     """
 
     groups: tuple[BlockGroup, ...]
@@ -93,6 +94,18 @@ class BlockPlan:
         first = rows[0]
         return all(
             all(math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15) for a, b in zip(row, first)) for row in rows[1:]
+        )
+
+    def nothing_smoothed(self) -> str | None:
+        """The warning for a plan that smooths nothing (no stack found, or every group of one
+        member: training would equal the base optimizer while smoothing seems on), naming the
+        way out; None when the plan holds a group."""
+        if self.groups:
+            return None
+        return (
+            f"gradsmooth smooths nothing: no stack of two or more repeated blocks was found among the "
+            f"{len(self.ungrouped)} parameters, so training equals the base optimizer. Name the stacks: stacks='layers' "
+            "(the name before the depth index) or stacks=re.compile(r'layer(\\d+)'); see print(opt.plan)."
         )
 
     @property

@@ -8,11 +8,13 @@ Frameworks are imported only when a run needs one (``--backend torch`` or ``mlx`
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import math
 import os
 import pathlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from typing import Any, NoReturn
 
@@ -25,7 +27,7 @@ from .experiments.runs import METRICS, BackendMissing, RunConfig, RunResult, bac
 from .kernels import BOUNDARIES
 from .modes import MODES
 from .operators import WINDOW_DEFAULTS, make_operator
-from .results import ResultsError, machine, provenance, read_results, write_results
+from .results import ResultsError, machine, provenance, read_results, write_results, wrote
 
 __all__ = ["main", "TASK_DEFAULTS", "DEMO_LRS", "DEVICES", "VAL_FRACTION", "TEST_FRACTION"]
 
@@ -108,6 +110,10 @@ def _lrs(text: str) -> list[float]:
     if bad:
         raise argparse.ArgumentTypeError(
             f"learning rates should be finite and positive but {bad[0]:g} is not: {text!r}")
+    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+    if repeated:
+        raise argparse.ArgumentTypeError(
+            f"learning rates should be distinct (each runs once per seed) but {repeated[0]:g} is repeated: {text!r}")
     return values
 
 
@@ -142,6 +148,10 @@ def _integer(text: str, least: int, what: str) -> int:
 
 def _positive(text: str) -> int:
     return _integer(text, 1, "a positive integer")
+
+
+def _depth(text: str) -> int:
+    return _integer(text, 2, "an integer >= 2 (one block has no neighbour to smooth with)")
 
 
 def _natural(text: str) -> int:
@@ -225,7 +235,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=_positive, default=64, help="lm context length in bytes (default: %(default)s)")
     p.add_argument("--data", default=None, help="lm: a UTF-8 text file (default: this Python's standard library sources)")
     sizes = ", ".join(f"{task} {s['depth']}" for task, s in MODEL_SIZES.items())
-    p.add_argument("--depth", type=_positive, default=None, help=f"number of transformer blocks (default: {sizes})")
+    p.add_argument("--depth", type=_depth, default=None, help=f"number of transformer blocks, at least 2 (default: {sizes})")
     widths = ", ".join(f"{task} {s['width']}" for task, s in MODEL_SIZES.items())
     p.add_argument("--width", type=_width, default=None, help=f"model dimension, a multiple of 4 (default: {widths})")
     p.add_argument("--weight-decay", type=_decay, default=RunConfig.weight_decay,
@@ -239,6 +249,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sft-target", type=_share, default=None,
                    help=f"rl: phase 1 trains until its validation accuracy reaches this, in (0, 1] "
                         f"(default: {RL_DEFAULTS['sft_target']:g})")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch's CPU threads (default: OMP_NUM_THREADS where set, else 1: these models are too small "
+                        "to gain from more, and on a busy 2-core machine two threads ran 10x slower than one)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -390,7 +403,48 @@ def _progress(quiet: bool):
     return make
 
 
-def _demo(args: argparse.Namespace, argv: list[str]) -> int:
+@contextlib.contextmanager
+def _threads(args: argparse.Namespace) -> Iterator[tuple[int, str] | None]:
+    """Within: torch's CPU threads for the run, and why that many: ``--threads``, else
+    OMP_NUM_THREADS where set (torch has read it), else 1, as these models are too small to gain
+    from more threads. After: torch's count as it was. None for a backend other than torch
+    (``--threads`` is refused there)."""
+    if args.backend != "torch":
+        if args.threads is not None:
+            _fail(f"gradsmooth {args.command}: error: --threads {args.threads} sets torch's CPU threads; "
+                  f"--backend {args.backend} does not take it")
+        yield None
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        why = "--threads"
+    elif os.environ.get("OMP_NUM_THREADS"):
+        why = "OMP_NUM_THREADS"
+    else:
+        torch.set_num_threads(1)
+        why = "the default for these small models; --threads N to change"
+    try:
+        yield torch.get_num_threads(), why
+    finally:
+        torch.set_num_threads(before)
+
+
+def _say_threads(command: str, threads: tuple[int, str] | None) -> int | None:
+    """Say on stderr how many torch threads the run uses and why; the count (None: not torch)."""
+    if threads is None:
+        return None
+    print(f"gradsmooth {command}: torch on {_plural(threads[0], 'CPU thread')} ({threads[1]})", file=sys.stderr)
+    return threads[0]
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}" + ("s" if n != 1 else "")
+
+
+def _demo(args: argparse.Namespace, argv: list[str], threads: tuple[int, str] | None) -> int:
     config, smoothing = _config(args)
     lr_base, lr_smoothed = DEMO_LRS[(config.task, config.optimizer)]
     arms = [replace(config, lr=lr_base if args.lr_base is None else args.lr_base, seed=args.seed),
@@ -399,6 +453,7 @@ def _demo(args: argparse.Namespace, argv: list[str]) -> int:
     out = pathlib.Path(args.out)
     data = _data(config, out)
     _check_out(args.command, out)
+    count = _say_threads(args.command, threads)
     results: list[RunResult] = []
     progress = _progress(args.quiet)
     def payload(interrupted: bool) -> dict[str, Any]:
@@ -413,16 +468,17 @@ def _demo(args: argparse.Namespace, argv: list[str]) -> int:
         sys.stderr.write("\n")  # the message on a line of its own, not after the progress bar or ^C
         _fail(f"interrupted: the results gathered so far are in {path}", 130)
     path = write_results(out, payload(False))
-    paths = _render_demo(results, out)
-    print(f"\nwrote {', '.join(str(p) for p in paths)} and {path}")
+    paths = _render_demo(results, out, count)
+    print(f"\n{wrote([*paths, path])}")
     return 0
 
 
-def _render_demo(results: list[RunResult], out: pathlib.Path) -> list[pathlib.Path]:
-    """Print the demo's table of ``results`` (base, smoothed) and draw its plots into ``out``."""
+def _render_demo(results: list[RunResult], out: pathlib.Path, threads: int | None) -> list[pathlib.Path]:
+    """Print the demo's table of ``results`` (base, smoothed; run on ``threads`` torch threads)
+    and draw its plots into ``out``."""
     base, smoothed = results
     config = base.config
-    print(_demo_table(base, smoothed))
+    print(_demo_table(base, smoothed, threads))
     from .experiments.plots import plot_depth_structure, plot_samples
     from .plots import plot_curves
 
@@ -441,7 +497,7 @@ DEMO_COLUMNS = {"vit": ["train_loss", "test_loss", "test_acc"], "lm": ["train_lo
                 "diffusion": ["train_loss", "test_loss", "sample_acc"], "rl": ["train_loss", "reward", "test_acc"]}
 
 
-def _demo_table(base: RunResult, smoothed: RunResult) -> str:
+def _demo_table(base: RunResult, smoothed: RunResult, threads: int | None) -> str:
     keys = DEMO_COLUMNS[base.config.task]
     cell = lambda row, k: f"{row[k]:.4f}" if k in row else "-"  # noqa: E731
     head = ["step"] + [f"base {k}" for k in keys] + [f"smoothed {k}" for k in keys]
@@ -451,6 +507,7 @@ def _demo_table(base: RunResult, smoothed: RunResult) -> str:
     key, higher = METRICS[base.config.task]
     diff = smoothed.final(key) - base.final(key)
     verdict = "better" if (diff > 0) == higher and diff != 0 else "worse" if diff != 0 else "equal"
+    on = f" on {_plural(threads, 'thread')}" if threads else ""
     lines.append("")
     if base.phase1 is not None:
         p1 = base.phase1
@@ -458,9 +515,14 @@ def _demo_table(base: RunResult, smoothed: RunResult) -> str:
                      f"accuracy {p1['val_acc']:.3f} (target {base.config.sft_target:g}"
                      + ("" if p1["reached"] else ", not reached") + ")")
     lines.append(f"base lr {base.config.lr:g}, smoothed lr {smoothed.config.lr:g} "
-                 f"({smoothed.config.smoothing}); {base.seconds:.0f} s and {smoothed.seconds:.0f} s")
+                 f"({smoothed.config.smoothing}); {base.seconds:.0f} s and {smoothed.seconds:.0f} s{on}")
     lines.append(f"final {key}: base {base.final(key):.4f}, smoothed {smoothed.final(key):.4f}, "
-                 f"difference {diff:+.4f} (smoothed is {verdict}; one seed: see `gradsmooth compare` for spread)")
+                 f"difference {diff:+.4f} (smoothed is {verdict} on seed {base.config.seed})")
+    lines.append("")
+    lines.append("One seed shows how the two arms train at these learning rates. It cannot show whether the "
+                 "difference is larger than what another seed changes, nor whether each arm's learning rate is its "
+                 "best: `gradsmooth compare` runs both arms over a grid of learning rates and several seeds, chooses "
+                 "each arm's rate on a validation split and reports the paired difference with its 95% interval.")
     return "\n".join(lines)
 
 
@@ -472,7 +534,7 @@ def _label(config: RunConfig, smoothing: dict[str, Any]) -> str:
             f"{smoothing['mode']} mode{extra}")
 
 
-def _compare(args: argparse.Namespace, argv: list[str]) -> int:
+def _compare(args: argparse.Namespace, argv: list[str], threads: tuple[int, str] | None) -> int:
     config, smoothing = _config(args)
     out = pathlib.Path(args.out)
     data = _data(config, out, held_out=True)
@@ -482,6 +544,7 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
                 "val_fraction": VAL_FRACTION if config.task in ("vit", "diffusion") else None,
                 "test_fraction": TEST_FRACTION if config.task == "lm" else None,
                 "problems": RL_PROBLEMS if config.task == "rl" else None}
+    _say_threads(args.command, threads)
     try:
         result = compare(config, smoothing, args.lrs, seeds, data, out=out, verbose=not args.quiet,
                          progress_for=_progress(args.quiet), command=["gradsmooth", *argv], settings=settings,
@@ -490,28 +553,31 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
         raise SystemExit(130) from None  # sweep wrote what was gathered and said where
     except (ResultsError, ValueError, FileExistsError) as err:  # --out's results.json: before any training
         _fail(f"gradsmooth compare: error: {err}")
-    if args.quiet:
+    if args.quiet:  # else compare printed them
         print(format_summary(result["summary"]))
-    print(f"\nwrote {out / 'results.json'} and the plots in {out}")
+        print(f"\n{wrote(result['written'])}")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    """Print the tables of each DIR/results.json (several comparisons: one overview table) and
-    redraw a single DIR's plots, without training."""
+    """Print the tables of each DIR/results.json and redraw a single DIR's plots, without
+    training: a demo's table, a comparison's tables; of several DIRs, each demo's table and one
+    overview of the comparisons."""
     try:
+        payloads = {folder: read_results(folder) for folder in args.dirs}
+        demos = {folder: payload for folder, payload in payloads.items() if payload.get("command") == "demo"}
         if len(args.dirs) > 1:
-            print(overview(args.dirs))
+            for folder, payload in demos.items():
+                print(f"demo {folder}:\n\n{_demo_table(*_demo_runs(payload, folder), _recorded_threads(payload))}\n")
+            comparisons = [folder for folder in args.dirs if folder not in demos]
+            if comparisons:
+                print(overview(comparisons))
             return 0
         folder = pathlib.Path(args.dirs[0])
-        payload = read_results(folder)
-        if payload.get("command") == "demo":
-            complete = [RunResult.from_json(entry) for entry in payload.get("runs", [])]
-            complete = [r for r in complete if r.complete]
-            if len(complete) != 2:
-                raise ResultsError(f"{str(folder / 'results.json')!r} holds no complete demo runs to report")
-            paths = _render_demo(complete, folder)
-            print(f"\nwrote {', '.join(str(p) for p in paths)}")
+        if demos:
+            payload = demos[args.dirs[0]]
+            paths = _render_demo(_demo_runs(payload, args.dirs[0]), folder, _recorded_threads(payload))
+            print(f"\n{wrote(paths)}")
             return 0
         print(render(folder))
     except ResultsError as err:
@@ -520,13 +586,73 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_runs(payload: dict[str, Any], folder: str) -> list[RunResult]:
+    """A demo results.json's two complete runs (base, smoothed); ResultsError without them."""
+    complete = [RunResult.from_json(entry) for entry in payload.get("runs", [])]
+    complete = [r for r in complete if r.complete]
+    if len(complete) != 2:
+        raise ResultsError(f"{str(pathlib.Path(folder) / 'results.json')!r} holds no complete demo runs to report")
+    return complete
+
+
+def _recorded_threads(payload: dict[str, Any]) -> int | None:
+    """The torch threads a results.json records (None where it records none)."""
+    return (payload.get("provenance") or {}).get("threads", {}).get("torch")
+
+
+# the modules a command imports beyond gradsmooth's own dependencies: (PyPI name, extra that installs it)
+EXTRAS = {"sklearn": ("scikit-learn", "demo"), "tqdm": ("tqdm", "demo"), "matplotlib": ("matplotlib", "demo"),
+          "scipy": ("scipy", "demo")}
+
+
+def _needs(args: argparse.Namespace) -> list[str]:
+    """The modules of `EXTRAS` the command will import (its framework is backend_module's to check)."""
+    if args.command == "report":
+        return ["scipy", "matplotlib"]
+    needs = ["matplotlib", "scipy"] if args.command == "compare" else ["matplotlib"]
+    return needs + (["sklearn"] if args.task in ("vit", "diffusion") else []) + ([] if args.quiet else ["tqdm"])
+
+
+def _require(args: argparse.Namespace) -> None:
+    """Refuse, before any work, a command whose modules are not installed, naming the pip install."""
+    for module in _needs(args):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            name, extra = EXTRAS[module]
+            _fail(f"gradsmooth {args.command}: error: {name} (module {module}) is not installed: "
+                  f"pip install 'gradsmooth[{extra}]'")
+
+
+# options given to the other command by mistake: what to say instead of "unrecognized arguments"
+OTHER_COMMANDS_OPTIONS = {
+    "demo": {"--lrs": "demo takes --lr-base and --lr-smoothed (compare takes --lrs)",
+             "--seeds": "demo runs one seed, --seed (compare takes --seeds)",
+             "--first-seed": "demo runs one seed, --seed (compare takes --first-seed)"},
+    "compare": {"--lr-base": "compare takes --lrs, one grid for both arms (demo takes --lr-base and --lr-smoothed)",
+                "--lr-smoothed": "compare takes --lrs, one grid for both arms (demo takes --lr-base and --lr-smoothed)"},
+}
+
+
+def _unrecognized(command: str, extra: list[str]) -> NoReturn:
+    """Refuse the arguments argparse did not recognise, saying which option the command takes instead."""
+    options = OTHER_COMMANDS_OPTIONS.get(command, {})
+    hints = list(dict.fromkeys(options[a.split("=")[0]] for a in extra if a.split("=")[0] in options))
+    _fail(f"gradsmooth {command}: error: unrecognized arguments: {' '.join(extra)} (see --help)"
+          + "".join(f"; {hint}" for hint in hints))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        _unrecognized(args.command, extra)
+    _require(args)
     if args.command == "report":
         return _report(args)
     try:
         backend_module(args.backend)
-        return _demo(args, argv) if args.command == "demo" else _compare(args, argv)
+        with _threads(args) as threads:
+            return (_demo if args.command == "demo" else _compare)(args, argv, threads)
     except (BackendMissing, DataError) as err:
         _fail(f"gradsmooth {args.command}: error: {err}")

@@ -1,10 +1,10 @@
-"""Compare fairly, for any training code: :func:`sweep` runs the base and the smoothed optimizer
+"""Compare fairly, for any training code: [`sweep`][gradsmooth.compare.sweep] runs the base and the smoothed optimizer
 at every learning rate of one grid over the same seeds, chooses each arm's learning rate on the
 validation metric, and reports the test metric there as per-seed paired differences with a
 Student-t interval, a win count and a verdict (docs/method.md, "Comparing fairly").
 
 Framework-free: the user's ``train(make_optimizer, seed)`` builds the model and the optimizer
-(``make_optimizer``, an :class:`Arm`, says which learning rate and smoothing) and returns
+(``make_optimizer``, an [`Arm`][gradsmooth.compare.Arm], says which learning rate and smoothing) and returns
 ``{"val": float, "test": float, ...}`` (and, for curves, ``"history"``: a list of
 ``{"step": ..., "<metric>": ...}``). With ``out`` it writes ``results.json`` after every run (on
 Ctrl-C too) and draws the plots; ``gradsmooth report DIR`` prints the tables again. ``gradsmooth
@@ -26,7 +26,7 @@ import numpy as np
 
 from .modes import check_mode
 from .operators import WINDOW_OPTIONS, make_operator
-from .results import ResultsError, machine, provenance, read_results, strict, write_results
+from .results import ResultsError, machine, provenance, read_results, strict, write_results, wrote
 
 __all__ = [
     "CONFIDENCE",
@@ -125,13 +125,33 @@ def _chosen(rows: list[dict[str, Any]], higher: bool) -> dict[str, float]:
     return best
 
 
+def _grid_doubt(lrs: Sequence[float], best: Mapping[str, float]) -> str | None:
+    """Why the learning rates ``best`` (each arm's choice) cannot carry a verdict on the grid
+    ``lrs`` (sorted): a grid of one learning rate chooses none, and an arm that chose the grid's
+    lowest or highest rate may do better beyond it. None when every choice lies inside the grid."""
+    if len(lrs) == 1:
+        return f"a grid of one learning rate ({lrs[0]:g}) chooses none; give several"
+    edges = {arm: "lowest" if lr == lrs[0] else "highest" for arm, lr in best.items() if lr in (lrs[0], lrs[-1])}
+    if not edges:
+        return None
+    if len(edges) == 2 and best["base"] == best["smoothed"]:
+        said = f"both arms chose the grid's {edges['base']} lr ({best['base']:g})"
+    else:
+        said = " and ".join(f"{arm} chose the grid's {edge} lr ({best[arm]:g})" for arm, edge in edges.items())
+    return f"{said}; widen the grid"
+
+
 def summarize_records(records: Sequence[Mapping[str, Any]], higher_is_better: bool, metric: str = "val",
                       test_metric: str = "test") -> dict[str, Any]:
     """The summary of ``records`` (each ``{"lr", "arm", "seed", "val", "test"}``): per learning
     rate and arm the mean and std over seeds of ``val`` (``rows``); each arm's learning rate
     chosen on it (``best``); and at the chosen rates each arm's ``test`` and the per-seed paired
-    difference smoothed - base (``best_vs_best``, :func:`paired_difference`). ``metric`` and
-    ``test_metric`` name the two metrics in the summary."""
+    difference smoothed - base (``best_vs_best``, [`paired_difference`][gradsmooth.compare.paired_difference]).
+    ``metric`` and ``test_metric`` name the two metrics in the summary.
+
+    The verdict rests on the choice: where an arm chose the lowest or highest learning rate of
+    the grid, or the grid holds one rate, it is "inconclusive: <why>; widen the grid (the
+    interval alone: <verdict>)", the interval's own verdict kept as ``interval_verdict``."""
     val, test = _table(records, "val"), _table(records, "test")
     rows = [{"lr": lr} | {arm: _mean_std(list(val[lr][arm].values())) for arm in ARMS} for lr in sorted(val)]
     best = _chosen(rows, higher_is_better)
@@ -143,6 +163,10 @@ def summarize_records(records: Sequence[Mapping[str, Any]], higher_is_better: bo
                     "smoothed_lr": best["smoothed"], "base": _mean_std([b[k] for k in seeds]),
                     "smoothed": _mean_std([s[k] for k in seeds]), "seeds": seeds}
         headline |= paired_difference([s[k] - b[k] for k in seeds], higher_is_better)
+        headline["interval_verdict"] = headline["verdict"]
+        doubt = _grid_doubt([r["lr"] for r in rows], best)
+        if doubt:
+            headline["verdict"] = f"inconclusive: {doubt} (the interval alone: {headline['verdict']})"
     return {"metric": metric, "test_metric": test_metric, "higher_is_better": higher_is_better, "rows": rows,
             "best": best, "best_vs_best": headline, "metrics": _reported(records, best) if headline else {}}
 
@@ -150,8 +174,8 @@ def summarize_records(records: Sequence[Mapping[str, Any]], higher_is_better: bo
 def _reported(records: Sequence[Mapping[str, Any]], best: Mapping[str, float]) -> dict[str, dict[str, Any]]:
     """Each number the records hold under ``"metrics"`` (reported, never chosen on), at each arm's
     chosen learning rate in ``best``: per arm its mean and std over the seeds both arms have, and
-    the per-seed paired difference smoothed - base (:func:`paired_difference`), whose verdict
-    says "higher", "lower" or "no significant difference" and ``higher`` on how many seeds
+    the per-seed paired difference smoothed - base ([`paired_difference`][gradsmooth.compare.paired_difference]), whose
+    verdict says "higher", "lower" or "no significant difference" and ``higher`` on how many seeds
     smoothed is higher: such a number has no better direction of its own."""
     nan = lambda v: math.nan if v is None else float(v)
     names = list(dict.fromkeys(k for r in records for k in (r.get("metrics") or {})))
@@ -201,8 +225,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def format_reported(metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    """The reported numbers of a summary (:func:`summarize_records`' ``"metrics"``) as a Markdown
-    table: each arm's mean ± std at its chosen learning rate and the paired difference."""
+    """The reported numbers of a summary ([`summarize_records`][gradsmooth.compare.summarize_records]' ``"metrics"``) as
+    a Markdown table: each arm's mean ± std at its chosen learning rate and the paired difference."""
     lines = ["Reported beside the metric, never chosen on (each arm at its chosen learning rate; smoothed - base "
              "paired over seeds, Student t):", "",
              "| reported | base | smoothed | smoothed - base [95% CI] | smoothed higher | verdict |",
@@ -223,17 +247,28 @@ def _record(arm: Arm, seed: int, out: Mapping[str, Any], seconds: float) -> dict
     return {"lr": arm.lr, "arm": arm.label, "seed": seed, "seconds": round(seconds, 2)} | dict(out)
 
 
+def _repeated(values: Sequence[Any]) -> Any:
+    """The first value of ``values`` that occurs twice, else None."""
+    return next((v for i, v in enumerate(values) if v in values[:i]), None)
+
+
 def _checked(lrs: Iterable[float], seeds: Iterable[int]) -> tuple[list[float], list[int]]:
     lrs, seeds = list(lrs), list(seeds)
     if not lrs or any(not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0) for lr in lrs):
         raise ValueError(f"lrs should be finite positive numbers, at least one, but are: {lrs!r}")
-    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds):
+    if _repeated(lrs) is not None:
+        raise ValueError(f"lrs should be distinct (each learning rate is run once per seed) but "
+                         f"{_repeated(lrs):g} is repeated: {lrs!r}")
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds):
         raise ValueError(f"seeds should hold at least one seed, distinct integers, but is: {seeds!r}")
+    if _repeated(seeds) is not None:
+        raise ValueError(f"seeds should be distinct (each is one paired run) but {_repeated(seeds)} is repeated: {seeds!r}")
     return lrs, seeds
 
 
 def _draw(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], out: pathlib.Path) -> list[pathlib.Path]:
-    """The plots of :func:`gradsmooth.plots.plot_compare`; none, with a warning, without matplotlib."""
+    """The plots of [`gradsmooth.plots.plot_compare`][gradsmooth.plots.plot_compare]; none, with a warning, without
+    matplotlib."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -258,7 +293,7 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
     wrapper's arguments, ``{}`` for its defaults) at every learning rate in ``lrs`` and every seed;
     ``train`` returns ``{"val": float, "test": float, ...}`` (``"history"``, a list of
     ``{"step": ..., "<metric>": ...}``, gives the curves plot). Each arm's learning rate is chosen
-    on ``val``; ``test`` is compared there, seed by seed (:func:`summarize_records`).
+    on ``val``; ``test`` is compared there, seed by seed ([`summarize_records`][gradsmooth.compare.summarize_records]).
 
     ``verbose``: a line per run and the tables at the end (stderr, stdout). ``out``: a folder
     where ``results.json`` (records, summary, ``settings``, the ``command`` — default: this
@@ -280,9 +315,11 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
     path (``{"config.device": "cpu"}``), with the value they had then: ``resume`` and
     ``base_from`` read such a results.json with them. ``train`` may return ``"metrics"``, numbers
     by name reported beside ``val`` and ``test`` (never chosen on): the summary compares each at
-    the chosen learning rates, paired over seeds (:func:`summarize_records`).
+    the chosen learning rates, paired over seeds ([`summarize_records`][gradsmooth.compare.summarize_records]).
     ``metric``/``test_metric`` name ``val``/``test`` in the tables. Returns ``{"records": [...],
-    "summary": ...}``; ``on_record`` sees each record as it comes (kept ones included)."""
+    "summary": ..., "written": [...]}`` (the files written into ``out``: results.json and the
+    plots, said last when ``verbose``); ``on_record`` sees each record as it comes (kept ones
+    included)."""
     lrs, seeds = _checked(lrs, seeds)
     smoothing = dict(smoothing or {})
     _check_smoothing(smoothing)
@@ -308,6 +345,7 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
         written = records + [r for key, r in kept.items() if key not in done]
         payload["records"] = written
         payload["interrupted"] = interrupted
+        payload["machine"] = machine()  # the frameworks imported by now: what selected their kernels too
         payload["summary"] = summarize_records(written, higher_is_better, metric, test_metric) if written else None
         return write_results(out, payload)
 
@@ -339,12 +377,13 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
             sys.stderr.write(f"\ninterrupted: the results gathered so far are in {path} (continue with resume=True; "
                              f"gradsmooth compare: --resume)\n")
         raise
-    result = {"records": records, "summary": summary()}
+    result = {"records": records, "summary": summary(), "written": []}
     if out is not None:
-        save()
-        _draw(records, result["summary"], out)
+        result["written"] = [save(), *_draw(records, result["summary"], out)]
     if verbose:
         print(format_summary(result["summary"]))
+        if result["written"]:
+            print(f"\n{wrote(result['written'])}")
     return result
 
 
@@ -479,7 +518,7 @@ def _incomplete(payload: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
 
 
 def render(folder: str | pathlib.Path, draw: bool = True) -> str:
-    """The tables of ``folder``/results.json written by :func:`sweep` (or ``gradsmooth compare``),
+    """The tables of ``folder``/results.json written by [`sweep`][gradsmooth.compare.sweep] (or ``gradsmooth compare``),
     as Markdown, recomputed from its records; with ``draw`` its plots are drawn into ``folder`` again.
     An unfinished comparison says so first: its choice and verdict are provisional."""
     folder = pathlib.Path(folder)

@@ -1,10 +1,10 @@
 """Diagnostics of structure across depth, for any model: L x L similarity matrices.
 
-- :func:`block_update_similarity`: cosine similarity of the blocks' updates (each block's
+- `block_update_similarity`: cosine similarity of the blocks' updates (each block's
   update is the concatenation of its parameters' updates, roles in a fixed order).
-- :func:`representation_similarity`: linear CKA between the blocks' output representations,
+- `representation_similarity`: linear CKA between the blocks' output representations,
   the paper's "representation evolution across depth".
-- :func:`adjacent_similarity`: such a matrix as one number, the mean over neighbouring blocks.
+- `adjacent_similarity`: such a matrix as one number, the mean over neighbouring blocks.
 
 Inputs are arrays of any library that NumPy can read (``np.asarray``); outputs are NumPy.
 """

@@ -112,6 +112,11 @@ def _check_explicit(kernel: object, window: int) -> tuple[float, ...]:
         weights = tuple(float(w) for w in weights)
     except OverflowError:
         raise ValueError(f"kernel weights should be finite numbers but kernel is: {kernel!r}") from None
+    if len(weights) % 2 == 0:  # no window fits: a window is odd
+        raise ValueError(
+            f"kernel should hold an odd number of weights, one per block of the window (e.g. [0.5, 1, 0.5] "
+            f"with window=3), but has {len(weights)}: {list(weights)[:8]}"
+        )
     if len(weights) != window:
         raise ValueError(
             f"kernel should have window={window} weights but has {len(weights)}: {list(weights)}; "

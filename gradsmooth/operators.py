@@ -3,7 +3,7 @@
 An operator is given by an n x n matrix A and acts as ``U~_l = sum_j A[l, j] U_j``.
 Every operator applies its strength ``alpha`` as ``(1 - alpha) I + alpha A``.
 
-Execution never forms a dense n x n product: operators hand out their :class:`Band`,
+Execution never forms a dense n x n product: operators hand out their [`Band`][gradsmooth.Band],
 the nonzero entries of each row, planned once in pure Python and cached.
 """
 
@@ -53,7 +53,7 @@ class Band(NamedTuple):
 
     @property
     def weights(self) -> tuple[tuple[float, ...], ...]:
-        """Per row, the weights of its nonzero entries (aligned with :attr:`offsets`)."""
+        """Per row, the weights of its nonzero entries (aligned with [`offsets`][gradsmooth.Band.offsets])."""
         return tuple(tuple(w for _, w in row) for row in self.rows)
 
     @property
@@ -133,9 +133,11 @@ def checked_alpha(value: object, step: int) -> float:
 
 
 class DepthOperator(ABC):
-    """Base of every depth operator: a subclass defines :meth:`depth_band`, the matrix A.
+    """Base of every depth operator: a subclass defines [`depth_band`][gradsmooth.DepthOperator.depth_band], the matrix
+    A.
 
-    The rest is shared: ``alpha`` mixing, caching, :meth:`band` and :meth:`matrix`.
+    The rest is shared: ``alpha`` mixing, caching, [`band`][gradsmooth.DepthOperator.band] and
+    [`matrix`][gradsmooth.DepthOperator.matrix].
     """
 
     alpha: Alpha
@@ -146,7 +148,7 @@ class DepthOperator(ABC):
 
     def alpha_at(self, step: int = 0) -> float:
         """The strength used at ``step`` (the number of steps taken before this one), a float in
-        [0, 1]: a schedule's value is checked by :func:`checked_alpha`."""
+        [0, 1]: a schedule's value is checked by `checked_alpha`."""
         if not callable(self.alpha):
             return self.alpha
         return checked_alpha(self.alpha(step), step)
@@ -195,7 +197,7 @@ class DepthOperator(ABC):
 class WindowOptions(TypedDict, total=False):
     """The Window Smoothing options, as keyword arguments: the one definition the adapters
     (``GradientSmoothing(..., **window)``) and the command line share. Their defaults are
-    :class:`WindowSmoothing`'s, and only there."""
+    [`WindowSmoothing`][gradsmooth.WindowSmoothing]'s, and only there."""
 
     window: int
     kernel: str | Sequence[float]
@@ -348,7 +350,8 @@ class MatrixOperator(DepthOperator):
 
 
 def check_operator(operator: object, name: str = "operator") -> DepthOperator:
-    """``operator`` after checking it is a :class:`DepthOperator` (TypeError naming ``name`` otherwise)."""
+    """``operator`` after checking it is a [`DepthOperator`][gradsmooth.DepthOperator] (TypeError naming ``name``
+    otherwise)."""
     if not isinstance(operator, DepthOperator):
         raise TypeError(
             f"{name} should be a gradsmooth DepthOperator (WindowSmoothing, MatrixOperator) but is: "
@@ -358,7 +361,7 @@ def check_operator(operator: object, name: str = "operator") -> DepthOperator:
 
 
 def make_operator(operator: DepthOperator | None = None, **window: Unpack[WindowOptions]) -> DepthOperator:
-    """``operator`` itself, or a :class:`WindowSmoothing` of the ``window`` options given.
+    """``operator`` itself, or a [`WindowSmoothing`][gradsmooth.WindowSmoothing] of the ``window`` options given.
 
     Adapters take either; passing an operator together with a window option other than its
     default is refused, since the operator replaces them, and so is an unknown option.

@@ -45,6 +45,29 @@ def _curve(ax, histories: Sequence[History], key: str, color: str, label: str) -
         ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15)
 
 
+def _plain_ticks(axis) -> None:
+    """A log axis's tick labels as plain numbers ("2.35", not "2.35×10⁰"), at the ticks matplotlib labels."""
+    from matplotlib.ticker import Formatter
+
+    class Plain(Formatter):
+        def __init__(self, chooser: Formatter) -> None:
+            self.chooser = chooser  # matplotlib's formatter: which ticks get a label
+
+        def set_axis(self, axis) -> None:
+            super().set_axis(axis)
+            self.chooser.set_axis(axis)
+
+        def set_locs(self, locs) -> None:
+            super().set_locs(locs)
+            self.chooser.set_locs(locs)
+
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return f"{x:g}" if self.chooser(x, pos) else ""
+
+    axis.set_major_formatter(Plain(axis.get_major_formatter()))
+    axis.set_minor_formatter(Plain(axis.get_minor_formatter()))
+
+
 def plot_curves(arms: Mapping[str, tuple[float, Sequence[History]]], path: str | pathlib.Path,
                 title: str = "") -> Figure:
     """Curves of each arm (``{"base": (lr, histories), "smoothed": (lr, histories)}``): the
@@ -65,6 +88,7 @@ def plot_curves(arms: Mapping[str, tuple[float, Sequence[History]]], path: str |
         ax.set(xlabel="step", ylabel="loss" if losses else ", ".join(k.replace("_", " ") for k in panel))
         if losses and all(row[k] > 0 for _, hs in arms.values() for h in hs for row in h for k in panel if k in row):
             ax.set_yscale("log")  # not where a loss goes to zero or below (rl's policy-gradient loss)
+            _plain_ticks(ax.yaxis)
         steps = {row["step"] for _, hs in arms.values() for h in hs for row in h}
         if len(steps) == 1:  # one checkpoint: one tick at its step, not fractions of a step around it
             ax.set_xticks(sorted(steps))

@@ -1,5 +1,6 @@
-"""results.json: what reproduces a result (:func:`provenance`, :func:`machine`), written as
-strict JSON (:func:`write_results`) and read back (:func:`read_results`).
+"""results.json: what reproduces a result ([`provenance`][gradsmooth.results.provenance],
+[`machine`][gradsmooth.results.machine]), written as strict JSON ([`write_results`][gradsmooth.results.write_results])
+and read back ([`read_results`][gradsmooth.results.read_results]).
 
 Framework-free: the thread count of a framework is recorded only when that framework is
 already imported by the run.
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ResultsError", "machine", "provenance", "read_results", "strict", "write_results"]
+__all__ = ["KERNEL_ENVIRONMENT", "ResultsError", "machine", "provenance", "read_results", "strict", "write_results", "wrote"]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -55,9 +56,20 @@ def provenance(command: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
             "seeds": list(seeds)}
 
 
+# environment variables that change which CPU kernels run (torch's ATen, MKL, oneDNN), where set
+KERNEL_ENVIRONMENT = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "MKL_DEBUG_CPU_TYPE",
+                      "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
 def machine() -> dict[str, Any]:
-    """The machine and the versions of the packages a run may use (those installed)."""
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    """The machine and the versions of the packages a run may use (those installed); and what
+    selects the CPU kernels, on which a float32 run's numbers depend to the last bit beside the
+    thread count ([`provenance`][gradsmooth.results.provenance]): the CPU model (MKL takes other code paths on other
+    vendors and models), torch's CPU capability (its kernels' vector width, e.g. AVX2 or
+    AVX512) and whether it has MKL and oneDNN (when the run uses torch), and the environment
+    variables of `KERNEL_ENVIRONMENT` that are set."""
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "cpu": _cpu_model()}
     for name in ("numpy", "torch", "mlx", "gradsmooth", "scipy", "sklearn"):
         if name in ("torch", "mlx") and name not in sys.modules:
             continue  # a framework the run did not use is not imported to read its version
@@ -66,7 +78,23 @@ def machine() -> dict[str, Any]:
             info[name] = getattr(module, "__version__", "?")
         except ImportError:
             pass
+    if "torch" in sys.modules:
+        backends = sys.modules["torch"].backends
+        info["torch_cpu"] = {"capability": backends.cpu.get_cpu_capability(), "mkl": backends.mkl.is_available(),
+                             "mkldnn": backends.mkldnn.is_available()}
+    info["kernel_environment"] = {k: os.environ[k] for k in KERNEL_ENVIRONMENT if k in os.environ}
     return info
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform says, else None."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def strict(value: Any) -> Any:
@@ -97,8 +125,8 @@ def write_results(out: str | pathlib.Path, payload: dict[str, Any]) -> pathlib.P
 
 
 def read_results(folder: str | pathlib.Path) -> dict[str, Any]:
-    """``folder``/results.json as written by :func:`write_results`; :class:`ResultsError` when
-    it is missing or not JSON."""
+    """``folder``/results.json as written by [`write_results`][gradsmooth.results.write_results];
+    [`ResultsError`][gradsmooth.results.ResultsError] when it is missing or not JSON."""
     path = pathlib.Path(folder) / "results.json"
     if not path.is_file():
         raise ResultsError(f"DIR {str(folder)!r} holds no results.json")
@@ -109,3 +137,9 @@ def read_results(folder: str | pathlib.Path) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ResultsError(f"{str(path)!r} is not a results.json of gradsmooth")
     return payload
+
+
+def wrote(paths: Sequence[str | pathlib.Path]) -> str:
+    """"wrote a, b and c": the closing line of a command that wrote the files ``paths`` (at least one)."""
+    names = [str(p) for p in paths]
+    return "wrote " + (", ".join(names[:-1]) + " and " if len(names) > 1 else "") + names[-1]

@@ -39,6 +39,11 @@ def _check_plan(plan: object) -> None:
         raise TypeError(f"plan should be a gradsmooth BlockPlan (from find_blocks) but is: {type(plan).__name__}")
 
 
+def _library(x: Any) -> str:
+    """The array library an array belongs to, by its type's top-level module (numpy, torch, mlx, ...)."""
+    return type(x).__module__.split(".")[0]
+
+
 def check_updates(updates: Mapping[str, Any], plan: BlockPlan) -> None:
     """Raise if ``updates`` lacks a planned name, or a member's shape or dtype is not its group's."""
     if not isinstance(updates, Mapping):
@@ -55,9 +60,14 @@ def check_updates(updates: Mapping[str, Any], plan: BlockPlan) -> None:
             if tuple(x.shape) != group.shape:
                 raise ValueError(f"updates[{name!r}] should have shape {group.shape} (the plan's) but has {tuple(x.shape)}")
             if dtype is None:
-                dtype = x.dtype
+                dtype, library = x.dtype, _library(x)
                 if not is_floating(x):
                     raise TypeError(f"updates[{name!r}] should be a floating-point array but has dtype {x.dtype}")
+            elif _library(x) != library:
+                raise TypeError(
+                    f"updates[{name!r}] is a {_library(x)} array but its group {group.role!r} holds {library} arrays: "
+                    "a group must hold arrays of one array library"
+                )
             elif x.dtype != dtype:
                 raise TypeError(
                     f"updates[{name!r}] has dtype {x.dtype} but its group {group.role!r} holds {dtype}: "

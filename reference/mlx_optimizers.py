@@ -28,9 +28,11 @@ def float32(lr):
 class SGD(Optimizer):
     """mlx.optimizers.SGD.
 
+    ```
     g = grad + weight_decay * theta
     v = momentum * v + (1 - dampening) * g        (v starts at 0)
     delta = -lr * (g + momentum * v if nesterov else v)     (-lr * g when momentum = 0)
+    ```
     """
 
     def __init__(self, learning_rate, momentum=0.0, weight_decay=0.0, dampening=0.0, nesterov=False):
@@ -51,10 +53,12 @@ class SGD(Optimizer):
 class AdamW(Optimizer):
     """mlx.optimizers.AdamW (and Adam with weight_decay=0).
 
+    ```
     m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
     delta = -lr m / (sqrt(v) + eps), or with bias correction
     delta = -(lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
     decay = 1 - lr * weight_decay
+    ```
     """
 
     def __init__(self, learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, bias_correction=False):
@@ -91,11 +95,13 @@ def newton_schulz(x, steps=5):
 class Muon(Optimizer):
     """mlx.optimizers.Muon.
 
+    ```
     g = grad + weight_decay * theta               (coupled: part of the gradient)
     v = momentum * v + (1 - momentum) * g
     u = (1 - momentum) g + momentum v (nesterov) or v
     delta = -lr * sqrt(max(1, rows / cols)) * NewtonSchulz(u reshaped to 2-D)   (ndim >= 2)
     delta = -lr * u                                                            (ndim < 2)
+    ```
     """
 
     def __init__(self, learning_rate, momentum=0.95, weight_decay=0.01, nesterov=True, ns_steps=5):

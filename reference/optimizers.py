@@ -45,18 +45,22 @@ class Optimizer:
 class SGD(Optimizer):
     """torch.optim.SGD.
 
-    g = grad + weight_decay * theta                      (coupled L2)
+    ```
+    g = -grad (maximize) or grad
+    g = g + weight_decay * theta                         (coupled L2)
     b = g (first step) or momentum * b + (1 - dampening) * g
     g = g + momentum * b (nesterov) or b (momentum > 0)
     delta = -lr * g
+    ```
     """
 
-    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False):
         super().__init__()
         self.lr, self.momentum, self.dampening = lr, momentum, dampening
-        self.weight_decay, self.nesterov = weight_decay, nesterov
+        self.weight_decay, self.nesterov, self.maximize = weight_decay, nesterov, maximize
 
     def update(self, name, param, grad):
+        grad = -grad if self.maximize else grad
         g = grad + self.weight_decay * param if self.weight_decay else np.array(grad, dtype=np.float64)
         if self.momentum:
             state = self.state.setdefault(name, {})
@@ -72,19 +76,22 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """torch.optim.Adam (and AdamW with ``decoupled_weight_decay=True``).
 
-    g = grad + weight_decay * theta                      (coupled; not when decoupled)
+    ```
+    g = -grad (maximize) or grad
+    g = g + weight_decay * theta                         (coupled; not when decoupled)
     m = beta1 * m + (1 - beta1) * g
     v = beta2 * v + (1 - beta2) * g^2;   v_max = max(v_max, v) (amsgrad)
     denom = sqrt(v or v_max) / sqrt(1 - beta2^t) + eps
     delta = -lr / (1 - beta1^t) * m / denom
     decay = 1 - lr * weight_decay                        (decoupled only)
+    ```
     """
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
-                 decoupled_weight_decay=False):
+                 decoupled_weight_decay=False, maximize=False):
         super().__init__()
         self.lr, self.betas, self.eps = lr, betas, eps
-        self.weight_decay, self.amsgrad = weight_decay, amsgrad
+        self.weight_decay, self.amsgrad, self.maximize = weight_decay, amsgrad, maximize
         self.decoupled_weight_decay = decoupled_weight_decay
 
     def update(self, name, param, grad):
@@ -99,12 +106,12 @@ class Adam(Optimizer):
         state["step"] += 1
         t = state["step"]
         decay = 1.0
-        g = grad
+        g = -grad if self.maximize else grad
         if self.weight_decay:
             if self.decoupled_weight_decay:
                 decay = 1 - self.lr * self.weight_decay
             else:
-                g = grad + self.weight_decay * param
+                g = g + self.weight_decay * param
         m = state["exp_avg"] = state["exp_avg"] + (1 - beta1) * (g - state["exp_avg"])  # torch's lerp
         v = state["exp_avg_sq"] = beta2 * state["exp_avg_sq"] + (1 - beta2) * g * g
         if self.amsgrad:
@@ -116,8 +123,8 @@ class Adam(Optimizer):
 class AdamW(Adam):
     """torch.optim.AdamW: Adam with decoupled weight decay (default 1e-2)."""
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
-        super().__init__(lr, betas, eps, weight_decay, amsgrad, decoupled_weight_decay=True)
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, decoupled_weight_decay=True, maximize=maximize)
 
 
 def newton_schulz(x, coefficients=(3.4445, -4.7750, 2.0315), steps=5, eps=1e-7):
@@ -139,11 +146,13 @@ def newton_schulz(x, coefficients=(3.4445, -4.7750, 2.0315), steps=5, eps=1e-7):
 class Muon(Optimizer):
     """torch.optim.Muon, for 2-D parameters.
 
+    ```
     b = b + (1 - momentum) * (grad - b)                  (torch's lerp)
     u = grad + momentum * (b - grad) (nesterov) or b
     O = NewtonSchulz(u)
     lr_adj = lr * sqrt(max(1, A / B)) ("original") or lr * 0.2 * sqrt(max(A, B)) ("match_rms_adamw")
     delta = -lr_adj * O;   decay = 1 - lr * weight_decay (decoupled)
+    ```
     """
 
     def __init__(self, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,

@@ -5,11 +5,17 @@ the members a depth operator mixes. Names outside every group are stepped as the
 optimizer steps them.
 
 mode="update" (the paper's):
-    decay_l, delta_l = base step of member l        (delta without decoupled decay)
-    theta_l <- decay_l * theta_l + sum_j A[l, j] delta_j
+
+```
+decay_l, delta_l = base step of member l        (delta without decoupled decay)
+theta_l <- decay_l * theta_l + sum_j A[l, j] delta_j
+```
 
 mode="gradient":
-    g~_l = sum_j A[l, j] g_j;   theta <- base step on g~
+
+```
+g~_l = sum_j A[l, j] g_j;   theta <- base step on g~
+```
 
 Members without a gradient at a step are left out; the window is taken over the rest.
 """

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -50,7 +51,8 @@ def test_compare_chooses_on_val_and_reports_the_paired_test_difference(tmp_path,
     assert result["settings"]["metric"] == "val_loss" and result["settings"]["higher_is_better"] is False
     headline = result["summary"]["best_vs_best"]
     assert len(headline["per_seed_diff"]) == 2 and headline["n"] == 2 and len(headline["ci"]) == 2
-    assert headline["verdict"] in ("win", "loss", "no significant difference")
+    assert headline["interval_verdict"] in ("win", "loss", "no significant difference")
+    assert headline["verdict"].startswith("inconclusive: ")  # two learning rates: each arm chose an edge
     origin = result["provenance"]
     assert origin["command"] == "gradsmooth " + " ".join(args) and origin["seeds"] == [0, 1]
     assert origin["threads"]["torch"] >= 1 and "OMP_NUM_THREADS" in origin["threads"]
@@ -168,7 +170,17 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, ar
         (["compare", "--seeds", "0"], "argument --seeds: should be a positive integer but is: '0'"),
         (["demo", "--seed", "-1"], "argument --seed: should be an integer >= 0 but is: '-1'"),
         (["compare", "--window", "abc"], "argument --window: should be an odd integer >= 1 but is: 'abc'"),
-        (["compare", "--depth", "0"], "argument --depth: should be a positive integer but is: '0'"),
+        (["compare", "--depth", "0"], "argument --depth: should be an integer >= 2 (one block has no neighbour to "
+                                      "smooth with) but is: '0'"),
+        (["demo", "--depth", "1"], "argument --depth: should be an integer >= 2 (one block has no neighbour to smooth "
+                                   "with) but is: '1'"),
+        (["compare", "--lrs", "1e-3,3e-3,0.001"], "argument --lrs: learning rates should be distinct (each runs once "
+                                                  "per seed) but 0.001 is repeated: '1e-3,3e-3,0.001'"),
+        (["demo", "--lrs", "1e-3,3e-3"], "gradsmooth demo: error: unrecognized arguments: --lrs 1e-3,3e-3 (see "
+                                         "--help); demo takes --lr-base and --lr-smoothed (compare takes --lrs)"),
+        (["compare", "--lr-base=1e-3"], "gradsmooth compare: error: unrecognized arguments: --lr-base=1e-3 (see "
+                                        "--help); compare takes --lrs, one grid for both arms (demo takes --lr-base"),
+        (["demo", "--threads", "0"], "argument --threads: should be a positive integer but is: '0'"),
         (["demo", "--width", "30"], "argument --width: should be a positive multiple of 4 (the attention heads) but is: '30'"),
         (["compare", "--weight-decay", "-1"], "argument --weight-decay: should be a finite number >= 0 but is: '-1'"),
         (["demo", "--warmup", "1.5"], "argument --warmup: should be a number in [0, 1] but is: '1.5'"),
@@ -364,16 +376,137 @@ def test_base_from_trains_only_the_smoothed_arm_of_an_ablation(tmp_path, capsys)
     assert exit_.value.code == 2 and "other settings (config.steps:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["demo", "compare"])
+def test_a_depth_of_one_is_refused_before_training_and_leaves_no_folder(tmp_path, monkeypatch, capsys, command):
+    _no_training(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--depth", "1", *TINY, "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "argument --depth" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, module, name", [
+    (["demo"], "sklearn", "scikit-learn (module sklearn)"),
+    (["demo", "--task", "lm", "--steps", "2"], "tqdm", "tqdm (module tqdm)"),  # the progress bars
+    (["compare", "--quiet"], "scipy", "scipy (module scipy)"),
+    (["demo", "--quiet"], "matplotlib", "matplotlib (module matplotlib)"),
+    (["report", "."], "matplotlib", "matplotlib (module matplotlib)"),
+])
+def test_a_missing_extra_names_the_pip_install_before_any_work(monkeypatch, capsys, args, module, name):
+    _no_training(monkeypatch)
+    monkeypatch.setitem(sys.modules, module, None)  # importing it now fails
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == f"gradsmooth {args[0]}: error: {name} is not installed: " \
+                                              f"pip install 'gradsmooth[demo]'"
+
+
+def test_a_missing_extra_is_one_line_not_a_traceback(tmp_path):
+    code = "import sys; sys.modules['sklearn'] = None; from gradsmooth.cli import main; sys.exit(main(['demo']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr == "gradsmooth demo: error: scikit-learn (module sklearn) is not " \
+                                                   "installed: pip install 'gradsmooth[demo]'\n"
+    assert not (tmp_path / "gradsmooth-demo").exists()
+
+
+def test_missing_torch_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["compare", *TINY])
+    assert exit_.value.code == 2
+    assert "backend 'torch' is not installed: pip install 'gradsmooth[torch]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["demo", "compare"])
+def test_fewer_steps_than_eval_every_still_evaluate_the_last_step(tmp_path, capsys, command):
+    args = ["--steps", "3", "--eval-every", "10", "--depth", "2", "--quiet", "--out", str(tmp_path)]
+    assert cli.main([command, *args] if command == "demo" else [command, "--lrs", "1e-3", "--seeds", "1", *args]) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    runs = saved["runs"] if command == "demo" else saved["records"]
+    assert [[row["step"] for row in r["history"]] for r in runs] == [[3], [3]]
+    if command == "compare":
+        assert all(r["val"] == r["history"][-1]["val_acc"] and r["test"] is not None for r in runs)
+        assert saved["summary"]["best"] == {"base": 1e-3, "smoothed": 1e-3}
+    else:
+        assert "final test_acc: base 0." in capsys.readouterr().out
+
+
 @pytest.fixture
-def one_thread():
-    """torch on one thread for the test, as the published runs are, restored after: the small
-    models' many short operations are slow with two threads on a busy machine (waiting threads)."""
+def no_thread_setting(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+
+@pytest.mark.parametrize("given, threads, why", [([], 1, "the default for these small models; --threads N to change"),
+                                                 (["--threads", "2"], 2, "--threads")])
+def test_demo_chooses_its_threads_says_so_and_records_them(tmp_path, capsys, no_thread_setting, given, threads, why):
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    before = torch.get_num_threads()
+    assert cli.main(["demo", *TINY, "--depth", "2", *given, "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert f"gradsmooth demo: torch on {threads} CPU thread{'s' if threads > 1 else ''} ({why})" in captured.err
+    assert f" s on {threads} thread" in captured.out
+    recorded = json.loads((tmp_path / "results.json").read_text())["provenance"]["threads"]
+    assert recorded == {"OMP_NUM_THREADS": None, "torch": threads}
+    assert torch.get_num_threads() == before  # the process's setting is left as it was
+
+
+def test_omp_num_threads_is_respected(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # as torch read it at its start
+    assert cli.main(["compare", "--lrs", "1e-3", "--seeds", "1", *TINY, "--depth", "2", "--out", str(tmp_path)]) == 0
+    assert f"torch on {torch.get_num_threads()} CPU thread" in capsys.readouterr().err
+    recorded = json.loads((tmp_path / "results.json").read_text())["provenance"]["threads"]
+    assert recorded["torch"] == torch.get_num_threads()
+
+
+def test_the_demo_closes_with_what_one_seed_can_and_cannot_show(tmp_path, capsys):
+    assert cli.main(["demo", *TINY, "--depth", "2", "--out", str(tmp_path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "One seed shows how the two arms train at these learning rates. It cannot show whether the difference " \
+           "is larger than what another seed changes" in out
+    assert "`gradsmooth compare` runs both arms over a grid of learning rates and several seeds" in out
+    assert out.endswith(f"wrote {tmp_path / 'curves.png'}, {tmp_path / 'depth_structure.png'} and "
+                        f"{tmp_path / 'results.json'}")
+
+
+def test_report_of_a_demo_beside_comparisons_prints_its_table_and_their_overview(tmp_path, capsys):
+    assert cli.main(["demo", *TINY, "--depth", "2", "--out", str(tmp_path / "demo")]) == 0
+    table = capsys.readouterr().out.split("\nwrote ")[0]
+    for name in ("c1", "c2"):
+        assert cli.main(["compare", "--lrs", "1e-3", "--seeds", "1", *TINY, "--depth", "2",
+                         "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path / "demo"), str(tmp_path / "c1"), str(tmp_path / "c2")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"demo {tmp_path / 'demo'}:\n\n{table}\n")
+    assert "| results | setting | seeds |" in out and f"| {tmp_path / 'c2'} |" in out
+
+
+def test_compare_says_what_it_wrote(tmp_path, capsys):
+    assert cli.main(["compare", "--lrs", "1e-3", "--seeds", "1", *TINY, "--depth", "2", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        f"wrote {tmp_path / 'results.json'}, {tmp_path / 'metric_vs_lr.png'} and {tmp_path / 'curves_at_best_lr.png'}")
+
+
+def test_the_default_output_folders_are_ignored_by_git():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for folder in ("gradsmooth-demo", "gradsmooth-compare"):
+        assert subprocess.run(["git", "check-ignore", "-q", f"{folder}/results.json"], cwd=root).returncode == 0, folder
+
+
+def test_threads_with_another_backend_is_refused(monkeypatch, capsys):
+    _no_training(monkeypatch)
+    monkeypatch.setattr(cli, "backend_module", lambda backend: None)  # as if MLX were installed
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--backend", "mlx", "--threads", "2", *TINY])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == "gradsmooth demo: error: --threads 2 sets torch's CPU threads; " \
+                                              "--backend mlx does not take it"
 
 
 @pytest.fixture
@@ -392,7 +525,7 @@ def quick_phase1(monkeypatch):
 SMALL = ["--depth", "2", "--width", "16", *TINY]
 
 
-def test_demo_diffusion_draws_its_samples(tmp_path, capsys, one_thread):
+def test_demo_diffusion_draws_its_samples(tmp_path, capsys):
     assert cli.main(["demo", "--task", "diffusion", "--batch-size", "8", *SMALL, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "base sample_acc" in out and "smoothed test_loss" in out and "final test_loss" in out
@@ -405,7 +538,7 @@ def test_demo_diffusion_draws_its_samples(tmp_path, capsys, one_thread):
     assert "samples.png" in capsys.readouterr().out
 
 
-def test_demo_rl_starts_both_arms_from_one_phase1_and_reports_the_reward(tmp_path, capsys, quick_phase1, one_thread):
+def test_demo_rl_starts_both_arms_from_one_phase1_and_reports_the_reward(tmp_path, capsys, quick_phase1):
     with pytest.warns(RuntimeWarning, match="phase 1 stopped"):
         assert cli.main(["demo", "--task", "rl", "--batch-size", "2", "--group", "2", *SMALL,
                          "--out", str(tmp_path)]) == 0
@@ -418,7 +551,7 @@ def test_demo_rl_starts_both_arms_from_one_phase1_and_reports_the_reward(tmp_pat
     assert len(list((tmp_path / "phase1").glob("*.npz"))) == 1
 
 
-def test_compare_rl_records_the_depth_structure_and_reuses_phase1_when_resumed(tmp_path, capsys, quick_phase1, one_thread):
+def test_compare_rl_records_the_depth_structure_and_reuses_phase1_when_resumed(tmp_path, capsys, quick_phase1):
     args = ["compare", "--task", "rl", "--lrs", "1e-3,3e-3", "--seeds", "2", "--batch-size", "2", "--group", "2",
             "--kl", "0.1", *SMALL, "--out", str(tmp_path)]
     with pytest.warns(RuntimeWarning, match="phase 1 stopped"):
@@ -439,7 +572,7 @@ def test_compare_rl_records_the_depth_structure_and_reuses_phase1_when_resumed(t
     assert quick_phase1 == [0, 1, 2]
 
 
-def test_compare_diffusion_reports_sample_accuracy_beside_the_loss(tmp_path, capsys, one_thread):
+def test_compare_diffusion_reports_sample_accuracy_beside_the_loss(tmp_path, capsys):
     assert cli.main(["compare", "--task", "diffusion", "--lrs", "1e-3", "--seeds", "2", "--batch-size", "8", *SMALL,
                      "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -451,7 +584,7 @@ def test_compare_diffusion_reports_sample_accuracy_beside_the_loss(tmp_path, cap
     assert "| sample_acc |" in capsys.readouterr().out
 
 
-def test_an_alpha_schedule_is_recorded_and_base_from_accepts_a_comparison_that_differs_only_in_it(tmp_path, capsys, one_thread):
+def test_an_alpha_schedule_is_recorded_and_base_from_accepts_a_comparison_that_differs_only_in_it(tmp_path, capsys):
     common = ["compare", "--lrs", "1e-3", "--seeds", "1", "--depth", "2", *TINY]
     assert cli.main([*common, "--out", str(tmp_path / "constant")]) == 0
     assert cli.main([*common, "--alpha", "0.8", "--alpha-schedule", "cosine", "--alpha-final", "0.1",

@@ -71,8 +71,9 @@ def test_the_verdict_needs_an_interval_that_excludes_zero(diffs, higher, verdict
 
 
 def test_the_headline_says_the_interval_wins_and_verdict():
-    results = [result(1e-3, s, smoothed, 3.0, 3.0 - (0.1 + 0.01 * s if smoothed else 0))
-               for s in range(3) for smoothed in (False, True)]
+    # both arms choose 1e-3 on val_loss, inside the grid
+    results = [result(lr, s, smoothed, 3.0 + abs(math.log10(lr) + 3), 3.0 - (0.1 + 0.01 * s if smoothed else 0))
+               for lr in (1e-4, 1e-3, 1e-2) for s in range(3) for smoothed in (False, True)]
     text = format_summary(summarize(results, task="lm"))
     assert "test_loss at each arm's chosen learning rate (lower is better)" in text
     assert "smoothed - base, paired over seeds [0, 1, 2]: mean -0.1100, 95% CI [" in text
@@ -101,12 +102,12 @@ def toy_train(make_optimizer, seed):
 
 def test_sweep_runs_both_arms_everywhere_and_summarizes():
     seen = []
-    out = sweep(toy_train, [1e-3, 1e-2], range(3), smoothing={"window": 3}, higher_is_better=True,
+    out = sweep(toy_train, [1e-4, 1e-3, 1e-2, 1e-1], range(3), smoothing={"window": 3}, higher_is_better=True,
                 on_record=seen.append)
     records = out["records"]
-    assert len(records) == 2 * 3 * 2 and seen == records
+    assert len(records) == 4 * 3 * 2 and seen == records
     assert [r["arm"] for r in records[:2]] == ["base", "smoothed"]
-    assert records[1]["opt"] == ("smoothed", ("sgd", 1e-3), 3)
+    assert records[1]["opt"] == ("smoothed", ("sgd", 1e-4), 3)
     s = out["summary"]
     assert s["best"] == {"base": 1e-3, "smoothed": 1e-2}
     h = s["best_vs_best"]
@@ -143,7 +144,10 @@ def test_sweep_writes_results_after_every_run_and_report_renders_them(tmp_path, 
                    on_record=seen.append)
     captured = capsys.readouterr()
     assert "[1/8] lr 0.001 base seed 0: val_score" in captured.err and "[8/8]" in captured.err
-    assert captured.out.strip() == format_summary(result["summary"])  # the tables, as report prints them
+    tables, closing = captured.out.strip().split("\n\nwrote ")
+    assert tables == format_summary(result["summary"])  # the tables, as report prints them
+    assert closing == f"{tmp_path / 'results.json'}, {tmp_path / 'metric_vs_lr.png'} and " \
+                      f"{tmp_path / 'curves_at_best_lr.png'}"  # what it wrote, as compare says
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["provenance"]["command"] == "python train.py" and saved["settings"]["label"] == "toy"
     assert saved["settings"]["smoothing"] == {"window": 3} and saved["settings"]["seeds"] == [0, 1]
@@ -199,9 +203,61 @@ def test_the_overview_describes_a_sweep_without_a_label(tmp_path):
     assert "| smoothing: window 5 | 2 |" in overview([tmp_path])
 
 
-def test_seeds_are_distinct_integers():
-    with pytest.raises(ValueError, match=r"seeds should hold at least one seed, distinct integers, but is: \[0, 0\]"):
-        sweep(toy_train, [0.1], [0, 0])
+def test_seeds_and_learning_rates_are_distinct_before_any_training():
+    never = lambda make, seed: pytest.fail("trained before the check")  # noqa: E731
+    with pytest.raises(ValueError, match=r"seeds should be distinct \(each is one paired run\) but 0 is repeated: "
+                                         r"\[0, 1, 0\]"):
+        sweep(never, [0.1], [0, 1, 0])
+    with pytest.raises(ValueError, match=r"lrs should be distinct \(each learning rate is run once per seed\) but "
+                                         r"0.001 is repeated: \[0.001, 0.001\]"):
+        sweep(never, [1e-3, 1e-3], [0])
+
+
+GRID = (1e-4, 1e-3, 1e-2)
+
+
+def grid_records(base_best, smoothed_best, lrs=GRID, gain=0.05):
+    """Records on ``lrs`` (3 seeds) whose val peaks at each arm's ``*_best``; smoothed's test is ``gain`` above base's."""
+    return [result(lr, seed, smoothed, 0.9 - abs(math.log10(lr) - math.log10(smoothed_best if smoothed else base_best)),
+                   0.8 + 0.01 * seed + (gain + 0.001 * seed if smoothed else 0))
+            for lr in lrs for seed in range(3) for smoothed in (False, True)]
+
+
+@pytest.mark.parametrize("base_best, smoothed_best, doubt", [
+    (1e-4, 1e-3, "base chose the grid's lowest lr (0.0001); widen the grid"),
+    (1e-3, 1e-2, "smoothed chose the grid's highest lr (0.01); widen the grid"),
+    (1e-4, 1e-4, "both arms chose the grid's lowest lr (0.0001); widen the grid"),
+    (1e-4, 1e-2, "base chose the grid's lowest lr (0.0001) and smoothed chose the grid's highest lr (0.01); widen "
+                 "the grid"),
+])
+def test_a_verdict_on_a_learning_rate_at_the_grid_edge_is_inconclusive(base_best, smoothed_best, doubt):
+    h = summarize(grid_records(base_best, smoothed_best))["best_vs_best"]
+    assert h["interval_verdict"] == "win"  # the interval alone excludes zero
+    assert h["verdict"] == f"inconclusive: {doubt} (the interval alone: win)"
+    assert f"verdict: inconclusive: {doubt}" in format_summary(summarize(grid_records(base_best, smoothed_best)))
+
+
+def test_a_verdict_inside_the_grid_is_the_intervals_and_one_learning_rate_chooses_none():
+    inside = summarize(grid_records(1e-3, 1e-3))["best_vs_best"]
+    assert inside["verdict"] == inside["interval_verdict"] == "win"
+    one = summarize(grid_records(1e-3, 1e-3, lrs=[1e-3]))["best_vs_best"]
+    assert one["verdict"] == "inconclusive: a grid of one learning rate (0.001) chooses none; give several " \
+                             "(the interval alone: win)"
+
+
+def test_sweep_and_report_say_a_verdict_rests_on_the_grid_edge(tmp_path, capsys):
+    """The README's sweep example, in small: both arms choose the grid's lowest rate, and the
+    verdict sweep prints, and report prints again from results.json, says so."""
+    def train(make_optimizer, seed):  # val falls with the learning rate for both arms
+        score = 0.9 - make_optimizer.lr + 0.001 * seed
+        return {"val": score, "test": score + (0.05 if make_optimizer.smoothing is not None else 0)}
+
+    sweep(train, [1e-3, 3e-3, 1e-2], [0, 1, 2], smoothing={"window": 3}, out=tmp_path)
+    said = "verdict: inconclusive: both arms chose the grid's lowest lr (0.001); widen the grid (the interval alone: win)"
+    assert said in capsys.readouterr().out
+    assert said in render(tmp_path, draw=False)
+    assert "| inconclusive: both arms chose the grid's lowest lr (0.001); widen the grid (the interval alone: win) |" \
+           in overview([tmp_path])
 
 
 def test_resume_keeps_the_runs_it_has_and_runs_the_rest(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gradsmooth.decay import COUPLED, DECOUPLED, check_decoupled_decay, classify_decay, decay_warning
+from gradsmooth.decay import COUPLED, DECOUPLED, check_decoupled_decay, classify_decay, decay_factor, decay_warning
 
 
 def optimizer(name, module, bases=(), **attrs):
@@ -46,11 +46,48 @@ def test_a_declared_function_is_asked_with_the_group():
     assert classify_decay(UNKNOWN, {"weight_decay": 0.0}, declared) is False
 
 
-@pytest.mark.parametrize("answer", ["yes", 1, 0, None, 1.0], ids=repr)
-def test_a_declared_function_must_return_a_bool(answer):
-    with pytest.raises(TypeError) as info:
-        classify_decay(UNKNOWN, {}, lambda group: answer)
-    assert str(info.value) == f"decoupled_decay(param_group) should return True or False but returned: {answer!r}"
+@pytest.mark.parametrize("answer", ["yes", None, float("nan"), float("inf"), [1.0]], ids=repr)
+def test_a_declared_function_must_return_a_bool_or_a_finite_factor(answer):
+    for decide in (classify_decay, decay_factor):
+        with pytest.raises(TypeError) as info:
+            decide(UNKNOWN, {}, lambda group: answer)
+        assert str(info.value) == ("decoupled_decay(param_group) should return True, False or the decay factor "
+                                   f"(a finite number) but returned: {answer!r}")
+
+
+@pytest.mark.parametrize("answer", [0.97, 1, 0])
+def test_a_declared_function_may_return_the_factor_itself(answer):
+    group = {"weight_decay": 0.1, "lr": 0.5}
+    assert classify_decay(UNKNOWN, group, lambda g: answer) is True  # a factor is decoupled
+    assert decay_factor(UNKNOWN, group, lambda g: answer) == answer
+    assert decay_factor(UNKNOWN, {"weight_decay": 0.0, "lr": 0.5}, lambda g: answer) == answer
+
+
+def test_the_factor_follows_the_rule_read_from_the_group():
+    adamw = optimizer("AdamW", "torch.optim")
+    assert decay_factor(adamw, {"weight_decay": 0.1, "lr": 0.5}) == 1 - 0.5 * 0.1
+    assert decay_factor(adamw, {"weight_decay": 0.0, "lr": 0.5}) == 1.0
+    assert decay_factor(optimizer("SGD", "torch.optim"), {"weight_decay": 0.1, "lr": 0.5}) == 1.0  # coupled
+    assert decay_factor(UNKNOWN, {"weight_decay": 0.1, "lr": 0.5}) is None  # warned about, treated as coupled
+    assert decay_factor(UNKNOWN, {"weight_decay": 0.1, "lr": 0.5}, True) == 1 - 0.5 * 0.1
+    assert decay_factor(adamw, {"weight_decay": 0.1, "lr": 0.5}, False) == 1.0
+
+
+def test_timm_corrected_weight_decay_scales_by_lr_squared_over_the_peak():
+    # timm >= 1.0.20 keeps the peak in the group; earlier releases read the optimizer's default lr
+    lion = optimizer("Lion", "timm.optim.lion")
+    group = {"weight_decay": 0.1, "lr": 0.25, "corrected_weight_decay": True, "max_lr_snapshot": 0.5}
+    assert decay_factor(lion, group) == 1 - 0.25**2 / 0.5 * 0.1
+    lion.defaults = {"lr": 1.0}
+    group.pop("max_lr_snapshot")
+    assert decay_factor(lion, group) == 1 - 0.25**2 / 1.0 * 0.1
+    assert decay_factor(lion, {**group, "corrected_weight_decay": False}) == 1 - 0.25 * 0.1
+
+
+def test_timm_adan_decays_proximally_unless_no_prox():
+    adan = optimizer("Adan", "timm.optim.adan")
+    assert decay_factor(adan, {"weight_decay": 0.1, "lr": 0.5, "no_prox": False}) == 1 / (1 + 0.5 * 0.1)
+    assert decay_factor(adan, {"weight_decay": 0.1, "lr": 0.5, "no_prox": True}) == 1 - 0.5 * 0.1
 
 
 # -- 2. flags in the param group ------------------------------------------------------------------

@@ -78,7 +78,10 @@ def test_sigma_so_small_a_gaussian_weight_vanishes_is_refused(sigma):
         ((3, "gaussian", math.inf), ValueError, "sigma should be a positive number but is: inf"),
         ((3, "gaussian", math.nan), ValueError, "sigma should be a positive number but is: nan"),
         ((3, "gaussian", 10**400), ValueError, "sigma should be a positive number but is: 1000"),
-        ((3, [1, 2]), ValueError, r"kernel should have window=3 weights but has 2: \[1.0, 2.0\]; pass window=2 with it"),
+        ((3, [1, 2]), ValueError, r"kernel should hold an odd number of weights, one per block of the window .* but "
+                                  r"has 2: \[1.0, 2.0\]"),
+        ((3, []), ValueError, r"kernel should hold an odd number of weights, .* but has 0: \[\]"),
+        ((3, [1, 2, 3, 2, 1]), ValueError, r"kernel should have window=3 weights but has 5: .*; pass window=5 with it"),
         ((3, [1, 0, 1]), ValueError, r"kernel weights should be positive but kernel is: \[1.0, 0.0, 1.0\]"),
         ((3, [1, 2, 3]), ValueError, r"kernel should be symmetric \(k\(-d\) == k\(d\)\) but is: \[1.0, 2.0, 3.0\]"),
         ((3, [1, True, 1]), TypeError, "kernel weights should be positive numbers but kernel is: "),
@@ -159,3 +162,9 @@ def test_check_window_returns_an_int(window):
 def test_check_window_refuses_what_is_not_an_odd_integer_of_at_least_one(window, error, match):
     with pytest.raises(error, match=match):
         check_window(window)
+
+
+def test_an_empty_kernel_is_told_what_fits_not_an_invalid_window():
+    with pytest.raises(ValueError, match="kernel should hold an odd number of weights") as err:
+        WindowSmoothing(kernel=[])
+    assert "window=0" not in str(err.value)

@@ -4,6 +4,7 @@ import ast
 import importlib
 import importlib.util
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -26,18 +27,76 @@ def test_no_top_level_backends_or_reference_is_importable_from_elsewhere(tmp_pat
     assert out.stdout.strip() == "None None"
 
 
-def test_wheel_installs_only_the_gradsmooth_package(tmp_path):
-    have_setuptools = importlib.util.find_spec("setuptools") is not None
-    cmd = [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)]
-    if have_setuptools:
-        cmd.append("--no-build-isolation")
-    subprocess.run(cmd, check=True, capture_output=True)
-    (wheel,) = tmp_path.glob("gradsmooth-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+# what a build leaves in a checkout, never copied into the clean copy the wheel is built from
+BUILD_OUTPUTS = (".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis", ".asv")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    """The wheel, built offline (``--no-build-isolation``: the setuptools of this environment)
+    from a clean copy of the checkout, so no file a former build left under build/ can slip in."""
+    pytest.importorskip("setuptools", minversion="77")  # the test extra has it (license-files)
+    source = tmp_path_factory.mktemp("source") / "gradsmooth"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*BUILD_OUTPUTS), symlinks=True)
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+                           "--no-index", "-q", "-w", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = out.glob("gradsmooth-*.whl")
+    with zipfile.ZipFile(path) as archive:
+        yield archive
+
+
+def _installed_modules() -> set[str]:
+    """Every module of the distribution where it installs: gradsmooth/**, backends/** as
+    gradsmooth/backends/**, reference/** as gradsmooth/reference/**."""
+    found = set()
+    for folder, installed in (("gradsmooth", "gradsmooth"), ("backends", "gradsmooth/backends"),
+                              ("reference", "gradsmooth/reference")):
+        found |= {f"{installed}/{p.relative_to(ROOT / folder).as_posix()}" for p in (ROOT / folder).rglob("*.py")
+                  if "__pycache__" not in p.parts}
+    return found
+
+
+def test_wheel_installs_only_the_gradsmooth_package(wheel):
+    names = wheel.namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"gradsmooth"}
     for module in ("backends/__init__.py", "reference/window.py", "reference/optimizers.py"):
         assert f"gradsmooth/{module}" in names
+
+
+def test_wheel_holds_every_module_of_the_package_and_no_other(wheel):
+    modules = {n for n in wheel.namelist() if n.endswith(".py")}
+    expected = _installed_modules()
+    assert {"gradsmooth/experiments/runs.py", "gradsmooth/backends/torch/native.py",
+            "gradsmooth/backends/mlx/optimizer.py", "gradsmooth/reference/window.py"} <= expected
+    assert modules == expected, f"missing: {sorted(expected - modules)}, unexpected: {sorted(modules - expected)}"
+
+
+def test_wheel_holds_no_tests_docs_benchmarks_or_examples(wheel):
+    outside = {"tests", "docs", "benchmarks", "examples"}
+    found = [n for n in wheel.namelist() if outside & set(n.split("/")[:-1])]
+    assert not found, f"the wheel ships files from outside the package: {found[:10]}"
+
+
+def test_wheel_ships_the_license_and_the_typing_marker(wheel):
+    names = wheel.namelist()
+    # PEP 561: one marker at the top of the installed package covers gradsmooth.backends and
+    # gradsmooth.reference too, as they install inside it
+    assert "gradsmooth/py.typed" in names
+    (info,) = {n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info")}
+    assert wheel.read(f"{info}/licenses/LICENSE") == (ROOT / "LICENSE").read_bytes()
+    metadata = wheel.read(f"{info}/METADATA").decode()
+    assert "License-Expression: MIT" in metadata.splitlines()
+    assert "License-File: LICENSE" in metadata.splitlines()
+
+
+def test_the_license_is_the_mit_license_the_metadata_names():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License\n") and "Copyright (c) 2026 the gradsmooth authors" in text
+    assert 'license = "MIT"' in (ROOT / "pyproject.toml").read_text()
+    assert (ROOT / "gradsmooth" / "py.typed").exists()
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "gradsmooth").glob("*.py")), ids=lambda p: p.name)

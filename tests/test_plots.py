@@ -38,6 +38,16 @@ def test_metric_vs_lr_has_a_title_and_says_what_the_error_bars_are(tmp_path):
     assert [p.name for p in paths] == ["metric_vs_lr.png", "curves_at_best_lr.png"]
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.01, 100.0])  # within a decade, and across several
+def test_loss_ticks_are_plain_numbers(tmp_path, scale):
+    h = [{"step": s, "train_loss": scale * (2.5 - 0.001 * s), "val_loss": scale * (2.45 - 0.0008 * s) ** (s / 50)}
+         for s in (50, 100, 200, 300)]
+    fig = core_plots.plot_curves({"base": (1e-3, [h]), "smoothed": (3e-3, [h])}, tmp_path / "c.png")
+    ax = fig.axes[0]
+    labels = [t.get_text() for minor in (False, True) for t in ax.get_yticklabels(minor=minor) if t.get_text()]
+    assert labels and all(float(label) > 0 for label in labels), labels  # "2.35", not "$2.35\times10^{0}$"
+
+
 def test_curves_leave_out_checkpoints_without_a_metric_and_losses_below_zero_stay_linear(tmp_path):
     rl = [{"step": 0, "val_acc": 0.3}] + [{"step": s, "train_loss": -0.1, "reward": 0.2, "val_acc": 0.4}
                                           for s in (10, 20)]

@@ -3,13 +3,14 @@ strict JSON, written whole, and read back with errors that name the folder."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from gradsmooth.results import ResultsError, provenance, read_results, strict, write_results
+from gradsmooth.results import ResultsError, machine, provenance, read_results, strict, write_results
 
 
 def test_provenance_names_the_command_commit_threads_and_seeds():
@@ -43,6 +44,26 @@ def test_read_results_names_the_folder(tmp_path):
     (tmp_path / "results.json").write_text("{oops")
     with pytest.raises(ResultsError, match="is not JSON"):
         read_results(tmp_path)
+
+
+def test_machine_records_what_selects_the_cpu_kernels(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    m = machine()
+    assert m["torch_cpu"] == {"capability": torch.backends.cpu.get_cpu_capability(),
+                              "mkl": torch.backends.mkl.is_available(), "mkldnn": torch.backends.mkldnn.is_available()}
+    assert m["kernel_environment"] == {"MKL_CBWR": "AVX2"}
+    assert m["cpu"] is None or isinstance(m["cpu"], str) and m["cpu"]
+
+
+def test_the_capability_recorded_is_the_one_torch_ran_with():
+    pytest.importorskip("torch")
+    code = "import torch; from gradsmooth.results import machine; m = machine(); " \
+           "print(m['torch_cpu']['capability'], m['kernel_environment'])"
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")  # torch's kernels without vector instructions
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out == "DEFAULT {'ATEN_CPU_CAPABILITY': 'default'}\n"
 
 
 def test_a_dataclass_is_written_as_its_fields():

@@ -210,6 +210,16 @@ def test_mixed_or_integer_dtypes_are_refused():
         smooth(list(updates.values()), plan, WindowSmoothing())
 
 
+def test_a_group_of_two_array_libraries_is_refused_naming_both():
+    torch = pytest.importorskip("torch")
+    updates = make_updates()
+    plan = find_blocks({k: v.shape for k, v in updates.items()})
+    mixed = {**updates, "layers.1.w": torch.from_numpy(updates["layers.1.w"])}  # the same dtype, float64
+    with pytest.raises(TypeError, match=r"updates\['layers.1.w'\] is a torch array but its group '.*' holds numpy "
+                                        r"arrays: a group must hold arrays of one array library"):
+        smooth(mixed, plan, WindowSmoothing())
+
+
 def test_bad_stack_is_refused():
     with pytest.raises(ValueError, match=r"stack should have shape \(n, ...\)"):
         smooth_stack(np.float64(1.0), WindowSmoothing())

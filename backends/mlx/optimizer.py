@@ -3,8 +3,8 @@
 ``mode="update"`` (default): the base computes its new parameters ``decay * theta + delta``;
 ``delta = new - decay * theta`` is mixed along depth and ``decay * theta`` added back, so
 decoupled weight decay (``decay = 1 - lr * weight_decay``) stays per layer. Which optimizers
-decay decoupled is decided by :func:`gradsmooth.decay.classify_decay` (MLX's AdamW and Lion;
-SGD, Muon, Adam, ... apply *coupled* L2 decay, which is part of delta and smoothed with it),
+decay decoupled is decided by [`gradsmooth.decay.classify_decay`][gradsmooth.decay.classify_decay] (MLX's AdamW and
+Lion; SGD, Muon, Adam, ... apply *coupled* L2 decay, which is part of delta and smoothed with it),
 or declared with ``decoupled_decay``. ``mode="gradient"``: the gradients are mixed before the
 base step.
 
@@ -26,6 +26,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from gradsmooth import MODES, Band, BlockPlan, DepthOperator, check_mode, find_blocks, make_operator
 from gradsmooth.blocks import Exclude, Stacks
 from gradsmooth.decay import check_decoupled_decay, classify_decay, decay_warning
+from gradsmooth.describe import describe
 from gradsmooth.operators import WindowOptions, checked_alpha
 from gradsmooth.smoothing import weighted_sum
 
@@ -36,9 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ALPHA_PROBES", "GradientSmoothing", "MODES", "mix_group"]
 
-#: ``decoupled_decay`` for MLX: None (classify), a bool, or ``fn(optimizer) -> bool``: MLX
+#: ``decoupled_decay`` for MLX: None (classify), a bool, or ``fn(optimizer) -> bool | factor``: MLX
 #: optimizers have no param groups, so the function receives each optimizer that steps parameters.
-MLXDecoupledDecay = Union[None, bool, Callable[[optim.Optimizer], bool]]
+MLXDecoupledDecay = Union[None, bool, Callable[[optim.Optimizer], Union[bool, float, mx.array]]]
 
 #: Steps at which a schedule ``alpha`` is evaluated and checked at construction: under
 #: ``mx.compile`` the value at the traced step cannot be read (class docstring).
@@ -71,16 +72,16 @@ def _class_name(obj: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _declared(opt: optim.Optimizer, decoupled_decay: MLXDecoupledDecay) -> bool | None:
-    """The user's ``decoupled_decay`` for ``opt``; a function is called with the optimizer itself."""
+def _declared(opt: optim.Optimizer, decoupled_decay: MLXDecoupledDecay) -> bool | float | mx.array | None:
+    """The user's ``decoupled_decay`` for ``opt``; a function is called with the optimizer itself
+    and returns a bool, or the decay factor (a number or a one-element mx.array)."""
     if not callable(decoupled_decay):
         return decoupled_decay
     answer = decoupled_decay(opt)
-    if not isinstance(answer, bool):
-        raise TypeError(
-            f"decoupled_decay(optimizer) should return True or False but returned: {answer!r} for {_class_name(opt)}"
-        )
-    return answer
+    if isinstance(answer, bool) or _is_number(answer):
+        return answer
+    raise TypeError(f"decoupled_decay(optimizer) should return True, False or the decay factor (a number) but "
+                    f"returned: {describe(answer)} for {_class_name(opt)}")
 
 
 def _is_number(x: object) -> bool:
@@ -111,10 +112,14 @@ def _check_decoupled_hyperparameters(opt: optim.Optimizer) -> None:
         )
 
 
-def _classify(opt: optim.Optimizer, decoupled_decay: MLXDecoupledDecay) -> bool:
-    """Whether ``opt`` decays decoupled; one that cannot be told with a nonzero ``weight_decay`` is
-    warned about (once: this runs at construction) and treated as coupled."""
-    kind = classify_decay(opt, {}, _declared(opt, decoupled_decay))
+def _classify(opt: optim.Optimizer, decoupled_decay: MLXDecoupledDecay) -> bool | Callable[[optim.Optimizer], Any]:
+    """Whether ``opt`` decays decoupled (or the user's function that gives its factor); one that
+    cannot be told with a nonzero ``weight_decay`` is warned about (once: this runs at
+    construction) and treated as coupled."""
+    declared = _declared(opt, decoupled_decay)
+    if declared is not None and not isinstance(declared, bool):
+        return decoupled_decay  # a factor: asked again at every step (the learning rate moves)
+    kind = classify_decay(opt, {}, declared)
     if kind is None:
         if _nonzero(getattr(opt, "weight_decay", 0.0)):
             warnings.warn(decay_warning(opt), UserWarning, stacklevel=3)  # the caller of GradientSmoothing()
@@ -183,26 +188,28 @@ class GradientSmoothing(optim.Optimizer):
     Args:
         optimizer: the base optimizer.
         mode: ``"update"`` or ``"gradient"``.
-        operator: any :class:`gradsmooth.DepthOperator`, in place of the window arguments.
-        stacks: as :func:`gradsmooth.find_blocks`; by default stacks are the lists of blocks
+        operator: any [`gradsmooth.DepthOperator`][gradsmooth.DepthOperator], in place of the window arguments.
+        stacks: as [`gradsmooth.find_blocks`][gradsmooth.find_blocks]; by default stacks are the lists of blocks
             in the parameter tree.
-        exclude: as :func:`gradsmooth.find_blocks`: parameters never smoothed.
+        exclude: as [`gradsmooth.find_blocks`][gradsmooth.find_blocks]: parameters never smoothed.
         check_finite: ``True`` raises ``FloatingPointError`` on a non-finite gradient before
             anything changes (each element is tested: finite values near the float32 maximum
             pass). It evaluates the gradients, so it works eagerly, not under ``mx.compile``.
         decoupled_decay: whether each optimizer that steps parameters (the base, or each member
             of a ``MultiOptimizer``) applies its weight decay decoupled (kept per layer, never
             mixed) or coupled (L2 in the gradient, smoothed with it). ``None`` classifies it
-            (:func:`gradsmooth.decay.classify_decay`: MLX's AdamW and Lion are decoupled, its
-            other optimizers coupled); an optimizer that cannot be classified and has a nonzero
+            ([`gradsmooth.decay.classify_decay`][gradsmooth.decay.classify_decay]: MLX's AdamW and Lion are decoupled,
+            its other optimizers coupled); an optimizer that cannot be classified and has a nonzero
             ``weight_decay`` is warned about once, here, and treated as coupled. ``True`` or
-            ``False`` declares it for all; a function is called once per optimizer, **with the
-            optimizer instance** (MLX optimizers have no param groups), and returns a bool. A
-            decoupled optimizer's decay is computed as ``param * (1 - learning_rate * weight_decay)``,
-            so it needs both attributes (ValueError here otherwise).
-        **window: the Window Smoothing options (:class:`gradsmooth.operators.WindowOptions`:
+            ``False`` declares it for all; a function is called **with the optimizer instance**
+            (MLX optimizers have no param groups) and returns a bool (called once, here), or the
+            decay factor itself, a number or an ``mx.array`` (called at every step: the decay is
+            then ``param * factor``, for any rule). A decoupled optimizer's decay is otherwise
+            computed as ``param * (1 - learning_rate * weight_decay)``, so it needs both
+            attributes (ValueError here otherwise).
+        **window: the Window Smoothing options (`gradsmooth.operators.WindowOptions`:
             ``window``, ``kernel``, ``boundary``, ``alpha``, ``sigma``, ``normalize``), with
-            :class:`gradsmooth.WindowSmoothing`'s defaults; ``alpha`` may be a function of the
+            [`gradsmooth.WindowSmoothing`][gradsmooth.WindowSmoothing]'s defaults; ``alpha`` may be a function of the
             step (an ``mx.array``), like MLX schedules.
 
     What is checked, and when (a refused step changes nothing):
@@ -210,14 +217,14 @@ class GradientSmoothing(optim.Optimizer):
     - Eagerly (no ``mx.compile``, or a compiled function whose inputs do not hold
       ``opt.state``): every step checks ``alpha(step)`` before anything changes: a value
       outside [0, 1] or NaN raises ValueError naming the step and the value. The core checks
-      a function's Python numbers (:meth:`DepthOperator.alpha_at`), this class its ``mx.array``
-      values.
+      a function's Python numbers ([`DepthOperator.alpha_at`][gradsmooth.DepthOperator.alpha_at]), this class its
+      ``mx.array`` values.
     - Under ``mx.compile`` the step is traced, so ``alpha(step)`` has no value while tracing
       and the compiled step never returns to Python: only its shape and dtype (one real
       number) are checked, once, when tracing. Its value is not: a schedule that leaves
       [0, 1] at some step is applied as given there (``alpha = 2`` applies ``2A - I``). To
       catch most such schedules, ``alpha`` is evaluated and checked here at the steps
-      :data:`ALPHA_PROBES` (0, 1, 2, 10, ..., 10**6), and at the restored step whenever
+      `ALPHA_PROBES` (0, 1, 2, 10, ..., 10**6), and at the restored step whenever
       ``opt.state`` is set. ``check_finite=True`` raises ValueError while tracing. An error
       raised while tracing leaves the compiled function's inputs (model and optimizer state)
       holding MLX's placeholders (MLX does not restore them): reload them before going on.
@@ -247,7 +254,7 @@ class GradientSmoothing(optim.Optimizer):
         super().__init__()
         self.base, self.operator, self.mode, self.check_finite = optimizer, operator, mode, check_finite
         self._probe_alpha(ALPHA_PROBES)
-        self._decoupled: dict[int, bool] = {}
+        self._decoupled: dict[int, bool | Callable[[optim.Optimizer], Any]] = {}
         for member in _stepping(optimizer):  # a loop, not a comprehension: the warning's stacklevel
             self._decoupled[id(member)] = _classify(member, decoupled_decay)
         self._stacks, self._exclude = stacks, exclude
@@ -298,8 +305,12 @@ class GradientSmoothing(optim.Optimizer):
                 plan = find_blocks(shapes, exclude=self._exclude, sites=tree_sites(tree))
             else:
                 plan = find_blocks(shapes, stacks=self._stacks, exclude=self._exclude)
+            first = self._plan_key is None
             self._plan = plan.with_operator(self.operator)
             self._plan_key = key
+            message = plan.nothing_smoothed()
+            if first and message is not None:  # once, at the first plan: MLX optimizers see the model only then
+                warnings.warn(message, UserWarning, stacklevel=3)  # the caller of init or apply_gradients
         return self._plan
 
     def init(self, parameters: dict) -> None:
@@ -365,7 +376,8 @@ class GradientSmoothing(optim.Optimizer):
 
     def _mix(self, flat: dict[str, mx.array], plan: BlockPlan, alpha: float | mx.array) -> dict[str, mx.array]:
         """Each group's members replaced by ``sum_j [(1 - alpha) I + alpha A][l, j] U_j``: the
-        core's band at this strength (:meth:`DepthOperator.band_at`), executed by :func:`mix_group`."""
+        core's band at this strength ([`DepthOperator.band_at`][gradsmooth.DepthOperator.band_at]), executed by
+        `mix_group`."""
         out = dict(flat)
         for group in plan.groups:
             members = [flat[name] for name in group.names]
@@ -400,7 +412,9 @@ class GradientSmoothing(optim.Optimizer):
         deltas = {}
         for name in plan.names:
             owner = _owner(self.base, name, grads[name])
-            d = _decayed(owner, params[name], grads[name]) if self._decoupled[id(owner)] else None
+            rule = self._decoupled[id(owner)]
+            d = (params[name] * rule(owner) if callable(rule) else _decayed(owner, params[name], grads[name]) if rule
+                 else None)
             decayed[name] = params[name] if d is None else d
             deltas[name] = flat_new[name] - decayed[name]
         mixed = self._mix(deltas, plan, alpha)
@@ -416,7 +430,7 @@ def _as(x: mx.array, dtype: mx.Dtype) -> mx.array:
 
 def mix_group(names: Sequence[str], members: list[mx.array], band: Band) -> dict[str, mx.array]:
     """The MLX executor: ``U~_l = sum_j band[l, j] U_j`` for one group (the core's
-    :func:`~gradsmooth.smoothing.weighted_sum` on MLX arrays, which ``mx.compile`` fuses).
+    `weighted_sum` on MLX arrays, which ``mx.compile`` fuses).
     bfloat16 and float16 members are mixed in float32 and rounded once to their dtype, so a
     parameter never changes dtype (an array-valued alpha is float32)."""
     dtype = members[0].dtype

@@ -8,13 +8,15 @@ kernels walk the flat parameters in blocks of at most ``CHUNK`` positions instea
 blocks for each OpenMP thread: a share left over would leave a thread idle while another
 finishes it; 1.05-1.08 -> 0.97-1.00 on a 768 x 768 group); inside a block, member by
 member in depth order, they compute the member's update into a small ring of scratch rows and
-finish each row of the band as soon as its last update is there::
+finish each row of the band as soon as its last update is there:
 
-    for each block of positions [lo, lo + CHUNK):
-        for j in 0 .. n-1:
-            u[j % R] = update of member j       (reads g_j and the state, writes the state)
-            for each row l whose last term is u_j:
-                p_l = d_l p_l + sum_k A[l, k] u[k % R]
+```
+for each block of positions [lo, lo + CHUNK):
+    for j in 0 .. n-1:
+        u[j % R] = update of member j       (reads g_j and the state, writes the state)
+        for each row l whose last term is u_j:
+            p_l = d_l p_l + sum_k A[l, k] u[k % R]
+```
 
 so every inner loop touches a handful of arrays, the scratch stays in cache, and each array
 is still read and written once: the passes of AdamW (or SGD) alone. ``R`` (the ring) is the
@@ -54,10 +56,11 @@ Pattern = tuple[tuple[int, ...], ...]
 
 
 class Kind(NamedTuple):
-    """One kernel kind: its pointer arrays (the call's order), its per-member coefficients
-    (``c[k * n + j]``), the arrays its per-member loop reads or writes besides ``u``, the loop's
-    arithmetic (``u[i] = ...``, as the eager kernels and fused.py's compiled source) and a row's
-    first term (``{P}``: the row's parameter) before the band's."""
+    """One kernel kind: its pointer arrays (the call's order), its coefficients (``c[k * n + j]``:
+    the first seven read by member ``j``'s loop as ``c0 .. c6``, an eighth, where there is one,
+    the decay ``d{l}`` of row ``l``), the arrays its per-member loop reads or writes besides
+    ``u``, the loop's arithmetic (``u[i] = ...``, as the eager kernels and fused.py's compiled
+    source) and a row's first term (``{P}``: the row's parameter) before the band's."""
 
     lists: tuple[str, ...]
     coefficients: int
@@ -68,23 +71,24 @@ class Kind(NamedTuple):
 
 KINDS = {
     # native_steps.py's SmoothedAdamW: c = 1 - beta1, beta2, 1 - beta2, sqrt(bias corr. 2), eps,
-    # -lr / bias corr. 1, and the decoupled decay that row l applies to its own parameter
-    "adamw": Kind(("p", "g", "m", "v"), 7, ("g", "m", "v"), """\
-            const T gi = gj[i], mo = mj[i];
+    # -lr / bias corr. 1, the gradient's sign (-1 under maximize), and the decoupled decay that
+    # row l applies to its own parameter
+    "adamw": Kind(("p", "g", "m", "v"), 8, ("g", "m", "v"), """\
+            const T gi = c6 * gj[i], mo = mj[i];
             const T mi = mo + c0 * (gi - mo);
             const T vi = vj[i] * c1 + (c2 * gi) * gi;
             mj[i] = mi;
             vj[i] = vi;
             u[i] = c5 * (mi / (std::sqrt(vi) / c3 + c4));""", "d{l} * {P}[i]"),
-    # SmoothedSGD: c = weight decay, momentum, 1 - dampening, a, b, -lr
-    "sgd": Kind(("p", "g", "b"), 6, ("p", "g", "b"), """\
-            const T ei = gj[i] + c0 * pj[i];
+    # SmoothedSGD: c = weight decay, momentum, 1 - dampening, a, b, -lr, the gradient's sign
+    "sgd": Kind(("p", "g", "b"), 7, ("p", "g", "b"), """\
+            const T ei = c6 * gj[i] + c0 * pj[i];
             const T bi = bj[i] * c1 + c2 * ei;
             bj[i] = bi;
             u[i] = c5 * (c3 * ei + c4 * bi);""", "{P}[i]"),
     # SmoothedSGD without momentum (no buffer: the direction's b is e itself, as the eager kernels)
-    "sgd-plain": Kind(("p", "g"), 6, ("p", "g"), """\
-            const T ei = gj[i] + c0 * pj[i];
+    "sgd-plain": Kind(("p", "g"), 7, ("p", "g"), """\
+            const T ei = c6 * gj[i] + c0 * pj[i];
             u[i] = c5 * (c3 * ei + c4 * ei);""", "{P}[i]"),
 }
 
@@ -103,7 +107,7 @@ def applies(kind: str, dtype: torch.dtype, device: torch.device | str) -> bool:
 
 def blocked_source(pattern: Pattern, kind: str, ctype: str) -> str:
     """C++ source of ``step(*lists, w, c, numel, scratch, threads)`` for ``pattern`` (the members
-    each row reads), ``kind`` (:data:`KINDS`) and ``ctype`` ("float" or "double"): each list an
+    each row reads), ``kind`` (`KINDS`) and ``ctype`` ("float" or "double"): each list an
     array of n pointers (``p, g, m, v`` or ``p, g, b``), ``w`` the band's weights flattened row
     by row, ``c`` the coefficients, ``scratch`` ``threads * R * CHUNK`` values."""
     return _source(pattern, kind, ctype, CHUNK)
@@ -137,7 +141,7 @@ def _source(pattern: Pattern, kind: str, ctype: str, chunk: int) -> str:
     for j in range(n):
         head = [f"        T *__restrict__ u = ring + {j % ring} * CHUNK;",
                 *(f"        T *__restrict__ {name}j = {name}[{j}] + lo;" for name in spec.used),
-                *(f"        const T c{i} = c[{i * n + j}];" for i in range(min(spec.coefficients, 6)))]
+                *(f"        const T c{i} = c[{i * n + j}];" for i in range(7))]
         statements = []
         for l in finish.get(j, []):  # the rows whose last update is u_j: finished in the same loop
             # the row's parameter: the loop's own pointer where the loop reads it too (one
@@ -146,7 +150,7 @@ def _source(pattern: Pattern, kind: str, ctype: str, chunk: int) -> str:
             if pl != "pj":
                 head.append(f"        T *__restrict__ {pl} = p[{l}] + lo;")
             if kind == "adamw":
-                head.append(f"        const T d{l} = c[{(spec.coefficients - 1) * n + l}];")
+                head.append(f"        const T d{l} = c[{7 * n + l}];")
             terms = []
             for i, k in enumerate(pattern[l]):
                 head.append(f"        const T w{l}_{i} = w[{starts[l] + i}];")
@@ -221,7 +225,7 @@ def _cpu() -> str:
 
 
 class BlockedLibrary:
-    """A loaded blocked kernel: :meth:`bind` makes a call ready (pointer arrays, scratch) before
+    """A loaded blocked kernel: `bind` makes a call ready (pointer arrays, scratch) before
     anything changes; the call writes in place."""
 
     def __init__(self, library: ctypes.CDLL) -> None:

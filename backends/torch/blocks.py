@@ -3,16 +3,18 @@
 A stack is an ``nn.ModuleList`` or ``nn.Sequential`` of two or more children of one
 class; the outermost such list is depth (a list inside a block, such as MoE experts,
 is part of the block). The components that wrappers add are dropped from names
-(:data:`WRAPPERS`), so a wrapped model plans like the plain one.
+(`WRAPPERS`), so a wrapped model plans like the plain one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 from torch.optim import Optimizer
+
+from gradsmooth.describe import describe
 
 __all__ = ["WRAPPERS", "ModelParameters", "canonical_name", "module_sites", "named_parameters"]
 
@@ -35,7 +37,7 @@ def canonical_name(name: str) -> str:
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
-    """The module a wrapper holds (any of :data:`WRAPPERS`), else ``module``."""
+    """The module a wrapper holds (any of `WRAPPERS`), else ``module``."""
     for attr in WRAPPERS:
         inner = getattr(module, attr, None)
         if isinstance(inner, nn.Module) and len(list(module.children())) == 1:
@@ -61,7 +63,11 @@ def named_parameters(model: nn.Module | Iterable[tuple[str, Tensor]]) -> Iterato
                             "not model.parameters(): the names tell the blocks apart")
         name, p = pair if isinstance(pair, tuple) and len(pair) == 2 else (None, pair)
         if not isinstance(name, str) or not isinstance(p, Tensor):
-            raise TypeError(f"model should be an nn.Module or an iterable of (name, parameter) pairs but holds: {pair!r}")
+            hint = (": param groups (dicts) are the optimizer's params, not the model; to build the optimizer from "
+                    "param groups, as Hugging Face's Trainer does, use the class's factory(model)"
+                    if isinstance(pair, Mapping) else "")
+            raise TypeError("model should be an nn.Module or an iterable of (name, parameter) pairs but holds: "
+                            f"{describe(pair)}{hint}")
         if id(p) not in seen:
             seen.add(id(p))
             yield canonical_name(name), p

@@ -1,16 +1,16 @@
 """One smoothing step on torch tensors, group by group, as plain functions (the way torch.optim
 puts an optimizer's arithmetic in functions beside its class).
 
-A step has two halves around the base optimizer's step. Before it, :func:`plan_group_steps`
-plans every group's work and allocates all it needs (:class:`GroupStep`: the band's program,
+A step has two halves around the base optimizer's step. Before it, `plan_group_steps`
+plans every group's work and allocates all it needs (`GroupStep`: the band's program,
 the fused kernel's bound call, the decay factors, the snapshot buffer; then one
-:class:`~.mixing.Workspace` for all groups), so anything that can fail fails before the first
-write. Then :func:`run_group_step` executes one group: its compiled kernel where it has one,
+`Workspace` for all groups), so anything that can fail fails before the first
+write. Then `run_group_step` executes one group: its compiled kernel where it has one,
 else the eager kernels (also when the kernel refuses to run: it never compiles inside a step).
 
 Update mode (the paper's) mixes the base's step: ``theta_l <- d_l theta_l + sum_j A[l, j] delta_j``
 with ``delta_j = p_j - d_j theta_j`` recovered from a snapshot of ``theta`` taken before the
-base step (:class:`Snapshots`). Gradient mode mixes the gradients before the base step.
+base step (`Snapshots`). Gradient mode mixes the gradients before the base step.
 """
 
 from __future__ import annotations
@@ -33,9 +33,6 @@ from .mixing import (BandProgram, Workspace, band_program, compute_dtype, device
 __all__ = ["GroupStep", "Snapshots", "base_step", "check_fused", "eager_reason", "fused_call", "group_path", "plan_group_step",
            "raise_if_not_finite", "refuse_sparse", "run_group_step", "to_device"]
 
-Versions = tuple[tuple[int, int, int], ...]
-
-
 class GroupStep(NamedTuple):
     """One group's work at one step, planned (and its memory allocated) before anything changes."""
 
@@ -51,24 +48,16 @@ class GroupStep(NamedTuple):
 
 class Snapshots:
     """Update mode's copies of the blocks' parameters before the base step: one (n, numel)
-    buffer per group, kept across steps.
+    buffer per group, kept across steps and refilled at every step (`take`).
 
-    The fused update kernel writes ``s_l <- p_l`` as it writes each new parameter, so after a
-    step the buffer already holds the next step's snapshot. Whether it still does when the
-    next step starts is told without reading a value, by PyTorch's version counters: every
-    in-place write through a tensor (``p.mul_``, ``copy_``, an optimizer's foreach kernels,
-    ``load_state_dict``) bumps ``p._version``. Right after the kernel's write each member's
-    ``(object, storage, _version)`` is recorded (:meth:`carried_by_kernel`); at the next step,
-    if all are unchanged, nothing wrote the parameters since and the copy is skipped. Writes
-    that bypass version counters (``p.data``, and fused AdamW's kernel, which does not bump
-    them) are not seen, so the record is dropped at the start of every step
-    (:meth:`start_step`) and rewritten only by a kernel's successful write: a base step always
-    comes after the check and before the next record.
+    The copy is taken at every step, whatever happened since the last one: a write to the
+    parameters between steps (under ``no_grad``, through ``p.data``, ``vector_to_parameters``,
+    ``load_state_dict``, ``set_``, an outer optimizer) is always seen, because nothing here
+    relies on a signal such a write could bypass (version counters, storage pointers).
     """
 
     def __init__(self) -> None:
         self._buffers: dict[int, Tensor] = {}
-        self._carried: dict[int, Versions] = {}
 
     @property
     def nbytes(self) -> int:
@@ -76,9 +65,8 @@ class Snapshots:
         return sum(b.numel() * b.element_size() for b in self._buffers.values())
 
     def clear(self) -> None:
-        """Forget every buffer and record (the groups changed)."""
+        """Forget every buffer (the groups changed)."""
         self._buffers.clear()
-        self._carried.clear()
 
     def buffer(self, index: int, shards: list[Tensor], capacity: int) -> Tensor:
         """The snapshot rows of group ``index`` for ``shards`` (allocated on first use for
@@ -89,23 +77,12 @@ class Snapshots:
             buf = self._buffers[index] = torch.empty((capacity, p.numel()), dtype=p.dtype, device=p.device)
         return buf[: len(shards)]
 
-    def start_step(self) -> dict[int, Versions]:
-        """The records of the last step's kernel writes; from now on none is valid."""
-        carried, self._carried = self._carried, {}
-        return carried
-
-    def carried_by_kernel(self, index: int, shards: list[Tensor]) -> None:
-        self._carried[index] = _versions(shards)
-
     @staticmethod
-    def still_valid(carried: dict[int, Versions], index: int, shards: list[Tensor]) -> bool:
-        """Whether group ``index``'s buffer still holds its parameters (nothing wrote them since)."""
-        return carried.get(index) == _versions(shards)
-
-
-def _versions(tensors: list[Tensor]) -> Versions:
-    """What identifies the values of ``tensors`` without reading them: object, storage, version."""
-    return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+    def take(work: list[GroupStep]) -> None:
+        """Copy every group's parameters into its snapshot rows, in one foreach copy."""
+        if work:
+            torch._foreach_copy_([row.view(t.shape) for w in work for row, t in zip(w.before.unbind(0), w.shards)],
+                                 [t for w in work for t in w.shards])
 
 
 def to_device(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -138,7 +115,7 @@ def eager_reason(targets: list[Tensor], fused: bool | None, mode: str = "") -> s
 def fused_call(band: Band, targets: list[Tensor], mode: str, fused: bool | None = True) -> tuple[FusedKernel, Tensor] | None:
     """The compiled kernel for ``band`` (prepared for the targets' dtype and device: compiled on
     first use) and its weights (``A``'s band, or ``A - I``'s in update mode), or None where the
-    eager kernels run (:func:`eager_reason`, or a kernel that could not compile: it warns once)."""
+    eager kernels run (`eager_reason`, or a kernel that could not compile: it warns once)."""
     if eager_reason(targets, fused) is not None:
         return None
     pattern, values = band_pattern(band, mode == "update")
@@ -162,7 +139,7 @@ def group_path(band: Band, targets: list[Tensor], mode: str, fused: bool | None)
 def plan_group_step(index: int, members: list[Tensor], band: Band, mode: str, *, fused: bool | None,
                     snapshots: Snapshots, capacity: int, decays: dict[int, float]) -> GroupStep:
     """Group ``index``'s work at this step: its program, its fused kernel bound to its tensors
-    (where one runs: :func:`fused_call`), and in update mode its decay factors and snapshot
+    (where one runs: `fused_call`), and in update mode its decay factors and snapshot
     buffer. Allocates (and compiles a new kernel); changes nothing."""
     update = mode == "update"
     shards = [local(p) for p in members]
@@ -185,15 +162,13 @@ def plan_group_step(index: int, members: list[Tensor], band: Band, mode: str, *,
     return GroupStep(index, members, shards, targets, program, bound, decay, before)
 
 
-def run_group_step(step: GroupStep, mode: str, ws: Workspace, snapshots: Snapshots) -> None:
+def run_group_step(step: GroupStep, mode: str, ws: Workspace) -> None:
     """Mix one group in place: its fused kernel, or the eager kernels (also when the kernel
     refuses to run, before it writes anything: a recompile is never done inside a step)."""
     if step.fused is not None:
         kernel, run = step.fused
         try:
             run()
-            if mode == "update":
-                snapshots.carried_by_kernel(step.index, step.shards)
             return
         except RuntimeError as error:  # raised before the kernel wrote anything
             kernel.give_up(step.targets[0].dtype, step.targets[0].device, error)

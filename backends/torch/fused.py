@@ -10,7 +10,7 @@ For update mode the kernel reads ``p`` and the snapshot ``s`` and computes, per 
 
     x_j = p_j - d_j * s_j                      (the base's step without decoupled decay)
     y_l = p_l + sum_j (A - I)[l, j] * x_j      (= d_l * s_l + sum_j A[l, j] * x_j)
-    p_l <- y_l,  s_l <- y_l                     (s then holds the next step's snapshot)
+    p_l <- y_l
 
 and for gradient mode ``g_l <- sum_j A[l, j] * g_j``: one read and one write of each member.
 Low-precision members are mixed in float32 and rounded once on the write.
@@ -58,7 +58,7 @@ def band_pattern(band: Band, minus_identity: bool = False) -> tuple[Pattern, tup
 # per native kind: the state lists the kernel reads and writes besides p and g, and the number
 # of per-member coefficients (laid out coefficient-major: c[k * n + j] for member j)
 # ("sgd-plain": SmoothedSGD's groups without momentum, which hold no buffer)
-NATIVE = {"adamw": (("m", "v"), 7), "sgd": (("b",), 6), "sgd-plain": ((), 6)}
+NATIVE = {"adamw": (("m", "v"), 8), "sgd": (("b",), 7), "sgd-plain": ((), 7)}
 
 
 def _row_terms(pattern: Pattern, var: str) -> list[list[str]]:
@@ -82,19 +82,19 @@ def _native_source(pattern: Pattern, kind: str) -> str:
     lines = [head]
     for j in range(n):
         c = [f"c[{k * n + j}]" for k in range(7)]
-        lines.append(f"    g{j} = g[{j}].to(w.dtype)")
-        if kind == "adamw":  # c: 1 - beta1, beta2, 1 - beta2, sqrt(bias corr. 2), eps, -lr / bias corr. 1, decay
+        lines.append(f"    g{j} = g[{j}].to(w.dtype) * {c[6]}")  # the sign: -1 under maximize
+        if kind == "adamw":  # c: 1 - beta1, beta2, 1 - beta2, sqrt(bias corr. 2), eps, -lr / bias corr. 1, sign, decay
             lines.append(f"    m{j} = m[{j}].to(w.dtype)")
             lines.append(f"    m{j} = m{j} + {c[0]} * (g{j} - m{j})")
             lines.append(f"    v{j} = v[{j}].to(w.dtype) * {c[1]} + {c[2]} * g{j} * g{j}")
             lines.append(f"    u{j} = {c[5]} * (m{j} / (v{j}.sqrt() / {c[3]} + {c[4]}))")
-        else:  # c: weight decay, momentum (0 at the first step), 1 - dampening (1 then), a, b, -lr
+        else:  # c: weight decay, momentum (0 at the first step), 1 - dampening (1 then), a, b, -lr, sign
             lines.append(f"    e{j} = g{j} + {c[0]} * p[{j}].to(w.dtype)")
             if state:
                 lines.append(f"    b{j} = b[{j}].to(w.dtype) * {c[1]} + {c[2]} * e{j}")
             lines.append(f"    u{j} = {c[5]} * ({c[3]} * e{j} + {c[4]} * {f'b{j}' if state else f'e{j}'})")
     for l, terms in enumerate(_row_terms(pattern, "u")):
-        own = f"c[{6 * n + l}] * p[{l}].to(w.dtype)" if kind == "adamw" else f"p[{l}].to(w.dtype)"
+        own = f"c[{7 * n + l}] * p[{l}].to(w.dtype)" if kind == "adamw" else f"p[{l}].to(w.dtype)"
         lines.append(f"    y{l} = " + " + ".join([own, *terms]))
     for l in range(n):
         lines.append(f"    p[{l}].copy_(y{l})")
@@ -107,7 +107,7 @@ def _native_source(pattern: Pattern, kind: str) -> str:
 def kernel_source(pattern: Pattern, mode: str) -> str:
     """Straight-line Python for one pattern: ``mix(p, s, w, d)`` (update) or ``mix(p, w)``
     (gradient), ``p`` and ``s`` lists of 1-D tensors, ``w`` the flat weights, ``d`` the decay
-    factors; both in the compute dtype. ``"adamw"`` and ``"sgd"``: :func:`_native_source`."""
+    factors; both in the compute dtype. ``"adamw"`` and ``"sgd"``: `_native_source`."""
     if mode in NATIVE:
         return _native_source(pattern, mode)
     n = len(pattern)
@@ -125,8 +125,6 @@ def kernel_source(pattern: Pattern, mode: str) -> str:
             lines.append(f"    y{l} = " + (" + ".join(terms) if terms else f"p[{l}].new_zeros(p[{l}].shape, dtype=w.dtype)"))
     for l in range(n):
         lines.append(f"    p[{l}].copy_(y{l})")
-        if mode == "update":
-            lines.append(f"    s[{l}].copy_(y{l})")
     return "\n".join(lines) + "\n"
 
 
@@ -152,7 +150,7 @@ def compiler_missing(device_type: str) -> str | None:
 
 
 class FusedKernel:
-    """A compiled kernel for one pattern and mode; :meth:`prepare` compiles it for a dtype and
+    """A compiled kernel for one pattern and mode; `prepare` compiles it for a dtype and
     device (call it before anything changes: compilation can fail), calling it runs it.
 
     The native steps' kernels ("adamw", "sgd") for float32 and float64 members on a CPU are
@@ -183,7 +181,7 @@ class FusedKernel:
         return "failed" if key in self._failed else "compiled" if key in ready else "not compiled yet"
 
     def ready(self, dtype: torch.dtype, device: torch.device) -> bool:
-        """Whether the kernel runs for ``dtype`` on ``device``: :meth:`prepare` it (compiling
+        """Whether the kernel runs for ``dtype`` on ``device``: `prepare` it (compiling
         on first use), or False, with one warning, where compiling failed (no C++ compiler,
         no Triton, ...): the caller runs the eager kernels instead. Running out of memory is
         not a compile failure: it propagates (the step raises before anything changed, and
@@ -203,7 +201,7 @@ class FusedKernel:
         """Whether a call bound for ``dtype`` on ``device`` may refuse to run (inductor's kernels:
         its guards, a reset; the caller then runs the eager kernels and keeps their scratch
         ready). A bound blocked call refuses only when a member's storage was replaced between
-        :meth:`bind` and the call, which a step never does."""
+        `bind` and the call, which a step never does."""
         return self._blocked(dtype, device) is None
 
     def give_up(self, dtype: torch.dtype, device: torch.device, error: BaseException) -> None:
@@ -260,7 +258,7 @@ class FusedKernel:
         (contiguous, one shape) in place; ``args`` are the snapshot rows, weights and decay
         factors (update) or the weights (gradient).
 
-        The call never compiles: arguments that fail the guards of the kernel :meth:`prepare`
+        The call never compiles: arguments that fail the guards of the kernel `prepare`
         compiled make it raise ``RuntimeError`` before it writes anything (the caller then
         runs the eager kernels), and so does a call after ``torch._dynamo.reset()``."""
         source = self._blocked(members[0].dtype, members[0].device)
@@ -282,7 +280,7 @@ class FusedKernel:
         return run
 
     def _bind_blocked(self, source: str, members: list[torch.Tensor], *args: object) -> Callable[[], None]:
-        """:meth:`bind` for the blocked C++ kernel: its pointer arrays and scratch made now."""
+        """`bind` for the blocked C++ kernel: its pointer arrays and scratch made now."""
         *lists, w, c = args
         call = blocked.load_blocked(source).bind([members, *lists], w, c, blocked.ring_size(self.pattern))
         pointers = [t.data_ptr() for t in members]
@@ -296,7 +294,7 @@ class FusedKernel:
         return run
 
     def __call__(self, members: list[torch.Tensor], *args: object) -> None:
-        """Bind and run at once (see :meth:`bind`)."""
+        """Bind and run at once (see `bind`)."""
         self.bind(members, *args)()
 
     def _compiled_code_exists(self) -> bool:

@@ -1,13 +1,14 @@
 """Planning on the torch side: which optimizer steps which parameter, and which parameters
 form the groups that are smoothed together. Nothing here changes a tensor.
 
-The plan itself (stacks, roles, depth order) is the core's :func:`gradsmooth.find_blocks`;
+The plan itself (stacks, roles, depth order) is the core's [`gradsmooth.find_blocks`][gradsmooth.find_blocks];
 this module feeds it the parameters the base optimizers own, under their model names, and
 checks what only torch can tell: Muon's 2-D rule, one owner per parameter, FSDP2 layouts.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import torch
@@ -16,7 +17,7 @@ from torch.optim import Optimizer
 
 from gradsmooth import BlockPlan, DepthOperator, find_blocks
 from gradsmooth.blocks import Exclude, Stacks
-from gradsmooth.decay import DecoupledDecay, classify_decay
+from gradsmooth.decay import DecoupledDecay, classify_decay, decay_factor
 
 from .blocks import ModelParameters
 
@@ -25,7 +26,8 @@ try:
 except ImportError:  # torch built without distributed
     DTensor = ()  # type: ignore[assignment,misc]
 
-__all__ = ["Groups", "check_muon", "decay_factors", "local", "make_groups", "owners", "unclassified"]
+__all__ = ["Groups", "check_muon", "decay_factors", "local", "make_groups", "owners", "unclassified",
+           "warn_if_nothing_smoothed"]
 
 
 class Groups(NamedTuple):
@@ -34,6 +36,14 @@ class Groups(NamedTuple):
 
     plan: BlockPlan
     members: list[list[Tensor]]
+
+
+def warn_if_nothing_smoothed(plan: BlockPlan, stacklevel: int) -> None:
+    """Warn, at construction, when ``plan`` smooths nothing (``BlockPlan.nothing_smoothed``);
+    ``stacklevel`` counts from the caller of this function."""
+    message = plan.nothing_smoothed()
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
 
 
 def local(t: Tensor) -> Tensor:
@@ -104,19 +114,18 @@ def _check_layout(names: tuple[str, ...], members: list[Tensor]) -> None:
         raise ValueError(f"group {names[0]!r}... mixes DTensor and plain tensor members: shard all blocks alike")
 
 
-def _decay_factor(base: Optimizer, group: dict[str, Any], declared: DecoupledDecay) -> float:
-    """The decoupled weight-decay factor ``1 - lr * weight_decay`` this group applies, or 1
-    (no decay, or coupled L2 decay, which is part of the gradient): see gradsmooth.decay."""
-    wd = group.get("weight_decay", 0.0)
-    if not wd or not classify_decay(base, group, declared):
-        return 1.0
-    return 1.0 - float(group["lr"]) * float(wd)
-
-
 def decay_factors(bases: list[Optimizer], declared: DecoupledDecay) -> dict[int, float]:
-    """``id(parameter) -> its decoupled decay factor`` at this step (lr and weight_decay as the
-    groups hold them now)."""
-    return {id(p): _decay_factor(b, g, declared) for b in bases for g in b.param_groups for p in g["params"]}
+    """``id(parameter) -> the factor f of theta <- f * theta + delta`` its base applies at this
+    step (lr and weight_decay as the groups hold them now): the decoupled decay, kept per layer
+    and never mixed; 1 for coupled L2 decay (part of the gradient, hence of delta), for no
+    decay, and for a base whose kind cannot be told (warned about): gradsmooth.decay."""
+    factors = {}
+    for b in bases:
+        for g in b.param_groups:
+            f = decay_factor(b, g, declared)
+            for p in g["params"]:
+                factors[id(p)] = 1.0 if f is None else f
+    return factors
 
 
 def unclassified(bases: list[Optimizer], declared: DecoupledDecay) -> list[Optimizer]:

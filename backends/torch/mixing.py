@@ -129,10 +129,10 @@ def scratch(name: str, size: int, dtype: torch.dtype, device: torch.device) -> t
 
 class Workspace:
     """The scratch blocks the eager kernels mix in, allocated before anything changes (kept
-    across steps on a CPU: :func:`scratch`).
+    across steps on a CPU: `scratch`).
 
     A step allocates one workspace for all its groups (they run one after another) with
-    :func:`workspace`, before the base optimizer steps, so an allocation failure leaves every
+    `workspace`, before the base optimizer steps, so an allocation failure leaves every
     parameter, gradient and optimizer state as it was. The kernels then allocate nothing.
     """
 
@@ -157,7 +157,7 @@ def _block_size(tensors: list[torch.Tensor]) -> int:
 
 
 def workspace(groups: list[list[torch.Tensor]]) -> Workspace:
-    """One :class:`Workspace` large enough for every group in ``groups`` (their members)."""
+    """One `Workspace` large enough for every group in ``groups`` (their members)."""
     sizes: dict[tuple[torch.dtype, torch.device], int] = {}
     for tensors in groups:
         key = (compute_dtype(tensors[0].dtype), tensors[0].device)
@@ -191,7 +191,7 @@ def _gather(targets: list[torch.Tensor], flats: list[torch.Tensor] | None, lo: i
 
 def mix_gradients(program: BandProgram, grads: list[torch.Tensor], ws: Workspace | None = None) -> None:
     """In place: ``g_l <- sum_j A[l, j] g_j`` for the group's gradients (``ws``: from
-    :func:`workspace`, allocated here when None)."""
+    `workspace`, allocated here when None)."""
     flats, chunks = _layout(grads)
     ws = ws if ws is not None else workspace([grads])
     G, T, _ = ws.blocks(len(grads), chunks[0][1] - chunks[0][0], grads[0])
@@ -208,7 +208,7 @@ def mix_updates(program: BandProgram, params: list[torch.Tensor], before: torch.
     ``params`` hold the base optimizer's result ``decay * theta + delta``; ``before`` is the
     (n, numel) snapshot of theta taken before the base step; ``program`` is the band of
     ``A - I``; ``decay`` is an (n, 1) tensor of ``compute_dtype`` on the members' device, or
-    None where every factor is 1; ``ws`` comes from :func:`workspace` (allocated here when
+    None where every factor is 1; ``ws`` comes from `workspace` (allocated here when
     None). The result is ``decay * theta + sum_j A[l, j] delta_j``: decoupled decay per
     layer, the rest of the step mixed along depth.
     """

@@ -4,19 +4,24 @@ in one pass over column chunks (the compiled kernels' source is ``fused.py``).
 
 For a group of n members (one role of one stack), at one position of the flat parameters:
 
-AdamW (``torch.optim.AdamW``'s arithmetic, then the band instead of the identity)::
+AdamW (``torch.optim.AdamW``'s arithmetic, then the band instead of the identity; ``g_j`` is
+the gradient, negated where the member's param group has ``maximize``):
 
-    m_j <- m_j + (1 - beta1) (g_j - m_j)
-    v_j <- beta2 v_j + (1 - beta2) g_j^2
-    u_j  = -(lr_j / bc1_j) * m_j / (sqrt(v_j) / sqrt(bc2_j) + eps_j)
-    p_l <- (1 - lr_l wd_l) p_l + sum_j A[l, j] u_j
+```
+m_j <- m_j + (1 - beta1) (g_j - m_j)
+v_j <- beta2 v_j + (1 - beta2) g_j^2
+u_j  = -(lr_j / bc1_j) * m_j / (sqrt(v_j) / sqrt(bc2_j) + eps_j)
+p_l <- (1 - lr_l wd_l) p_l + sum_j A[l, j] u_j
+```
 
-SGD (``torch.optim.SGD``'s, weight decay coupled, as there)::
+SGD (``torch.optim.SGD``'s, weight decay coupled, as there; ``g_j`` negated under ``maximize``):
 
-    e_j  = g_j + wd_j p_j
-    b_j <- momentum_j b_j + (1 - dampening_j) e_j         (b_j = e_j at the first step)
-    u_j  = -lr_j * (e_j + momentum_j b_j  if nesterov  else  b_j)
-    p_l <- p_l + sum_j A[l, j] u_j
+```
+e_j  = g_j + wd_j p_j
+b_j <- momentum_j b_j + (1 - dampening_j) e_j         (b_j = e_j at the first step)
+u_j  = -lr_j * (e_j + momentum_j b_j  if nesterov  else  b_j)
+p_l <- p_l + sum_j A[l, j] u_j
+```
 
 This equals ``GradientSmoothing(AdamW or SGD, mode="update")`` with no snapshot: the update is
 mixed where it is computed. The coefficients are per member (members may sit in param groups
@@ -44,7 +49,8 @@ def _float(value: Any) -> float:
 
 def adamw_coefficients(groups: list[dict[str, Any]], steps: list[float]) -> list[list[float]]:
     """Per member (its param group and its step count after this step's increment): ``[1 - beta1,
-    beta2, 1 - beta2, sqrt(bias correction 2), eps, -lr / bias correction 1, 1 - lr * weight_decay]``."""
+    beta2, 1 - beta2, sqrt(bias correction 2), eps, -lr / bias correction 1, sign, 1 - lr *
+    weight_decay]``, the sign -1 under ``maximize`` (the gradient ascended), else 1."""
     rows, made = [], {}  # members of one param group at one step share their row
     for group, step in zip(groups, steps):
         row = made.get((id(group), step))
@@ -52,7 +58,7 @@ def adamw_coefficients(groups: list[dict[str, Any]], steps: list[float]) -> list
             beta1, beta2 = (_float(b) for b in group["betas"])
             lr = _float(group["lr"])
             row = made[(id(group), step)] = [1 - beta1, beta2, 1 - beta2, math.sqrt(1 - beta2**step),
-                                              _float(group["eps"]), -lr / (1 - beta1**step),
+                                              _float(group["eps"]), -lr / (1 - beta1**step), _sign(group),
                                               1 - lr * _float(group["weight_decay"])]
         rows.append(row)
     return rows
@@ -60,8 +66,9 @@ def adamw_coefficients(groups: list[dict[str, Any]], steps: list[float]) -> list
 
 def sgd_coefficients(groups: list[dict[str, Any]], first: list[bool]) -> list[list[float]]:
     """Per member (its param group; ``first``: no momentum buffer yet): ``[weight_decay,
-    momentum (0 at the first step), 1 - dampening (1 then), a, b, -lr]`` with the step direction
-    ``a e + b b'``: nesterov ``(1, momentum)``, momentum ``(0, 1)``, none ``(1, 0)``."""
+    momentum (0 at the first step), 1 - dampening (1 then), a, b, -lr, sign]`` with the step
+    direction ``a e + b b'``: nesterov ``(1, momentum)``, momentum ``(0, 1)``, none ``(1, 0)``;
+    the sign -1 under ``maximize``, else 1."""
     rows = []
     for group, new in zip(groups, first):
         momentum = _float(group["momentum"])
@@ -70,8 +77,13 @@ def sgd_coefficients(groups: list[dict[str, Any]], first: list[bool]) -> list[li
         else:
             keep, take = (0.0, 1.0) if new else (momentum, 1 - _float(group["dampening"]))
             a, b = (1.0, momentum) if group["nesterov"] else (0.0, 1.0)
-        rows.append([_float(group["weight_decay"]), keep, take, a, b, -_float(group["lr"])])
+        rows.append([_float(group["weight_decay"]), keep, take, a, b, -_float(group["lr"]), _sign(group)])
     return rows
+
+
+def _sign(group: dict[str, Any]) -> float:
+    """The gradient's sign in a member's update: -1 under ``maximize`` (torch's ``-grad``), else 1."""
+    return -1.0 if group.get("maximize", False) else 1.0
 
 
 def _chunks(lists: list[list[Tensor]]) -> tuple[list[list[Tensor] | None], list[tuple[int, int]]]:
@@ -89,7 +101,7 @@ def native_blocks(kind: str, groups: list[list[list[Tensor]]]) -> list[Tensor]:
     state lists, a state list of Nones where it is not made yet), (5, n, c) for AdamW, (4, n, c)
     for SGD in the members' compute dtype, ``c`` the widest chunk the kernels will walk: views of
     one buffer per dtype and device (the groups run one after another; kept across steps on a
-    CPU: :func:`~.mixing.scratch`), allocated before anything changes."""
+    CPU: `scratch`), allocated before anything changes."""
     count = 5 if kind == "adamw" else 4
     shapes = []
     for lists in groups:
@@ -120,14 +132,14 @@ def _columns(table: Tensor) -> list[Tensor]:
 def adamw_mix(program: BandProgram, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
               exp_avg_sqs: list[Tensor], table: Tensor, blocks: Tensor) -> None:
     """In place, one group: AdamW's moments and update for every member, mixed along depth by
-    ``program`` (the band of ``A``), chunk by chunk in ``blocks`` (:func:`native_blocks`);
-    ``table``: :func:`adamw_coefficients` as a :func:`coefficient_table`."""
-    c1, c2, c3, c4, c5, c6, c7 = _columns(table)
+    ``program`` (the band of ``A``), chunk by chunk in ``blocks`` (`native_blocks`);
+    ``table``: `adamw_coefficients` as a `coefficient_table`."""
+    c1, c2, c3, c4, c5, c6, sign, c7 = _columns(table)
     flats, chunks = _chunks([params, grads, exp_avgs, exp_avg_sqs])
     for lo, hi in chunks:
         k = hi - lo
         G, M, V, P, T = (b[:, :k] for b in blocks)
-        _gather(grads, flats[1], lo, hi, G)
+        _gather(grads, flats[1], lo, hi, G).mul_(sign)  # -g under maximize (exact)
         _gather(exp_avgs, flats[2], lo, hi, M)
         _gather(exp_avg_sqs, flats[3], lo, hi, V)
         torch.sub(G, M, out=T)
@@ -149,15 +161,15 @@ def adamw_mix(program: BandProgram, params: list[Tensor], grads: list[Tensor], e
 def sgd_mix(program: BandProgram, params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | None,
             table: Tensor, blocks: Tensor) -> None:
     """In place, one group: SGD's (momentum) update for every member, mixed along depth by
-    ``program`` (the band of ``A``), chunk by chunk in ``blocks`` (:func:`native_blocks`).
+    ``program`` (the band of ``A``), chunk by chunk in ``blocks`` (`native_blocks`).
     ``buffers``: the members' momentum buffers, or None where no member has momentum."""
-    c1, c2, c3, c4, c5, c6 = _columns(table)
+    c1, c2, c3, c4, c5, c6, sign = _columns(table)
     (pf, gf, bf), chunks = _chunks([params, grads, buffers if buffers is not None else params])
     for lo, hi in chunks:
         k = hi - lo
         P, G, B, T = (b[:, :k] for b in blocks)
         _gather(params, pf, lo, hi, P)
-        _gather(grads, gf, lo, hi, G)
+        _gather(grads, gf, lo, hi, G).mul_(sign)  # -g under maximize (exact)
         G.addcmul_(P, c1)  # e = g + wd p
         if buffers is not None:
             _gather(buffers, bf, lo, hi, B)

@@ -27,13 +27,15 @@ from torch.optim import Optimizer
 from gradsmooth import MODES, BlockPlan, DepthOperator, check_mode, make_operator
 from gradsmooth.blocks import Exclude, Stacks
 from gradsmooth.decay import DecoupledDecay, check_decoupled_decay, decay_warning
+from gradsmooth.describe import describe
 from gradsmooth.operators import WindowOptions
 
 from . import checkpoint
+from .factory import factory_class, made_by_factory
 from .blocks import ModelParameters
 from .execution import (GroupStep, Snapshots, base_step, check_fused, group_path, plan_group_step, raise_if_not_finite,
                         refuse_sparse, run_group_step)
-from .groups import check_muon, decay_factors, local, make_groups, owners, unclassified
+from .groups import check_muon, decay_factors, local, make_groups, owners, unclassified, warn_if_nothing_smoothed
 from .mixing import Workspace, workspace
 from .pipeline import PipelineStages, check_stage, stage_gradients, stage_snapshots, stage_updates
 
@@ -45,12 +47,15 @@ __all__ = ["GradientSmoothing", "MODES"]
 
 def _as_bases(optimizer: Optimizer | Sequence[Optimizer]) -> list[Optimizer]:
     """``optimizer`` as a list of distinct torch optimizers (one, or several side by side)."""
+    if isinstance(optimizer, nn.Module):
+        raise TypeError(f"optimizer should be a torch.optim.Optimizer or a list of them but is: {describe(optimizer)}: "
+                        "the optimizer comes first, GradientSmoothing(optimizer, model)")
     bases = [optimizer] if isinstance(optimizer, Optimizer) else list(optimizer) if isinstance(optimizer, Iterable) else None
     if not bases:
-        raise TypeError(f"optimizer should be a torch.optim.Optimizer or a list of them but is: {optimizer!r}")
+        raise TypeError(f"optimizer should be a torch.optim.Optimizer or a list of them but is: {describe(optimizer)}")
     for b in bases:
         if not isinstance(b, Optimizer):
-            raise TypeError(f"optimizer should be a torch.optim.Optimizer or a list of them but holds: {b!r}")
+            raise TypeError(f"optimizer should be a torch.optim.Optimizer or a list of them but holds: {describe(b)}")
         if isinstance(b, GradientSmoothing):
             raise TypeError("optimizer is already a GradientSmoothing; wrap its base optimizer instead")
     if len({id(b) for b in bases}) != len(bases):
@@ -64,10 +69,10 @@ def _checked_settings(mode: object, operator: DepthOperator | None, check_finite
     """The operator and the decoupled-decay declaration, after checking every smoothing setting."""
     check_mode(mode)
     if not isinstance(check_finite, bool):
-        raise TypeError(f"check_finite should be True or False but is: {check_finite!r}")
+        raise TypeError(f"check_finite should be True or False but is: {describe(check_finite)}")
     check_fused(fused)
     if pipeline is not None and not isinstance(pipeline, PipelineStages):
-        raise TypeError(f"pipeline should be a PipelineStages but is: {pipeline!r}")
+        raise TypeError(f"pipeline should be a PipelineStages but is: {describe(pipeline)}")
     if fused and pipeline is not None:
         raise ValueError("fused=True is not available with pipeline stages: pass fused=False")
     return make_operator(operator, **window), check_decoupled_decay(decoupled_decay)
@@ -78,24 +83,25 @@ def _check_base(base: object) -> None:
     if isinstance(base, type):
         if not issubclass(base, Optimizer):
             raise TypeError("base should be a torch.optim.Optimizer subclass or a function (params, **kwargs) -> "
-                            f"Optimizer but is: {base!r}")
+                            f"Optimizer but is: {describe(base)}")
         if issubclass(base, GradientSmoothing):
-            raise TypeError(f"base should be the base optimizer's class but is a GradientSmoothing class: {base!r}")
-    elif not callable(base):
+            raise TypeError(f"base should be the base optimizer's class but is a GradientSmoothing class: {describe(base)}")
+    elif not callable(base) or isinstance(base, (nn.Module, Optimizer)):
         raise TypeError("base should be a torch.optim.Optimizer subclass or a function (params, **kwargs) -> "
-                        f"Optimizer but is: {base!r}")
+                        f"Optimizer but is: {describe(base)}" + (": factory(base, model) takes the base optimizer's "
+                                                                  "class first" if isinstance(base, nn.Module) else ""))
 
 
 def _as_pairs(model: object) -> list[tuple[str, Tensor]]:
     """``model``'s ``(name, parameter)`` pairs as a list (read once), each checked."""
     if isinstance(model, (str, bytes, Mapping)) or not isinstance(model, Iterable):
-        raise TypeError(f"model should be an nn.Module or an iterable of (name, parameter) pairs but is: {model!r}")
+        raise TypeError(f"model should be an nn.Module or an iterable of (name, parameter) pairs but is: {describe(model)}")
     pairs = list(model)
     for pair in pairs:
         if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)
                 and isinstance(pair[1], Tensor)):
             raise TypeError(
-                f"model should be an nn.Module or an iterable of (name, parameter) pairs but holds: {pair!r}")
+                f"model should be an nn.Module or an iterable of (name, parameter) pairs but holds: {describe(pair)}")
     return pairs
 
 
@@ -105,7 +111,7 @@ def _check_smoothing(model: nn.Module | list[tuple[str, Tensor]], smoothing: Map
     against the names)."""
     if "optimizer" in smoothing:
         raise TypeError("optimizer is not a smoothing argument: the factory builds the optimizer from base; "
-                        f"got optimizer={smoothing['optimizer']!r}")
+                        f"got optimizer={describe(smoothing['optimizer'])}")
     bound = inspect.signature(GradientSmoothing.__init__).bind(None, None, None, **smoothing)
     bound.apply_defaults()
     s = bound.arguments
@@ -125,9 +131,9 @@ class GradientSmoothing(Optimizer):
         model: an ``nn.Module`` (blocks found from its structure) or an iterable of
             ``(name, parameter)`` pairs (blocks found from the names).
         mode: ``"update"`` (smooth the base's step) or ``"gradient"`` (smooth the gradients).
-        operator: any :class:`gradsmooth.DepthOperator`, in place of the window arguments.
-        stacks: as :func:`gradsmooth.find_blocks` (given, blocks are found from the names).
-        exclude: as :func:`gradsmooth.find_blocks`: parameters never smoothed.
+        operator: any [`gradsmooth.DepthOperator`][gradsmooth.DepthOperator], in place of the window arguments.
+        stacks: as [`gradsmooth.find_blocks`][gradsmooth.find_blocks] (given, blocks are found from the names).
+        exclude: as [`gradsmooth.find_blocks`][gradsmooth.find_blocks]: parameters never smoothed.
         check_finite: raise ``FloatingPointError`` on a non-finite gradient, before anything
             changes. Off by default, as in torch.optim: it reads every gradient once more and
             synchronises with the device once per step (under ``GradScaler`` the scaler
@@ -140,23 +146,19 @@ class GradientSmoothing(Optimizer):
             Kernels compile before anything changes (the first step with a new band pattern:
             seconds, cached on disk by inductor) and never inside a step: one that cannot
             compile or run warns once and the eager kernels run instead. ``print(opt.plan)``
-            says which path each group takes. In update mode the kernel also writes the next
-            step's snapshot, so no copy is taken while every member's version counter and
-            storage are unchanged since that write (``execution.Snapshots``). In-place
-            changes that bypass version counters (through ``p.data``) are then not seen: make
-            them through ``torch.no_grad()`` instead.
-        pipeline: a :class:`PipelineStages` when this process holds one stage of a pipeline:
-            boundary members are exchanged with the neighbouring stages so the result equals
+            says which path each group takes.
+        pipeline: a [`PipelineStages`][gradsmooth.backends.torch.PipelineStages] when this process holds one stage of a
+            pipeline: boundary members are exchanged with the neighbouring stages so the result equals
             smoothing the whole stack.
         decoupled_decay: whether the bases' ``weight_decay`` is decoupled (kept per layer,
             never mixed) or coupled L2 (smoothed with the gradient): ``None`` (default)
             classifies each optimizer (torch.optim's flags, timm, bitsandbytes, torchao, apex,
-            DeepSpeed by class name: see :mod:`gradsmooth.decay`) and warns once, naming the
+            DeepSpeed by class name: see [`gradsmooth.decay`][gradsmooth.decay]) and warns once, naming the
             class, where it cannot tell; ``True``/``False`` declares it for every group; a
             function ``param_group -> bool`` declares it group by group.
-        **window: the Window Smoothing options (:class:`gradsmooth.operators.WindowOptions`:
+        **window: the Window Smoothing options (`gradsmooth.operators.WindowOptions`:
             ``window``, ``kernel``, ``boundary``, ``alpha``, ``sigma``, ``normalize``), with
-            :class:`gradsmooth.WindowSmoothing`'s defaults (window 3, uniform, renormalize,
+            [`gradsmooth.WindowSmoothing`][gradsmooth.WindowSmoothing]'s defaults (window 3, uniform, renormalize,
             alpha 1); ``alpha`` may be a function of the step.
 
     Under FSDP2 (``fully_shard``) the members of a group are DTensors of one shape and one
@@ -193,6 +195,7 @@ class GradientSmoothing(Optimizer):
         self._snapshots = Snapshots()
         self._warned: set[type] = set()
         self._replan()
+        warn_if_nothing_smoothed(self._plan, stacklevel=2)  # the caller of __init__
         self.settings = {"mode": mode, "operator": repr(self.operator), "check_finite": check_finite, "fused": fused}
         # The wrapper holds no parameter groups of its own: it reads the bases' (below). So it
         # does not register parameters through Optimizer.__init__, but sets up the rest of
@@ -241,20 +244,17 @@ class GradientSmoothing(Optimizer):
         _check_base(base)
         model = model if isinstance(model, nn.Module) else _as_pairs(model)
         _check_smoothing(model, smoothing)
-        wrapper = next(k for k in cls.__mro__ if "_factory_base" not in vars(k))  # not a class made here
+        wrapper = made_by_factory(cls)
 
-        def __init__(self: GradientSmoothing, params: Any, **kwargs: Any) -> None:
+        def init(self: GradientSmoothing, params: Any, **kwargs: Any) -> None:
             optimizer = base(params, **kwargs)
             if not isinstance(optimizer, Optimizer):
-                raise TypeError(f"base should return a torch.optim.Optimizer but {base!r} returned: {optimizer!r}")
+                raise TypeError(f"base should return a torch.optim.Optimizer but {describe(base)} returned: "
+                                f"{describe(optimizer)}")
             wrapper.__init__(self, optimizer, model, **smoothing)
 
-        name = f"{wrapper.__name__}[{getattr(base, '__name__', type(base).__name__)}]"
-        return type(name, (wrapper,), {
-            "__init__": __init__, "__module__": wrapper.__module__, "__qualname__": name, "_factory_base": base,
-            "__doc__": f"``{wrapper.__name__}.factory({base!r}, model, **{smoothing!r})``: ``(params, **kwargs)`` "
-                       "builds the base and wraps it.",
-        })
+        label = getattr(base, "__name__", type(base).__name__)
+        return factory_class(wrapper, label, init, f"{wrapper.__name__}.factory({label}, model, **{smoothing!r})")
 
     # -- the base's groups and state, read through ----------------------------------------
 
@@ -385,7 +385,6 @@ class GradientSmoothing(Optimizer):
         """Check, and plan every group's work (compiling fused kernels, allocating the workspace
         and snapshots); then change things: the gradient mixing (gradient mode) or the
         snapshots (update mode). Returns what the update mode does after the base step."""
-        carried = self._snapshots.start_step()
         if self.check_finite:
             raise_if_not_finite([p for b in self._bases for g in b.param_groups for p in g["params"]
                                  if p.grad is not None], self._name, self._step_count)
@@ -395,12 +394,9 @@ class GradientSmoothing(Optimizer):
         ws = workspace([w.targets for w in work])
         if self.mode == "gradient":
             for w in work:
-                run_group_step(w, self.mode, ws, self._snapshots)
+                run_group_step(w, self.mode, ws)
             return [], None
-        stale = [w for w in work if w.fused is None or not Snapshots.still_valid(carried, w.index, w.shards)]
-        if stale:
-            torch._foreach_copy_([row.view(t.shape) for w in stale for row, t in zip(w.before.unbind(0), w.shards)],
-                                 [t for w in stale for t in w.shards])
+        Snapshots.take(work)  # theta before the base step, whatever wrote it since the last step
         return work, ws
 
     def _plan_step(self) -> list[GroupStep]:
@@ -436,7 +432,7 @@ class GradientSmoothing(Optimizer):
         if pending and self.pipeline is not None:
             stage_updates(self.pipeline, self._stage_band(), pending, decay_factors(self._bases, self.decoupled_decay))
         for w in pending if self.pipeline is None else ():
-            run_group_step(w, self.mode, ws, self._snapshots)
+            run_group_step(w, self.mode, ws)
         self._step_count += 1
 
     # -- state dict --------------------------------------------------------------------------

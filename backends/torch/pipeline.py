@@ -7,8 +7,9 @@ to the next, and receives theirs, in one batch of P2P operations. Then each stag
 own members with the global band, and the result equals the single-process smoothing of the
 whole stack.
 
-Cost per step: 2 * r * (bytes of one member) per role, in each direction of every stage
-boundary; no other communication.
+Cost per step: 2 * r * (bytes of one member in the compute dtype: float32 for bfloat16 and
+float16 members) per role, in each direction of every stage boundary; no other communication.
+Low precision is mixed in float32 and rounded once, as everywhere else.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from gradsmooth.smoothing import weighted_sum
 
 from .execution import GroupStep, Snapshots
 from .groups import local
+from .mixing import compute_dtype
 
 __all__ = ["PipelineStages", "check_stage", "exchange_boundaries", "mix_stage", "stage_gradients", "stage_snapshots",
            "stage_updates"]
@@ -105,9 +107,10 @@ def check_stage(groups: list[list[Tensor]], name: Callable[[Tensor], str]) -> No
 
 
 def stage_gradients(stages: PipelineStages, band: Band, groups: list[list[Tensor]]) -> None:
-    """Gradient mode: exchange boundary gradients, then ``g_l <- sum_j A[l, j] g_j`` with the global band."""
+    """Gradient mode: exchange boundary gradients, then ``g_l <- sum_j A[l, j] g_j`` with the global
+    band, in the compute dtype (float32 for bfloat16 and float16 members), rounded once."""
     r = band.radius
-    grads = [[local(p.grad).reshape(-1) for p in m] for m in groups]
+    grads = [[local(p.grad).reshape(-1).to(compute_dtype(p.dtype)) for p in m] for m in groups]
     received = exchange_boundaries(stages, grads, r) if r else [([], [])] * len(grads)
     for members, flat, got in zip(groups, grads, received):
         for p, value in zip(members, mix_stage(band, stages.first_block, flat, got)):
@@ -121,23 +124,22 @@ def stage_snapshots(groups: list[list[Tensor]], snapshots: Snapshots) -> list[Gr
         shards = [local(p) for p in members]
         work.append(GroupStep(gi, members, shards, shards, None, None, None,
                               snapshots.buffer(gi, shards, len(members))))
-    torch._foreach_copy_([row.view(t.shape) for w in work for row, t in zip(w.before.unbind(0), w.shards)],
-                         [t for w in work for t in w.shards])
+    Snapshots.take(work)
     return work
 
 
 def stage_updates(stages: PipelineStages, band: Band, pending: list[GroupStep], decays: dict[int, float]) -> None:
-    """Update mode, after the base step: recover each step ``delta = p - decay * theta`` (in the
-    snapshot buffer), exchange the boundary deltas, then ``p_l <- decay_l theta_l + sum_j A[l, j] delta_j``."""
+    """Update mode, after the base step: recover each step ``delta = p - decay * theta`` (theta the
+    snapshot), exchange the boundary deltas, then ``p_l <- p_l + sum_j A[l, j] delta_j - delta_l``
+    (``= decay_l theta_l + sum_j A[l, j] delta_j``), all in the compute dtype (float32 for
+    bfloat16 and float16 members) and rounded once to the parameters' dtype, as the other paths."""
     r = band.radius
     deltas = []
-    for w in pending:  # before <- delta = p - decay * theta, in place
-        rows = list(w.before.unbind(0))
-        torch._foreach_mul_(rows, [decays.get(id(p), 1.0) for p in w.members])
-        torch._foreach_sub_(rows, [s.reshape(-1) for s in w.shards])
-        torch._foreach_neg_(rows)
-        deltas.append(rows)
+    for w in pending:
+        cdtype = compute_dtype(w.shards[0].dtype)
+        deltas.append([s.reshape(-1).to(cdtype) - decays.get(id(p), 1.0) * theta.to(cdtype)
+                       for p, s, theta in zip(w.members, w.shards, w.before.unbind(0))])
     received = exchange_boundaries(stages, deltas, r) if r else [([], [])] * len(deltas)
     for w, rows, got in zip(pending, deltas, received):
         for shard, delta, mixed in zip(w.shards, rows, mix_stage(band, stages.first_block, rows, got)):
-            shard.add_(mixed.view(shard.shape)).sub_(delta.view(shard.shape))  # decay * theta + (A delta)_l
+            shard.copy_((shard.reshape(-1).to(delta.dtype) + (mixed - delta)).view(shard.shape))

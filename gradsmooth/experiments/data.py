@@ -8,7 +8,7 @@
   (optionally) test, in that order.
 - ``rl``: addition problems ``a + b`` of two numbers of ``digits`` digits, generated in code:
   every pair once, split with a fixed seed into held-out validation and test problems and the
-  training problems (:func:`load_problems`).
+  training problems (`load_problems`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class ProblemData:
 
     ``folder`` is where the phase-1 models trained on them are kept between processes (None: in
     memory only); ``models`` holds them in memory, by the key of their settings
-    (:mod:`gradsmooth.experiments.reasoning`)."""
+    (`gradsmooth.experiments.reasoning`)."""
 
     train: np.ndarray  # (n, 2) int64
     val: np.ndarray
@@ -97,7 +97,7 @@ def load_problems(digits: int = 2, held_out: int = 500, folder: str | pathlib.Pa
     """Every pair ``(a, b)`` of ``digits``-digit numbers (leading zeros allowed) once, shuffled
     with a fixed seed: the first ``held_out`` are the validation problems, the next
     ``held_out`` the test problems, the rest the training problems (the split never changes
-    between runs). ``folder``: where phase-1 models are kept (:class:`ProblemData`)."""
+    between runs). ``folder``: where phase-1 models are kept (`ProblemData`)."""
     if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 4:
         raise ValueError(f"digits should be an integer in [1, 4] but is: {digits!r}")
     n = 10**digits
@@ -173,7 +173,7 @@ def train_batches(task: str, data: DigitsData | TextData | ProblemData, batch_si
     """Endless (inputs, targets) NumPy batches drawn with ``seed``: the same order for every
     backend and both arms of a comparison. vit: (b, 8, 8) images and labels; diffusion: the
     same images in [-1, 1] and their labels; lm: (b, context) byte windows and the next bytes;
-    rl: (b, 2 digits + 2) prompts of training problems and (b, digits + 1) answers (:func:`encode_problems`)."""
+    rl: (b, 2 digits + 2) prompts of training problems and (b, digits + 1) answers (`encode_problems`)."""
     rng = np.random.default_rng(seed)
     if task in ("vit", "diffusion"):
         scale = signed_images if task == "diffusion" else (lambda x: x)

@@ -6,17 +6,17 @@ A class-conditional diffusion transformer (``DiT`` in each framework module) pre
 
     x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,    loss = mean((eps_hat(x_t, t, y) - eps)^2),
 
-with ``abar`` the cosine schedule of Nichol & Dhariwal (2021) over :data:`TIMESTEPS` steps.
+with ``abar`` the cosine schedule of Nichol & Dhariwal (2021) over `TIMESTEPS` steps.
 Everything random here is NumPy, drawn from fixed seeds, so that both frameworks and both arms
 of a comparison see the same numbers:
 
-- training: each step's timesteps and noise come from the run's seed (:class:`TrainingNoise`);
+- training: each step's timesteps and noise come from the run's seed (`TrainingNoise`);
 - evaluation: the denoising loss on the held-out images at each timestep of
-  :data:`EVAL_TIMESTEPS`, with noise drawn once from :data:`EVAL_SEED` (:func:`evaluation_set`):
+  `EVAL_TIMESTEPS`, with noise drawn once from `EVAL_SEED` (`evaluation_set`):
   it does not depend on the training seed;
-- samples: DDIM with eta 0 (deterministic) from fixed noise, :data:`SAMPLES_PER_CLASS` per class
-  (:func:`ddim_sample`), judged by a classifier fitted on the training images
-  (:func:`sample_accuracy`).
+- samples: DDIM with eta 0 (deterministic) from fixed noise, `SAMPLES_PER_CLASS` per class
+  (`ddim_sample`), judged by a classifier fitted on the training images
+  (`sample_accuracy`).
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ class EvalSet:
 
 
 def evaluation_set(images: np.ndarray, labels: np.ndarray) -> EvalSet:
-    """Every image (in [0, 1], as loaded) at every timestep of :data:`EVAL_TIMESTEPS`, with noise
-    drawn from :data:`EVAL_SEED`: the denoising loss's fixed evaluation, the same for every run."""
+    """Every image (in [0, 1], as loaded) at every timestep of `EVAL_TIMESTEPS`, with noise
+    drawn from `EVAL_SEED`: the denoising loss's fixed evaluation, the same for every run."""
     x0 = np.tile(signed_images(images), (len(EVAL_TIMESTEPS), 1, 1))
     t = np.repeat(np.asarray(EVAL_TIMESTEPS, dtype=np.int64), len(images))
     eps = np.random.default_rng(EVAL_SEED).standard_normal(x0.shape, dtype=np.float32)
@@ -113,7 +113,7 @@ def evaluation_set(images: np.ndarray, labels: np.ndarray) -> EvalSet:
 
 def probe(images: np.ndarray, labels: np.ndarray, count: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The inputs the blocks' representations are measured on: the first ``count`` images noised
-    to :data:`PROBE_TIMESTEP` with fixed noise, their timesteps and labels."""
+    to `PROBE_TIMESTEP` with fixed noise, their timesteps and labels."""
     x0 = signed_images(images[:count])
     t = np.full(len(x0), PROBE_TIMESTEP, dtype=np.int64)
     eps = np.random.default_rng(EVAL_SEED + 1).standard_normal(x0.shape, dtype=np.float32)

@@ -1,13 +1,13 @@
 """The training loop of ``gradsmooth demo`` and ``gradsmooth compare``, written once for every framework.
 
 The loop owns what does not depend on the framework: the seeded batches of
-:mod:`gradsmooth.experiments.data`, when to evaluate, the history rows, the progress callback,
+`gradsmooth.experiments.data`, when to evaluate, the history rows, the progress callback,
 the diagnostics and the learning-rate schedule's shape. A framework module
-(:mod:`~gradsmooth.experiments.torch_models`, :mod:`~gradsmooth.experiments.mlx_models`)
-supplies a :class:`Trainer`: it builds the model and the optimizer, takes one training step,
+(`torch_models`, `mlx_models`)
+supplies a `Trainer`: it builds the model and the optimizer, takes one training step,
 evaluates, and hands over the diagnostics' raw data as NumPy arrays.
 
-A Ctrl-C (KeyboardInterrupt) goes on up out of :func:`train`; the rows appended to
+A Ctrl-C (KeyboardInterrupt) goes on up out of `train`; the rows appended to
 ``result.history`` so far stay there.
 """
 
@@ -41,7 +41,7 @@ MODEL_SIZES = {"vit": dict(depth=8, width=64, heads=4), "lm": dict(depth=6, widt
 
 def model_size(config: RunConfig) -> dict[str, int]:
     """The model's ``depth``, ``dim`` and ``heads``: ``config.depth`` and ``config.width`` where
-    set, else the task's :data:`MODEL_SIZES`."""
+    set, else the task's `MODEL_SIZES`."""
     sizes = MODEL_SIZES[config.task]
     depth = sizes["depth"] if config.depth is None else config.depth
     width = sizes["width"] if config.width is None else config.width
@@ -97,7 +97,7 @@ class WarmupCosine:
     """The learning-rate schedule of every run: linear warm-up over ``warm`` steps to the peak
     ((step + 1) / warm of it), then cosine decay over ``decay`` steps to ``floor`` x the peak.
 
-    :meth:`factor` is the schedule as a multiplier of the peak; a framework with schedules of its
+    `factor` is the schedule as a multiplier of the peak; a framework with schedules of its
     own (MLX) builds the same curve from ``warm``, ``decay`` and ``floor``."""
 
     warm: int
@@ -129,7 +129,7 @@ class AlphaSchedule:
 
     A constant strength is a number, not a schedule. The adapters take it as it is (the torch
     adapter calls it with the step); MLX's step is an ``mx.array`` under ``mx.compile``, so the MLX
-    module builds the same curve from its own schedules (as :class:`WarmupCosine`)."""
+    module builds the same curve from its own schedules (as `WarmupCosine`)."""
 
     kind: str
     start: float
@@ -237,7 +237,7 @@ def _diagnostics(session: Trainer, similarities: list[np.ndarray], probe: Any) -
 
 
 def depth_summary(diagnostics: dict[str, Any]) -> dict[str, float]:
-    """The depth diagnostics as one number each (:func:`gradsmooth.diagnostics.adjacent_similarity`):
+    """The depth diagnostics as one number each (`gradsmooth.diagnostics.adjacent_similarity`):
     ``adjacent_cka``, the mean linear CKA between adjacent blocks' representations after training,
     and ``adjacent_update_cosine``, the mean cosine similarity of adjacent blocks' updates at the
     evaluated steps."""

@@ -1,7 +1,7 @@
-"""The demo's models and training step in MLX: the twins of :mod:`gradsmooth.experiments.torch_models`
+"""The demo's models and training step in MLX: the twins of `gradsmooth.experiments.torch_models`
 (the same models, parameter names included, and the same steps).
 
-The loop itself is :func:`gradsmooth.experiments.loop.train`; :data:`TRAINERS` holds this
+The loop itself is `gradsmooth.experiments.loop.train`; `TRAINERS` holds this
 framework's part of it per task, each with a compiled step.
 """
 
@@ -95,7 +95,7 @@ def patches(images: mx.array) -> mx.array:
 
 
 def unpatch(tokens: mx.array) -> mx.array:
-    """(b, 16, 4) patches -> (b, 8, 8) images: the inverse of :func:`patches`."""
+    """(b, 16, 4) patches -> (b, 8, 8) images: the inverse of `patches`."""
     return tokens.reshape(tokens.shape[0], 4, 4, 2, 2).transpose(0, 1, 3, 2, 4).reshape(tokens.shape[0], 8, 8)
 
 
@@ -213,7 +213,7 @@ def build_model(config: RunConfig, data: Any = None) -> nn.Module:
 
 
 def _schedule(config: RunConfig, peak: float) -> Callable[[mx.array], mx.array]:
-    """:class:`~gradsmooth.experiments.loop.WarmupCosine` as an MLX schedule peaking at ``peak``,
+    """`WarmupCosine` as an MLX schedule peaking at ``peak``,
     so that it runs inside the compiled step."""
     s = WarmupCosine.of(config)
     return optim.join_schedules([optim.linear_schedule(peak / s.warm, peak, s.warm - 1 if s.warm > 1 else 1),
@@ -221,7 +221,7 @@ def _schedule(config: RunConfig, peak: float) -> Callable[[mx.array], mx.array]:
 
 
 def _alpha_schedule(schedule: AlphaSchedule) -> Callable[[mx.array], mx.array]:
-    """:class:`~gradsmooth.experiments.loop.AlphaSchedule` as an MLX schedule (its step an
+    """`AlphaSchedule` as an MLX schedule (its step an
     ``mx.array``, traced under mx.compile): the same curve from MLX's linear and cosine schedules."""
     if schedule.kind == "linear":
         return optim.linear_schedule(schedule.start, schedule.final, schedule.span)
@@ -231,7 +231,7 @@ def _alpha_schedule(schedule: AlphaSchedule) -> Callable[[mx.array], mx.array]:
 def build_optimizer(config: RunConfig) -> optim.Optimizer:
     """sgd (momentum 0.9, nesterov), adamw (bias-corrected as torch's), or muon (Muon for the
     blocks' matrices, AdamW at lr / 10 for the rest); then Gradient Smoothing when asked (an
-    alpha schedule as MLX's, :func:`_alpha_schedule`). MLX applies weight decay to every
+    alpha schedule as MLX's, `_alpha_schedule`). MLX applies weight decay to every
     parameter an optimizer holds."""
     lr = _schedule(config, config.lr)
     if config.optimizer == "sgd":
@@ -329,7 +329,7 @@ class _Session:
 
 
 class Trainer(_Session):
-    """MLX's part of the loop for vit and lm (:class:`gradsmooth.experiments.loop.Trainer`): the
+    """MLX's part of the loop for vit and lm (`gradsmooth.experiments.loop.Trainer`): the
     model and optimizer of ``config`` and a compiled step (the schedule lives in the optimizer)."""
 
     def __init__(self, config: RunConfig, data: Any, val: dict[str, list[Batch]] | None) -> None:
@@ -343,7 +343,7 @@ class Trainer(_Session):
         return self._run_step(x, y).item()
 
     def evaluate(self) -> dict[str, float]:
-        """The task's held-out metrics (:func:`evaluate`)."""
+        """The task's held-out metrics (`evaluate`)."""
         return evaluate(self.model, self.config, self.data, self.val)
 
 
@@ -478,5 +478,5 @@ TRAINERS = {"vit": Trainer, "lm": Trainer, "diffusion": DiffusionTrainer, "rl": 
 
 def train(config: RunConfig, data: Any, result: RunResult, progress: Callable[[int], None] | None = None,
           diagnose: bool = False) -> None:
-    """Train ``config`` on ``data`` in MLX: :func:`gradsmooth.experiments.loop.train` with the task's trainer."""
+    """Train ``config`` on ``data`` in MLX: `gradsmooth.experiments.loop.train` with the task's trainer."""
     loop.train(config, data, result, TRAINERS[config.task], progress=progress, diagnose=diagnose)

@@ -1,5 +1,5 @@
 """The demo's figures (matplotlib, drawn off-screen): the depth structure, and the diffusion
-task's samples; the comparisons' figures are :mod:`gradsmooth.plots`."""
+task's samples; the comparisons' figures are [`gradsmooth.plots`][gradsmooth.plots]."""
 
 from __future__ import annotations
 

@@ -1,18 +1,18 @@
 """The rl task, framework-free: reasoning post-training of the small GPT on addition.
 
-The problems are :func:`~gradsmooth.experiments.data.load_problems`' (``a + b =``, the answer
-written least significant digit first, :func:`~gradsmooth.experiments.data.encode_problems`);
+The problems are `load_problems`' (``a + b =``, the answer
+written least significant digit first, `encode_problems`);
 an answer is right when every digit is (exact match). A run has two phases:
 
 1. **Supervised** (phase 1, not compared): cross-entropy on the answer tokens with AdamW at
-   :data:`SFT_LR` (no weight decay, gradient norm clipped to 1), batches of :data:`SFT_BATCH`, until the greedy exact-match accuracy on the
-   validation problems reaches the target (checked every :data:`SFT_CHECK` steps, at most
-   :data:`SFT_MAX_STEPS` steps), so that the policy starts partly right and RL has room. It is
-   the same for both arms of a seed: trained once per settings (:func:`phase1_key`) and kept
-   (:func:`phase1`), in memory and, when the data names a folder, on disk.
+   `SFT_LR` (no weight decay, gradient norm clipped to 1), batches of `SFT_BATCH`, until the greedy exact-match accuracy
+   on the validation problems reaches the target (checked every `SFT_CHECK` steps, at most
+   `SFT_MAX_STEPS` steps), so that the policy starts partly right and RL has room. It is
+   the same for both arms of a seed: trained once per settings (`phase1_key`) and kept
+   (`phase1`), in memory and, when the data names a folder, on disk.
 2. **Policy gradient** (phase 2, the compared training), GRPO-style: for each prompt of a batch,
    ``group`` answers sampled at temperature 1 (uniform numbers from the run's seed,
-   :class:`Rollouts`), reward 1 for an exact answer else 0, advantages normalised within the
+   `Rollouts`), reward 1 for an exact answer else 0, advantages normalised within the
    group, ``A_i = (r_i - mean(r)) / (std(r) + 1e-6)`` (0 when all rewards are equal), and the loss
 
        L = -mean_i A_i * mean_t log pi(a_it) + kl * mean_it (exp(d_it) - d_it - 1),
@@ -68,7 +68,7 @@ class RLSettings:
 
 
 def rl_settings(config: RunConfig) -> RLSettings:
-    """``config``'s group, kl and sft_target, each :data:`RL_DEFAULTS`' where None; a bad value
+    """``config``'s group, kl and sft_target, each `RL_DEFAULTS`' where None; a bad value
     raises ValueError naming it (before any training)."""
     value = {k: RL_DEFAULTS[k] if getattr(config, k) is None else getattr(config, k) for k in RL_DEFAULTS}
     group, kl, target = value["group"], value["kl"], value["sft_target"]
@@ -93,7 +93,7 @@ def context(digits: int) -> int:
 
 def teacher_forcing(prompts: np.ndarray, answers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The model's input (prompt and answer but its last token) and the answer tokens it learns;
-    the logits from :func:`answer_start` on are the answer's."""
+    the logits from `answer_start` on are the answer's."""
     return np.concatenate([prompts, answers[:, :-1]], axis=1), answers
 
 
@@ -153,7 +153,7 @@ class Rollouts:
 
 
 def sft_batches(data: ProblemData, seed: int):
-    """Phase 1's endless batches of :data:`SFT_BATCH` training problems, (input, answer) tokens."""
+    """Phase 1's endless batches of `SFT_BATCH` training problems, (input, answer) tokens."""
     rng = np.random.default_rng([seed, 3])
     while True:
         yield teacher_forcing(*encode_problems(data.train[rng.integers(0, len(data.train), SFT_BATCH)], data.digits))
@@ -161,9 +161,9 @@ def sft_batches(data: ProblemData, seed: int):
 
 def train_phase1(step: Callable[[np.ndarray, np.ndarray], float], accuracy: Callable[[], float], data: ProblemData,
                  seed: int, target: float) -> dict[str, Any]:
-    """Phase 1's loop: ``step(inputs, answers)`` on :func:`sft_batches` until ``accuracy()`` (on
-    the validation problems) reaches ``target``, checked every :data:`SFT_CHECK` steps, or
-    :data:`SFT_MAX_STEPS` steps. Returns what it did: steps, val_acc, reached, seconds."""
+    """Phase 1's loop: ``step(inputs, answers)`` on `sft_batches` until ``accuracy()`` (on
+    the validation problems) reaches ``target``, checked every `SFT_CHECK` steps, or
+    `SFT_MAX_STEPS` steps. Returns what it did: steps, val_acc, reached, seconds."""
     start, batches, acc = time.perf_counter(), sft_batches(data, seed), 0.0
     steps = 0
     while steps < SFT_MAX_STEPS:
@@ -190,7 +190,7 @@ def phase1_key(config: RunConfig, data: ProblemData, device: str, sft_target: fl
 
 def phase1(key: dict[str, Any], data: ProblemData,
            train: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]) -> tuple[dict[str, np.ndarray], dict]:
-    """The phase-1 model of ``key`` (:func:`phase1_key`): its weights by parameter name and what
+    """The phase-1 model of ``key`` (`phase1_key`): its weights by parameter name and what
     training it did. Found in ``data.models``, else in ``data.folder`` (``phase1-<hash>.npz`` and
     ``.json``, written by an earlier process), else trained now by ``train()`` and kept in both."""
     name = "phase1-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

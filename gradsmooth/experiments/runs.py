@@ -127,7 +127,7 @@ class RunResult:
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> RunResult:
-        """A run as :meth:`to_json` wrote it (a null number, written for NaN or infinity, is NaN again)."""
+        """A run as `to_json` wrote it (a null number, written for NaN or infinity, is NaN again)."""
         nan = lambda v: math.nan if v is None else v
         history = [{k: nan(v) for k, v in row.items()} for row in entry.get("history", [])]
         diagnostics = {k: np.asarray(v, dtype=float) for k, v in entry.get("diagnostics", {}).items()}
@@ -177,9 +177,9 @@ def compare(config: RunConfig, smoothing: dict[str, Any], lrs: Sequence[float], 
             resume: bool = False, overwrite: bool = False,
             base_from: str | pathlib.Path | None = None) -> dict[str, Any]:
     """Base and smoothed at every learning rate in ``lrs`` for every seed:
-    :func:`gradsmooth.compare.sweep` over :func:`run`; each record holds the run's history and,
+    [`gradsmooth.compare.sweep`][gradsmooth.compare.sweep] over `run`; each record holds the run's history and,
     under ``metrics``, the numbers reported beside the two metrics (never chosen on): the depth
-    structure (:func:`~gradsmooth.experiments.loop.depth_summary`) and the task's ``REPORTED``."""
+    structure (`depth_summary`) and the task's ``REPORTED``."""
     val_key, test_key, higher = SELECTION[config.task]
 
     def train(arm: Arm, seed: int) -> dict[str, Any]:

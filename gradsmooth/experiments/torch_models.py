@@ -1,4 +1,4 @@
-"""The demo's models and training step in PyTorch (the MLX twin is :mod:`gradsmooth.experiments.mlx_models`).
+"""The demo's models and training step in PyTorch (the MLX twin is `gradsmooth.experiments.mlx_models`).
 
 - ``vit``: a small Vision Transformer on 8 x 8 digits: 2 x 2 patches, a class token, pre-norm blocks.
 - ``lm``: a small GPT on bytes: causal pre-norm blocks.
@@ -6,9 +6,9 @@
   blocks conditioned on the timestep and the class by adaLN-Zero, predicting the noise.
 - ``rl``: the GPT on addition problems, supervised (phase 1) then post-trained by policy gradient.
 
-The loop itself is :func:`gradsmooth.experiments.loop.train`; :data:`TRAINERS` holds this
+The loop itself is `gradsmooth.experiments.loop.train`; `TRAINERS` holds this
 framework's part of it per task; the tasks' framework-free parts are
-:mod:`~gradsmooth.experiments.diffusion` and :mod:`~gradsmooth.experiments.reasoning`.
+`diffusion` and `reasoning`.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def resolve_device(name: str) -> str:
 
 @contextmanager
 def running(config: RunConfig) -> Iterator[None]:
-    """Where a run trains: :func:`deterministic`, and on CUDA the cuBLAS workspace that
+    """Where a run trains: `deterministic`, and on CUDA the cuBLAS workspace that
     deterministic matrix products need (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, unless set), as it was after."""
     set_here = config.device == "cuda" and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
     if set_here:
@@ -127,7 +127,7 @@ def patches(images: torch.Tensor) -> torch.Tensor:
 
 
 def unpatch(tokens: torch.Tensor) -> torch.Tensor:
-    """(b, 16, 4) patches -> (b, 8, 8) images: the inverse of :func:`patches`."""
+    """(b, 16, 4) patches -> (b, 8, 8) images: the inverse of `patches`."""
     b = tokens.shape[0]
     return tokens.reshape(b, 4, 4, 2, 2).permute(0, 1, 3, 2, 4).reshape(b, 8, 8)
 
@@ -364,7 +364,7 @@ class _Session:
 
 
 class Trainer(_Session):
-    """PyTorch's part of the loop for vit and lm (:class:`gradsmooth.experiments.loop.Trainer`):
+    """PyTorch's part of the loop for vit and lm (`gradsmooth.experiments.loop.Trainer`):
     the model and optimizer of ``config``; each step sets the scheduled learning rate, clips the
     gradient norm to 1."""
 
@@ -382,15 +382,15 @@ class Trainer(_Session):
         return loss.item()
 
     def evaluate(self) -> dict[str, float]:
-        """The task's held-out metrics (:func:`evaluate`)."""
+        """The task's held-out metrics (`evaluate`)."""
         return evaluate(self.model, self.config, self.data, self.val, self.device)
 
 
 class DiffusionTrainer(_Session):
     """The diffusion task's part of the loop: the DiT of ``config``; each step noises the batch
-    with :class:`~gradsmooth.experiments.diffusion.TrainingNoise` and regresses the noise
+    with `TrainingNoise` and regresses the noise
     (mean squared error); evaluation: the denoising loss on the fixed grid, and the accuracy of
-    the judge on DDIM samples (:mod:`~gradsmooth.experiments.diffusion`)."""
+    the judge on DDIM samples (`diffusion`)."""
 
     def __init__(self, config: RunConfig, data: Any, val: None = None) -> None:
         self._setup(config, data, build_model(config))
@@ -439,7 +439,7 @@ class DiffusionTrainer(_Session):
 
 
 class RLTrainer(_Session):
-    """The rl task's part of the loop (:mod:`~gradsmooth.experiments.reasoning`): the GPT of
+    """The rl task's part of the loop (`reasoning`): the GPT of
     ``config`` starts from its seed's phase-1 model (trained here once, then kept); each step
     samples ``group`` answers per prompt, rewards exact ones and takes a policy-gradient step
     with group-normalised advantages (and the KL term with ``kl`` > 0). Evaluated before the
@@ -518,5 +518,5 @@ TRAINERS = {"vit": Trainer, "lm": Trainer, "diffusion": DiffusionTrainer, "rl": 
 
 def train(config: RunConfig, data: Any, result: RunResult, progress: Callable[[int], None] | None = None,
           diagnose: bool = False) -> None:
-    """Train ``config`` on ``data`` in PyTorch: :func:`gradsmooth.experiments.loop.train` with the task's trainer."""
+    """Train ``config`` on ``data`` in PyTorch: `gradsmooth.experiments.loop.train` with the task's trainer."""
     loop.train(config, data, result, TRAINERS[config.task], progress=progress, diagnose=diagnose)

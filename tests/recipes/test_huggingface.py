@@ -25,6 +25,10 @@ def test_huggingface_recipe(run_recipe, tmp_path):
     assert plan["self_attn.q_proj.weight"] == tuple(f"model.layers.{i}.self_attn.q_proj.weight" for i in range(4))
     assert "model.embed_tokens.weight" not in {n for names in plan.values() for n in names}
 
+    # SmoothedAdamW.factory: the Trainer built the native optimizer over its own groups
+    native = scope["native"].optimizer.optimizer
+    assert [g["weight_decay"] for g in native.param_groups] == [0.1, 0.0] and native.state_dict()["state"]
+
     # before training, create_optimizer() builds the same wrapper (the page's "where the plan is")
     early = scope["make_trainer"]("hf-early").create_optimizer()
     assert isinstance(early, GradientSmoothing) and str(early.plan) == str(smoothing.plan)

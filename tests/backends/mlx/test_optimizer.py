@@ -371,8 +371,9 @@ def test_decoupled_decay_function_receives_each_member_of_a_multioptimizer(tiny_
 def test_bad_decoupled_decay_is_refused():
     with pytest.raises(TypeError, match="decoupled_decay should be None, True, False or a function .* but is: 'yes'"):
         GradientSmoothing(optim.AdamW(learning_rate=0.01), decoupled_decay="yes")
-    with pytest.raises(TypeError, match=r"decoupled_decay\(optimizer\) should return True or False but returned: 1"):
-        GradientSmoothing(optim.AdamW(learning_rate=0.01), decoupled_decay=lambda o: 1)
+    with pytest.raises(TypeError, match=r"decoupled_decay\(optimizer\) should return True, False or the decay factor "
+                                        r"\(a number\) but returned: 'yes'"):
+        GradientSmoothing(optim.AdamW(learning_rate=0.01), decoupled_decay=lambda o: "yes")
     with pytest.raises(ValueError, match=r"mlx\.optimizers\.optimizers\.Adam decays decoupled .* weight_decay=None"):
         GradientSmoothing(optim.Adam(learning_rate=0.01), decoupled_decay=True)
 
@@ -534,3 +535,49 @@ def test_under_compile_the_shape_of_alpha_is_checked_when_tracing(tiny_net):
     with pytest.raises(ValueError, match=r"alpha\(step\) should return one number but alpha\(step\) \(the step traced "
                                          r"by mx.compile\) returned an mx.array of shape \(2,\)"):
         step(mx.ones((2, 5)))
+
+
+def test_a_plan_that_smooths_nothing_warns_once_naming_stacks():
+    # MLX optimizers see the model at their first plan (init or the first step): the warning comes then
+    opt = GradientSmoothing(optim.AdamW(learning_rate=0.01))
+    flat = {"layer1": {"weight": mx.zeros((4, 4))}, "layer2": {"weight": mx.zeros((4, 4))}}
+    with pytest.warns(UserWarning, match=r"gradsmooth smooths nothing: .* Name the stacks: stacks=") as caught:
+        opt.init(flat)
+    assert len(caught) == 1 and caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.apply_gradients(flat, flat)  # once
+        stacked = GradientSmoothing(optim.AdamW(learning_rate=0.01))
+        stacked.init({"layers": [{"weight": mx.zeros((4, 4))} for _ in range(3)]})
+    assert not opt.plan.groups and len(stacked.plan.groups) == 1
+
+
+def test_a_declared_decay_factor_is_applied_per_layer_at_every_step(tiny_arrays):
+    # any rule: here timm's corrected decay, 1 - lr**2 / max_lr * wd, with the rate moving
+    schedule = optim.linear_schedule(0.02, 0.005, 10)
+
+    class CorrectedAdamW(PlainAdamW):
+        def apply_single(self, gradient, parameter, state):
+            lr = self.learning_rate.astype(gradient.dtype)
+            step = super().apply_single(gradient, parameter, state) - parameter * (1 - lr * self.weight_decay)
+            return parameter * (1 - lr * lr / 0.02 * self.weight_decay) + step
+
+    base = CorrectedAdamW(schedule, weight_decay=0.1)
+    opt = GradientSmoothing(base, decoupled_decay=lambda o: 1 - o.learning_rate**2 / 0.02 * o.weight_decay)
+
+    class Corrected(ref.AdamW):
+        def update(self, name, param, grad):
+            _, delta = super().update(name, param, grad)
+            return 1 - self.lr**2 / 0.02 * self.weight_decay, delta
+
+    init = tiny_arrays()
+    opt.init(as_tree(init, mx.float64))
+    reference = Smoothed(Corrected(0.02, weight_decay=0.1), [g.names for g in opt.plan.groups])
+    params, expected = as_tree(init, mx.float64), dict(init)
+    rng = np.random.default_rng(0)
+    for t in range(6):
+        reference.base.lr = ref.float32(float(schedule(mx.array(t))))
+        grads = {k: rng.standard_normal(v.shape) for k, v in init.items()}
+        params = opt.apply_gradients(as_tree(grads, mx.float64), params)
+        expected = reference.step(expected, grads)
+        compare(as_numpy(params), expected, 1e-6, t)

@@ -337,8 +337,8 @@ def test_decoupled_decay_must_be_a_bool_or_a_function(tiny_net):
     with pytest.raises(TypeError, match=r"decoupled_decay should be None, True, False or a function of the param "
                                         r"group \(torch\) or of the optimizer \(MLX\) but is: 'yes'"):
         GradientSmoothing(torch.optim.AdamW(model.parameters()), model, decoupled_decay="yes")
-    with pytest.raises(TypeError, match=r"decoupled_decay\(param_group\) should return True or False but returned: "
-                                        r"'yes'"):  # asked at construction, for every group with decay
+    with pytest.raises(TypeError, match=r"decoupled_decay\(param_group\) should return True, False or the decay factor "
+                                        r"\(a finite number\) but returned: 'yes'"):  # asked at construction
         GradientSmoothing(torch.optim.AdamW(model.parameters(), weight_decay=0.1), model,
                           decoupled_decay=lambda group: "yes")
 

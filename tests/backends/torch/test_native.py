@@ -216,7 +216,7 @@ def test_the_plan_says_which_path_each_group_takes(tiny_net, monkeypatch):
     (lambda m: SmoothedAdamW(m, betas=(0.9, 1.0)), r"betas\[1\] should be >= 0.0 and < 1.0 but is: 1.0"),
     (lambda m: SmoothedAdamW(m, betas=0.9), r"betas should be a pair of numbers but is: 0.9"),
     (lambda m: SmoothedAdamW(m, eps="x"), r"eps should be a number but is: 'x'"),
-    (lambda m: SmoothedAdamW(m, fused="yes"), r"fused should be None \(compiled kernels where they can run\)"),
+    (lambda m: SmoothedAdamW(m, fused="yes"), r"fused should be None, True or False but is: 'yes'$"),
     (lambda m: SmoothedAdamW(m, window=2), r"window"),
     (lambda m: SmoothedSGD(m, nesterov=True), r"nesterov momentum needs momentum > 0 and dampening 0"),
     (lambda m: SmoothedSGD(m, momentum=-0.1), r"momentum should be >= 0.0 but is: -0.1"),
@@ -290,3 +290,161 @@ def test_an_allocation_that_fails_at_any_point_of_a_step_changes_nothing(tiny_ne
                 monkeypatch.setattr(torch, name, make)
         break  # the k-th allocation is past the step's last one
     assert failed_at  # the step does allocate, and each failure was clean
+
+
+# -- every flag of torch's AdamW and SGD: implemented or refused by name ---------------------------------
+
+
+@pytest.mark.parametrize("native, base, kw", [(SmoothedAdamW, torch.optim.AdamW, ADAMW),
+                                              (SmoothedSGD, torch.optim.SGD, SGDS["momentum"]),
+                                              (SmoothedSGD, torch.optim.SGD, SGDS["plain"])],
+                         ids=["adamw", "sgd-momentum", "sgd-plain"])
+def test_maximize_equals_the_wrapped_torch_optimizer(tiny_net, path, native, base, kw):
+    # before, maximize=True was stored and ignored: the parameters moved against the wrapped base's
+    models = [tiny_net(), tiny_net()]
+    opts = [native(models[0], maximize=True, fused=path, **kw),
+            GradientSmoothing(base(models[1].parameters(), maximize=True, **kw), models[1], fused=False)]
+    before = [p.detach().clone() for p in models[0].parameters()]
+    for m, o in zip(models, opts):
+        _train(m, o, steps=4)
+    moved = 0.0
+    for (k, a), b, start in zip(models[0].named_parameters(), models[1].parameters(), before):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13, msg=k)
+        moved = max(moved, float((a.detach() - start).abs().max()))
+    assert moved > 1e-3
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda m: SmoothedAdamW(m, amsgrad=True), r"SmoothedAdamW does not implement amsgrad=True: use GradientSmoothing"),
+    (lambda m: SmoothedAdamW(m, capturable=True), r"does not implement capturable=True"),
+    (lambda m: SmoothedAdamW(m, differentiable=True), r"does not implement differentiable=True"),
+    (lambda m: SmoothedSGD(m, differentiable=True), r"SmoothedSGD does not implement differentiable=True"),
+    (lambda m: SmoothedAdamW(m, maximize="yes"), r"maximize should be True or False but is: 'yes'$"),
+    (lambda m: SmoothedAdamW(m, foreach=1), r"foreach should be None, True or False but is: 1$"),
+    (lambda m: SmoothedSGD(m, foreach=True, fused=True), r"foreach=True and fused=True cannot be set together"),
+    (lambda m: SmoothedAdamW(m, params=[{"params": list(m.parameters()), "amsgrad": True}]),
+     r"does not implement amsgrad=True in param group 0"),
+])
+def test_a_flag_it_does_not_implement_is_refused_by_name(tiny_net, make, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        make(tiny_net())
+
+
+def test_a_refused_flag_changes_nothing_in_add_param_group_load_state_dict_and_step(tiny_net):
+    model = tiny_net()
+    blocks, rest = [p for k, p in model.named_parameters() if k.startswith("blocks")], \
+        [p for k, p in model.named_parameters() if not k.startswith("blocks")]
+    opt = SmoothedAdamW(model, params=blocks, **ADAMW)
+    _train(model, opt, steps=2)
+    with pytest.raises(ValueError, match=r"does not implement amsgrad=True in param group 1"):
+        opt.add_param_group({"params": rest, "amsgrad": True})
+    assert len(opt.param_groups) == 1
+    saved = copy.deepcopy(opt.state_dict())
+    bad = copy.deepcopy(saved)
+    bad["param_groups"][0]["amsgrad"] = True
+    state_before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=r"amsgrad=True in the checkpoint's param group 0.*nothing was changed"):
+        opt.load_state_dict(bad)
+    adam = copy.deepcopy(saved)
+    adam["param_groups"][0]["decoupled_weight_decay"] = False  # torch.optim.Adam's coupled L2
+    with pytest.raises(ValueError, match=r"decoupled_weight_decay=False .*torch.optim.Adam"):
+        opt.load_state_dict(adam)
+    sgd = copy.deepcopy(saved)
+    del sgd["param_groups"][0]["betas"]
+    with pytest.raises(ValueError, match=r"the checkpoint's param group 0 has no 'betas': it is not a checkpoint"):
+        opt.load_state_dict(sgd)
+    assert repr(opt.state_dict()) == repr(state_before)
+    opt.param_groups[0]["amsgrad"] = True  # set on the group later: refused at the step, before any write
+    params = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match=r"amsgrad=True in param group 0"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    assert repr(opt.state_dict()["state"]) == repr(state_before["state"])
+
+
+def test_torch_checkpoints_load_both_ways_with_every_flag(tiny_net):
+    model = tiny_net()
+    torch_adamw = torch.optim.AdamW(model.parameters(), maximize=True, foreach=False, **ADAMW)
+    _train(model, torch_adamw, steps=2)
+    opt = SmoothedAdamW(model, **ADAMW)
+    opt.load_state_dict(torch_adamw.state_dict())
+    assert opt.param_groups[0]["maximize"] is True and opt.param_groups[0]["foreach"] is False
+    assert set(opt.param_groups[0]) >= set(torch_adamw.param_groups[0])  # the same keys as torch's AdamW
+    torch.optim.AdamW(model.parameters()).load_state_dict(opt.state_dict())
+    old = copy.deepcopy(torch_adamw.state_dict())  # a checkpoint from before a flag existed
+    for key in ("maximize", "foreach", "capturable", "differentiable", "fused"):
+        del old["param_groups"][0][key]
+    opt.load_state_dict(old)
+    assert opt.param_groups[0]["maximize"] is False and opt.param_groups[0]["fused"] is None
+
+
+def test_foreach_and_fused_choose_kernels_not_results(tiny_net):
+    models = [tiny_net(dtype=torch.float32) for _ in range(3)]
+    opts = [SmoothedAdamW(models[0], **ADAMW), SmoothedAdamW(models[1], foreach=True, **ADAMW),
+            SmoothedAdamW(models[2], fused=False, **ADAMW)]
+    for m, o in zip(models, opts):
+        _train(m, o, steps=3)
+    assert set(opts[2].plan.paths) == {"eager (fused=False)"}
+    for a, b, c in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)
+
+
+# -- built by a framework, compiled by torch ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("native, kw", [(SmoothedAdamW, ADAMW), (SmoothedSGD, SGDS["momentum"])], ids=["adamw", "sgd"])
+def test_factory_builds_it_from_param_groups_as_transformers_does(tiny_net, native, kw):
+    models = [tiny_net(), tiny_net()]
+    made = native.factory(models[0], window=5)
+    assert issubclass(made, native) and made.__name__ == f"{native.__name__}[factory]"
+    groups = _groups(models[0], kw.get("weight_decay", 0.0))
+    opt = made(groups, **kw)  # Trainer(optimizer_cls_and_kwargs=(made, kw)) calls cls(param_groups, **kw)
+    plain = native(models[1], params=_groups(models[1], kw.get("weight_decay", 0.0)), window=5, **kw)
+    assert opt.plan == plain.plan and len(opt.param_groups) == 2
+    for m, o in zip(models, (opt, plain)):
+        _train(m, o, steps=3)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(TypeError, match=r"window is given both to .*factory and when building the optimizer"):
+        made(groups, window=3)
+    with pytest.raises(ValueError, match=r"window"):
+        native.factory(models[0], window=2)  # checked when the factory is made
+
+
+def test_param_groups_given_for_the_model_say_to_use_the_factory_in_a_short_message(tiny_net):
+    model = tiny_net()
+    with pytest.raises(TypeError) as info:
+        SmoothedAdamW(_groups(model, 0.1), lr=1e-3)  # what transformers does with the class itself
+    message = str(info.value)
+    assert "factory(model)" in message and "tensor(" not in message and len(message) < 300, message
+
+
+def test_torch_compile_of_its_step_runs_it_as_it_is_without_recompiling(tiny_net, caplog):
+    models = [tiny_net(dtype=torch.float32), tiny_net(dtype=torch.float32)]
+    opts = [SmoothedAdamW(m, **ADAMW) for m in models]
+    compiled = torch.compile(opts[0].step)
+    with warnings.catch_warnings(), caplog.at_level("WARNING", logger="torch._dynamo"):
+        warnings.simplefilter("error")
+        for step in range(10):  # beyond dynamo's recompile limit (8)
+            torch.manual_seed(step)
+            for m in models:
+                for p in m.parameters():
+                    p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
+            compiled()
+            opts[1].step()
+    assert not [r for r in caplog.records if "recompile" in r.getMessage()]
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_model_with_no_stack_is_warned_about_once_naming_stacks():
+    torch.manual_seed(0)
+    flat = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    with pytest.warns(UserWarning, match=r"gradsmooth smooths nothing: .* Name the stacks: stacks=") as caught:
+        SmoothedAdamW(flat)
+    assert len(caught) == 1 and caught[0].filename == __file__
+    with pytest.warns(UserWarning, match=r"smooths nothing"):
+        SmoothedSGD(flat, lr=0.1)

@@ -4,13 +4,17 @@ GradScaler, low precision, torch.compile, bad input."""
 import copy
 import functools
 import math
+import re
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from gradsmooth import MatrixOperator, WindowSmoothing
 from gradsmooth.backends.torch import GradientSmoothing
+from gradsmooth.reference import AdamW, Smoothed
 
 
 def train(model, opt, steps, seed=0, device="cpu", dtype=None):
@@ -463,5 +467,131 @@ def test_factory_checks_every_argument_when_called(tiny_net, base, model, smooth
 def test_factory_class_refuses_a_base_that_returns_no_optimizer(tiny_net):
     model = tiny_net()
     cls = GradientSmoothing.factory(lambda params, **kwargs: list(params), model)
-    with pytest.raises(TypeError, match=r"base should return a torch.optim.Optimizer but .* returned: \[Parameter"):
+    with pytest.raises(TypeError, match=r"base should return a torch.optim.Optimizer but .* returned: list of \d+ items \(the first: Parameter of shape"):
         cls(model.parameters(), lr=0.1)
+
+
+# -- nothing silently off --------------------------------------------------------------------------------
+
+
+class _Attrs(nn.Module):  # blocks as attributes layer1, layer2, layer3: no stack to find
+    def __init__(self):
+        super().__init__()
+        self.layer1, self.layer2, self.layer3 = (nn.Linear(4, 4) for _ in range(3))
+
+
+NO_STACK = {
+    "flat MLP": lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
+    "Sequential of different shapes": lambda: nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 16), nn.Linear(16, 2)),
+    "layer1/layer2/layer3 attributes": _Attrs,
+    "a single block": lambda: nn.ModuleDict({"blocks": nn.ModuleList([nn.Linear(4, 4)])}),
+}
+
+
+@pytest.mark.parametrize("make", NO_STACK.values(), ids=NO_STACK)
+def test_a_plan_that_smooths_nothing_warns_once_at_construction_naming_stacks(make):
+    model = make()
+    with pytest.warns(UserWarning, match=r"gradsmooth smooths nothing: .* Name the stacks: stacks=") as caught:
+        opt = GradientSmoothing(torch.optim.AdamW(model.parameters()), model)
+    assert len(caught) == 1 and caught[0].filename == __file__  # points at the caller
+    assert not opt.plan.groups
+
+
+def test_stacks_given_for_attribute_blocks_smooth_them_without_a_warning():
+    model = _Attrs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = GradientSmoothing(torch.optim.AdamW(model.parameters()), model, stacks=re.compile(r"layer(\d+)"))
+    assert [len(g.names) for g in opt.plan.groups] == [3, 3]
+
+
+# -- decay rules ------------------------------------------------------------------------------------------
+
+
+class _CorrectedAdamW(torch.optim.AdamW):
+    """timm's corrected_weight_decay on AdamW's update: theta <- (1 - lr**2 / max_lr * wd) theta + delta."""
+
+    __module__ = "timm.optim.adamw"
+
+    def __init__(self, params, lr, weight_decay):
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
+        for g in self.param_groups:
+            g["corrected_weight_decay"], g["max_lr_snapshot"] = True, lr
+
+    def step(self, closure=None):
+        saved = [g["weight_decay"] for g in self.param_groups]
+        for g in self.param_groups:  # AdamW decays by 1 - lr * wd: scale wd so that it is lr**2 / max_lr * wd
+            g["weight_decay"] = g["weight_decay"] * g["lr"] / g["max_lr_snapshot"]
+        try:
+            return super().step(closure)
+        finally:
+            for g, wd in zip(self.param_groups, saved):
+                g["weight_decay"] = wd
+
+
+class _RefCorrected(AdamW):
+    def __init__(self, lr, weight_decay, max_lr):
+        super().__init__(lr=lr, weight_decay=weight_decay)
+        self.max_lr = max_lr
+
+    def update(self, name, param, grad):
+        _, delta = super().update(name, param, grad)
+        return 1 - self.lr**2 / self.max_lr * self.weight_decay, delta
+
+
+@pytest.mark.parametrize("declared", [None, "factor"])
+@pytest.mark.parametrize("mode", ["update", "gradient"])
+def test_timm_corrected_weight_decay_is_applied_per_layer_as_the_group_says(tiny_net, mode, declared):
+    # the rule is read from the group (or declared as a factor); before, 1 - lr * wd was assumed and
+    # the difference mixed along depth: 4-8 % of the update once the schedule moved lr below its peak
+    model = tiny_net()
+    base = _CorrectedAdamW(model.parameters(), lr=0.05, weight_decay=0.5)
+    factor = None if declared is None else (lambda g: 1 - g["lr"] ** 2 / g["max_lr_snapshot"] * g["weight_decay"])
+    opt = GradientSmoothing(base, model, mode=mode, decoupled_decay=factor)
+    lrs = [0.05, 0.03, 0.01, 0.02]
+    reference = Smoothed(_RefCorrected(0.05, 0.5, 0.05), [g.names for g in opt.plan.groups], mode=mode)
+    named = dict(model.named_parameters())
+    params = {k: p.detach().numpy().copy() for k, p in named.items()}
+    rng = np.random.default_rng(0)
+    for lr in lrs:
+        base.param_groups[0]["lr"] = reference.base.lr = lr
+        grads = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+        for k, p in named.items():
+            p.grad = torch.tensor(grads[k])
+        opt.step()
+        params = reference.step(params, grads)
+        for k, p in named.items():
+            np.testing.assert_allclose(p.detach().numpy(), params[k], rtol=1e-12, atol=1e-13, err_msg=k)
+
+
+def test_a_declared_factor_function_must_return_a_number_or_a_bool(tiny_net):
+    model = tiny_net()
+    with pytest.raises(TypeError, match=r"decoupled_decay\(param_group\) should return True, False or the decay factor"):
+        GradientSmoothing(torch.optim.AdamW(model.parameters()), model, decoupled_decay=lambda g: "yes")
+
+
+# -- messages quote types and sizes, never tensors or models -------------------------------------------------
+
+
+def test_model_and_optimizer_in_the_wrong_order_get_a_short_message():
+    model = nn.Sequential(*(nn.Linear(64, 64) for _ in range(8)))
+    with pytest.raises(TypeError) as info:
+        GradientSmoothing(model, torch.optim.AdamW(model.parameters()))
+    message = str(info.value)
+    assert "the optimizer comes first" in message and "Linear(" not in message and len(message) < 300, message
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: GradientSmoothing(torch.optim.AdamW(m.parameters()), list(m.parameters())),
+    lambda m: GradientSmoothing([torch.optim.AdamW(m.parameters()), list(m.parameters())], m),
+    lambda m: GradientSmoothing(torch.optim.AdamW(m.parameters()), m, check_finite=torch.ones(1000)),
+    lambda m: GradientSmoothing.factory(m, m),
+    lambda m: GradientSmoothing(torch.optim.AdamW(m.parameters()), [(k, p, 0) for k, p in m.named_parameters()]),
+], ids=["parameters for the model", "a list in the optimizers", "a tensor flag", "a model for the base",
+        "bad pairs"])
+def test_no_message_prints_a_tensor_or_a_model(make):
+    model = nn.Sequential(*(nn.Linear(256, 256) for _ in range(6)))
+    with pytest.raises((TypeError, ValueError)) as info:
+        make(model)
+    message = str(info.value)
+    assert "tensor(" not in message and "Linear(" not in message and len(message) < 300, message
