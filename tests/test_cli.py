@@ -253,7 +253,7 @@ def test_help_is_plain_text(capsys, command):
         flat = " ".join(text.split())
         assert "README sweep's best)" not in flat
         assert "--lr-base LR_BASE base learning rate (default: adamw 0.001 (vit), 0.003 (lm), 0.01 (diffusion), " \
-               "0.001 (rl); sgd 0.1 (vit), 0.3 (lm), 0.1 (diffusion), 0.03 (rl); muon 0.01 (vit), 0.02 (lm), 0.02 " \
+               "0.001 (rl); sgd 0.1 (vit), 0.3 (lm), 0.3 (diffusion), 0.03 (rl); muon 0.01 (vit), 0.02 (lm), 0.03 " \
                "(diffusion), 0.003 (rl); AdamW's on vit and lm, and Muon's on vit, are each arm's choice in the " \
                "published comparisons, docs/results; diffusion's and rl's from short sweeps)" in flat
 
@@ -543,7 +543,7 @@ def test_demo_rl_starts_both_arms_from_one_phase1_and_reports_the_reward(tmp_pat
         assert cli.main(["demo", "--task", "rl", "--batch-size", "2", "--group", "2", *SMALL,
                          "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "base reward" in out and "smoothed test_acc" in out and "\n0 | - | - | " in out
+    assert "base train_reward" in out and "smoothed test_acc" in out and "\n0 | - | - | " in out
     assert "phase 1 (the same for both, not compared): 4 supervised steps to validation accuracy" in out
     assert "(target 0.3, not reached)" in out and quick_phase1 == [0]
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
@@ -563,7 +563,7 @@ def test_compare_rl_records_the_depth_structure_and_reuses_phase1_when_resumed(t
     result = json.loads((tmp_path / "results.json").read_text())
     record = result["records"][0]
     assert set(record["metrics"]) == {"adjacent_cka", "adjacent_update_cosine"} and record["phase1"]["steps"] == 4
-    assert {"reward", "kl"} <= set(record["history"][-1]) and record["history"][0]["step"] == 0
+    assert {"train_reward", "train_kl"} <= set(record["history"][-1]) and record["history"][0]["step"] == 0
     config = result["settings"]["config"]
     assert (config["group"], config["kl"], config["sft_target"], config["device"]) == (2, 0.1, 0.3, "cpu")
     assert result["settings"]["problems"] == {"digits": 2, "held_out": 500}

@@ -49,7 +49,7 @@ def test_loss_ticks_are_plain_numbers(tmp_path, scale):
 
 
 def test_curves_leave_out_checkpoints_without_a_metric_and_losses_below_zero_stay_linear(tmp_path):
-    rl = [{"step": 0, "val_acc": 0.3}] + [{"step": s, "train_loss": -0.1, "reward": 0.2, "val_acc": 0.4}
+    rl = [{"step": 0, "val_acc": 0.3}] + [{"step": s, "train_loss": -0.1, "train_reward": 0.2, "val_acc": 0.4}
                                           for s in (10, 20)]
     fig = core_plots.plot_curves({"base": (1e-3, [rl, rl]), "smoothed": (1e-3, [rl])}, tmp_path / "rl.png")
     losses, others = fig.axes

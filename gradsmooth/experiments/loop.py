@@ -72,7 +72,7 @@ class Trainer(Protocol):
 
     def step(self, step: int, x: np.ndarray, y: np.ndarray) -> float | dict[str, float]:
         """Train on one batch at step ``step`` (0-based; the schedule's position) and return its
-        loss, or its training metrics by name (``train_loss`` among them; rl: ``reward``)."""
+        loss, or its training metrics by name (``train_loss`` among them; rl: ``train_reward``)."""
 
     def evaluate(self) -> dict[str, float]:
         """The task's held-out metrics: vit: test_loss and test_acc (and val_loss, val_acc when the

@@ -464,8 +464,8 @@ class RLTrainer(_Session):
         reference = (np.array(_log_probs(self.reference, mx.array(inputs), mx.array(targets), self.start))
                      if self.reference is not None else np.zeros(targets.shape, np.float32))
         loss, kl = self._run_step(inputs, targets, advantage, reference)
-        out = {"train_loss": loss.item(), "reward": float(reward.mean())}
-        return out | ({"kl": kl.item()} if self.reference is not None else {})
+        out = {"train_loss": loss.item(), "train_reward": float(reward.mean())}
+        return out | ({"train_kl": kl.item()} if self.reference is not None else {})
 
     def evaluate(self) -> dict[str, float]:
         """Greedy exact match on the validation and test problems."""

@@ -496,14 +496,14 @@ class RLTrainer(_Session):
         inputs, targets = map(self._tensor, reasoning.teacher_forcing(prompts, sampled))
         log_probs = self._log_probs(self.model, inputs, targets)
         loss = -(advantage[:, None] * log_probs).mean()
-        out = {"reward": float(reward.mean())}
+        out = {"train_reward": float(reward.mean())}
         if self.reference is not None:
             with torch.no_grad():
                 reference = self._log_probs(self.reference, inputs, targets)
             d = reference - log_probs
             kl = (torch.exp(d) - d - 1).mean()
             loss = loss + self.rl.kl * kl
-            out["kl"] = kl.item()
+            out["train_kl"] = kl.item()
         self._update(loss)
         return {"train_loss": loss.item()} | out
 

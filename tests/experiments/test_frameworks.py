@@ -93,7 +93,7 @@ def test_rl_steps_agree(monkeypatch, one_thread):
     for step in range(2):
         prompts, answers = next(batches)
         got, expected = theirs.step(step, prompts, answers), ours.step(step, prompts, answers)
-        assert got["reward"] == expected["reward"] and 0 < expected["reward"] < 1  # the same answers sampled
+        assert got["train_reward"] == expected["train_reward"] and 0 < expected["train_reward"] < 1  # the same answers sampled
         assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-3) and expected["train_loss"] != 0
     assert_same_parameters(ours, theirs, atol=1e-4)  # a tenth of a step (lr 1e-3)
     assert not np.allclose(ours.parameters()["blocks.0.fc.weight"], before["blocks.0.fc.weight"])

@@ -124,7 +124,7 @@ class RLFakeTrainer(FakeTrainer):
 
     def step(self, step, x, y):
         super().step(step, x, y)
-        return {"train_loss": float(step), "reward": 0.5 * step}
+        return {"train_loss": float(step), "train_reward": 0.5 * step}
 
     def samples(self):
         return np.zeros((3, 8, 8))
@@ -134,8 +134,8 @@ def test_metrics_by_name_are_averaged_and_a_first_evaluation_is_row_zero():
     config, result = RunConfig(steps=4, eval_every=2, batch_size=3), RunResult(RunConfig())
     loop.train(config, DIGITS, result, RLFakeTrainer, diagnose=True)
     assert result.history == [{"step": 0, "test_loss": 0.5, "test_acc": 0.25},
-                              {"step": 2, "train_loss": 0.5, "reward": 0.25, "test_loss": 0.5, "test_acc": 0.25},
-                              {"step": 4, "train_loss": 2.5, "reward": 1.25, "test_loss": 0.5, "test_acc": 0.25}]
+                              {"step": 2, "train_loss": 0.5, "train_reward": 0.25, "test_loss": 0.5, "test_acc": 0.25},
+                              {"step": 4, "train_loss": 2.5, "train_reward": 1.25, "test_loss": 0.5, "test_acc": 0.25}]
     assert result.phase1 == RLFakeTrainer.phase1 and result.diagnostics["samples"].shape == (3, 8, 8)
 
 

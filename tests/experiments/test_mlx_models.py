@@ -103,5 +103,5 @@ def test_tiny_diffusion_and_rl_runs_are_reproducible(monkeypatch):
     with pytest.warns(RuntimeWarning, match="phase 1 stopped"):
         first = run(config, problems, diagnose=True)
     second = run(config, problems)
-    assert first.history == second.history and first.history[1]["kl"] >= 0 and first.phase1["steps"] == 4
+    assert first.history == second.history and first.history[1]["train_kl"] >= 0 and first.phase1["steps"] == 4
     assert first.diagnostics["update_similarity"].shape == (2, 2)

@@ -144,10 +144,10 @@ def test_a_tiny_rl_run_trains_phase1_once_per_seed_and_the_diagnostics_change_no
     assert first.history == second.history and quick_phase1 == [0]  # seed 0's phase 1, once
     assert [row["step"] for row in first.history] == [0, 2, 3] and set(first.history[0]) == {"step", "val_acc",
                                                                                                "test_acc"}
-    assert {"train_loss", "reward"} <= set(first.history[1]) and "kl" not in first.history[1]
+    assert {"train_loss", "train_reward"} <= set(first.history[1]) and "train_kl" not in first.history[1]
     assert first.phase1["steps"] == 4 and first.diagnostics["representation_similarity"].shape == (2, 2)
     with_kl = run(replace(config, kl=0.5, smoothing=None), data)
-    assert quick_phase1 == [0] and with_kl.history[1]["kl"] >= 0  # the same phase 1; the KL term reported
+    assert quick_phase1 == [0] and with_kl.history[1]["train_kl"] >= 0  # the same phase 1; the KL term reported
     assert with_kl.history[0] == first.history[0]  # both start from it
 
 
