@@ -646,3 +646,15 @@ def test_a_device_the_machine_lacks_is_refused_before_training(monkeypatch, caps
     with pytest.raises(pytest.skip.Exception):  # auto picks the GPU torch sees (training itself stubbed)
         cli.main(["demo", "--quiet", "--out", "unused"])
     assert seen == ["cuda"]
+
+
+def test_a_comparison_written_before_devices_were_recorded_is_resumed_as_a_cpu_one(tmp_path, capsys):
+    args = ["compare", "--lrs", "1e-3", "--seeds", "1", "--depth", "2", *TINY, "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    del saved["settings"]["config"]["device"]  # as the published comparisons were written
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    assert cli.main([*args, "--resume"]) == 0
+    resumed = json.loads((tmp_path / "results.json").read_text())
+    assert len(resumed["resumed_from"]) == 1 and resumed["records"] == saved["records"]  # kept, not trained again
+    assert resumed["settings"]["config"]["device"] == "cpu"

@@ -385,7 +385,9 @@ class DiffusionTrainer(_Session):
         return out
 
     def _denoising_loss(self, evaluation: diffusion.EvalSet) -> float:
-        total = sum(float(np.sum((np.array(self._forward((x_t, t, y))) - eps).astype(np.float64) ** 2))
+        """The mean squared error of the predicted noise over the whole set (batch sums added as
+        Python floats, as torch_models')."""
+        total = sum(mx.sum((self._forward((x_t, t, y)) - mx.array(eps)) ** 2).item()
                     for x_t, t, y, eps in evaluation.batches())
         return total / evaluation.eps.size
 

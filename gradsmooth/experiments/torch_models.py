@@ -429,7 +429,9 @@ class DiffusionTrainer(_Session):
             self.model.train()
 
     def _denoising_loss(self, evaluation: diffusion.EvalSet) -> float:
-        total = sum(float(((self._forward((x_t, t, y)) - self._tensor(eps)) ** 2).sum(dtype=torch.float64))
+        """The mean squared error of the predicted noise over the whole set (batch sums added as
+        Python floats: MPS has no float64)."""
+        total = sum(((self._forward((x_t, t, y)) - self._tensor(eps)) ** 2).sum().item()
                     for x_t, t, y, eps in evaluation.batches())
         return total / evaluation.eps.size
 

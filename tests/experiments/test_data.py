@@ -53,3 +53,41 @@ def test_text_test_part_follows_validation():
     assert plain.test is None and len(split.test) == 10_000 and len(split.val) == 10_000
     np.testing.assert_array_equal(split.test, plain.val)  # test is the last part
     assert len(split.train) + len(split.val) + len(split.test) == 100_000
+
+
+def test_problems_are_every_pair_once_split_the_same_way_every_time():
+    from gradsmooth.experiments.data import load_problems
+
+    a, b = load_problems(), load_problems(digits=1, held_out=10)
+    assert a.train.shape == (9000, 2) and a.val.shape == a.test.shape == (500, 2) and a.folder is None
+    everything = np.concatenate([a.train, a.val, a.test])
+    assert len({tuple(p) for p in everything}) == 10_000 and everything.min() == 0 and everything.max() == 99
+    np.testing.assert_array_equal(a.val, load_problems().val)
+    assert b.train.shape == (80, 2)
+    for bad, message in [(dict(digits=0), "digits should be an integer in \\[1, 4\\] but is: 0"),
+                         (dict(digits=2.0), "but is: 2.0"),
+                         (dict(digits=1, held_out=50), "held_out should be an integer in \\[1, 49\\] .* but is: 50")]:
+        with pytest.raises(ValueError, match=message):
+            load_problems(**bad)
+
+
+def test_problems_are_tokens_with_the_answer_least_significant_digit_first():
+    from gradsmooth.experiments.data import EQUALS, PLUS, encode_problems
+
+    prompts, answers = encode_problems(np.array([[12, 99], [5, 7]]), 2)
+    np.testing.assert_array_equal(prompts, [[1, 2, PLUS, 9, 9, EQUALS], [0, 5, PLUS, 0, 7, EQUALS]])
+    np.testing.assert_array_equal(answers, [[1, 1, 1], [2, 1, 0]])  # 111 and 012, read backwards
+
+
+def test_the_new_tasks_batches_follow_the_seed():
+    from gradsmooth.experiments.data import load_problems, train_batches
+
+    digits = load_digits_split()
+    x, y = next(train_batches("diffusion", digits, 5, 0, seed=3))
+    x_vit, y_vit = next(train_batches("vit", digits, 5, 0, seed=3))
+    np.testing.assert_array_equal(x, 2 * x_vit - 1) and np.testing.assert_array_equal(y, y_vit)
+    assert x.min() >= -1 and x.max() <= 1 and x.dtype == np.float32
+    prompts, answers = next(train_batches("rl", load_problems(), 4, 0, seed=3))
+    again = next(train_batches("rl", load_problems(), 4, 0, seed=3))
+    assert prompts.shape == (4, 6) and answers.shape == (4, 3)
+    np.testing.assert_array_equal(prompts, again[0])

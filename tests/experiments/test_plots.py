@@ -28,3 +28,17 @@ def test_depth_structure_has_titles_colourbar_labels_and_its_steps(tmp_path):
         "base (lr 0.003): representation linear CKA", "smoothed (lr 0.003): representation linear CKA"]
     colourbars = [ax.get_ylabel() for ax in fig.axes if not ax.get_images()]
     assert colourbars == ["cosine similarity"] * 2 + ["linear CKA"] * 2
+
+
+def test_samples_are_drawn_one_row_per_class_with_their_accuracy(tmp_path):
+    runs = []
+    for smoothed in (False, True):
+        r = result(1e-2, 0, smoothed)
+        r.history[-1]["sample_acc"] = 0.5 + 0.25 * smoothed
+        r.diagnostics["samples"] = np.zeros((100, 8, 8))
+        runs.append(r)
+    fig = plots.plot_samples(*runs, tmp_path / "s.png")
+    assert [ax.get_title() for ax in fig.axes] == ["base (lr 0.01): sample accuracy 0.50",
+                                                   "smoothed (lr 0.01): sample accuracy 0.75"]
+    assert fig.axes[0].get_images()[0].get_array().shape == (80, 80)  # 10 classes x 10 samples of 8 x 8
+    assert "after step 150" in fig._suptitle.get_text() and (tmp_path / "s.png").stat().st_size > 0

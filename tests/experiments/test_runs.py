@@ -46,3 +46,18 @@ def test_a_torch_run_restores_the_deterministic_setting():
     with torch_models.deterministic():
         assert torch.are_deterministic_algorithms_enabled()
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_a_run_with_an_alpha_schedule_and_a_phase1_survives_json():
+    from gradsmooth.experiments.loop import AlphaSchedule
+    from gradsmooth.results import strict
+
+    schedule = AlphaSchedule("cosine", 1.0, 0.0, 300)
+    r = RunResult(RunConfig(task="rl", smoothing={"window": 3, "alpha": schedule}, group=4, device="cpu"),
+                  history=[{"step": 0, "val_acc": 0.3}], complete=True,
+                  phase1={"steps": 650, "val_acc": 0.31, "reached": True, "seconds": 24.0})
+    entry = strict(r.to_json())
+    assert entry["config"]["smoothing"]["alpha"] == {"kind": "cosine", "start": 1.0, "final": 0.0, "steps": 300}
+    back = RunResult.from_json(entry)
+    assert back.config == r.config and back.config.smoothing["alpha"] is not schedule and back.phase1 == r.phase1
+    assert RunResult.from_json({"config": {"task": "vit"}}).phase1 is None  # written before phase 1 was
