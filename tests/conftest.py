@@ -102,3 +102,17 @@ def leaves_global_configuration_unchanged(request):
         for key in before if before[key] != after.get(key)
     }
     assert not changed, f"{request.node.nodeid} changed the global configuration: {changed}"
+
+
+@pytest.fixture
+def quick_phase1(monkeypatch):
+    """The rl task's phase 1 in a few steps (a tiny model does not reach its target: the warning
+    says so); the seeds it was trained for, in order."""
+    from gradsmooth.experiments import reasoning
+
+    monkeypatch.setattr(reasoning, "SFT_MAX_STEPS", 4)
+    monkeypatch.setattr(reasoning, "SFT_CHECK", 2)
+    calls = []
+    train_phase1 = reasoning.train_phase1
+    monkeypatch.setattr(reasoning, "train_phase1", lambda *a: calls.append(a[-2]) or train_phase1(*a))
+    return calls

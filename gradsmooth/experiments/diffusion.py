@@ -31,7 +31,7 @@ from .data import signed_images
 
 __all__ = ["TIMESTEPS", "EVAL_TIMESTEPS", "EVAL_SEED", "SAMPLE_STEPS", "SAMPLES_PER_CLASS", "CLASSES",
            "cosine_alpha_bar", "noised", "timestep_features", "TrainingNoise", "EvalSet", "evaluation_set",
-           "probe", "ddim_sample", "fit_judge", "sample_accuracy"]
+           "probe", "ddim_sample", "denoising_loss", "Evaluation", "fit_judge", "sample_accuracy"]
 
 TIMESTEPS = 1000  # the diffusion's steps: t = 0 (least noise) ... TIMESTEPS - 1 (pure noise, almost)
 EVAL_TIMESTEPS = tuple(range(50, TIMESTEPS, 100))  # the evaluation's fixed grid: 50, 150, ..., 950
@@ -40,6 +40,8 @@ SAMPLE_STEPS = 25  # DDIM steps of the sampler
 SAMPLES_PER_CLASS = 10
 CLASSES = 10
 PROBE_TIMESTEP = TIMESTEPS // 2  # the representations are measured on images noised to this step
+
+Predict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (x_t, t, y) -> predicted noise, NumPy
 
 
 def cosine_alpha_bar(steps: int = TIMESTEPS, s: float = 0.008) -> np.ndarray:
@@ -120,8 +122,7 @@ def probe(images: np.ndarray, labels: np.ndarray, count: int = 256) -> tuple[np.
     return noised(x0, t, eps), t, labels[:count].astype(np.int64)
 
 
-def ddim_sample(predict: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
-                steps: int = SAMPLE_STEPS, per_class: int = SAMPLES_PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
+def ddim_sample(predict: Predict, steps: int = SAMPLE_STEPS, per_class: int = SAMPLES_PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
     """Class-conditional samples by DDIM with eta 0 from fixed noise: ``per_class`` images of each
     class, and their classes. ``predict(x_t, t, y)`` is the model's noise prediction (NumPy in, out).
 
@@ -140,6 +141,34 @@ def ddim_sample(predict: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarr
         eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
         x = (math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps).astype(np.float32)
     return x, y
+
+
+def denoising_loss(predict: Predict, evaluation: EvalSet) -> float:
+    """The mean squared error of ``predict``'s noise over the whole ``evaluation`` set (float64 sums)."""
+    total = sum(float(np.sum((predict(x_t, t, y).astype(np.float64) - eps) ** 2))
+                for x_t, t, y, eps in evaluation.batches())
+    return total / evaluation.eps.size
+
+
+class Evaluation:
+    """A run's held-out evaluation, the same for every run and arm: the denoising loss on each
+    split's fixed set (``test``, and ``val`` where the data has one: `evaluation_set`), and
+    the accuracy of the judge (fitted once, on the training images) on the sampler's images.
+    Call it with the model's noise prediction; ``samples`` holds the last call's images."""
+
+    def __init__(self, data) -> None:
+        self.sets = {"test": evaluation_set(data.x_test, data.y_test)}
+        if data.x_val is not None:
+            self.sets["val"] = evaluation_set(data.x_val, data.y_val)
+        self.judge = fit_judge(data.x_train, data.y_train)
+        self.samples: np.ndarray | None = None
+
+    def __call__(self, predict: Predict) -> dict[str, float]:
+        """``<split>_loss`` for each split, and ``sample_acc``."""
+        out = {f"{split}_loss": denoising_loss(predict, s) for split, s in self.sets.items()}
+        self.samples, classes = ddim_sample(predict)
+        out["sample_acc"] = sample_accuracy(self.judge, self.samples, classes)
+        return out
 
 
 def fit_judge(images: np.ndarray, labels: np.ndarray):

@@ -361,11 +361,7 @@ class DiffusionTrainer(_Session):
         self._optimize(_mse)
         self.dim = model_size(config)["dim"]
         self.noise = diffusion.TrainingNoise(config.seed)
-        self.held_out = {"test": diffusion.evaluation_set(data.x_test, data.y_test)}
-        if data.x_val is not None:
-            self.held_out["val"] = diffusion.evaluation_set(data.x_val, data.y_val)
-        self.judge = diffusion.fit_judge(data.x_train, data.y_train)
-        self._samples: np.ndarray | None = None
+        self.evaluation = diffusion.Evaluation(data)
 
     def _forward(self, x: Any, outputs: list | None = None) -> mx.array:
         x_t, t, y = x
@@ -378,22 +374,12 @@ class DiffusionTrainer(_Session):
         return self._run_step(diffusion.noised(x0, t, eps), diffusion.timestep_features(t, self.dim), y, eps).item()
 
     def evaluate(self) -> dict[str, float]:
-        """``<split>_loss`` on each split's fixed evaluation set, and ``sample_acc``."""
-        out = {f"{split}_loss": self._denoising_loss(s) for split, s in self.held_out.items()}
-        self._samples, classes = diffusion.ddim_sample(lambda *x: np.array(self._forward(x)))
-        out["sample_acc"] = diffusion.sample_accuracy(self.judge, self._samples, classes)
-        return out
-
-    def _denoising_loss(self, evaluation: diffusion.EvalSet) -> float:
-        """The mean squared error of the predicted noise over the whole set (batch sums added as
-        Python floats, as torch_models')."""
-        total = sum(mx.sum((self._forward((x_t, t, y)) - mx.array(eps)) ** 2).item()
-                    for x_t, t, y, eps in evaluation.batches())
-        return total / evaluation.eps.size
+        """``<split>_loss`` on each split's fixed evaluation set, and ``sample_acc`` (`diffusion.Evaluation`)."""
+        return self.evaluation(lambda *x: np.array(self._forward(x)))
 
     def samples(self) -> np.ndarray:
         """The last evaluation's samples (SAMPLES_PER_CLASS of each class, in order), (n, 8, 8) in [-1, 1]."""
-        return self._samples
+        return self.evaluation.samples
 
 
 def _log_probs(model: nn.Module, inputs: mx.array, answers: mx.array, start: int) -> mx.array:

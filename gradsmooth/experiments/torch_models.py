@@ -397,11 +397,7 @@ class DiffusionTrainer(_Session):
         self._optimize()
         self.dim = model_size(config)["dim"]
         self.noise = diffusion.TrainingNoise(config.seed)
-        self.held_out = {"test": diffusion.evaluation_set(data.x_test, data.y_test)}
-        if data.x_val is not None:
-            self.held_out["val"] = diffusion.evaluation_set(data.x_val, data.y_val)
-        self.judge = diffusion.fit_judge(data.x_train, data.y_train)
-        self._samples: np.ndarray | None = None
+        self.evaluation = diffusion.Evaluation(data)
 
     def _forward(self, x: Any, outputs: list | None = None) -> torch.Tensor:
         x_t, t, y = x
@@ -418,26 +414,16 @@ class DiffusionTrainer(_Session):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """``<split>_loss`` on each split's fixed evaluation set, and ``sample_acc``."""
+        """``<split>_loss`` on each split's fixed evaluation set, and ``sample_acc`` (`diffusion.Evaluation`)."""
         self.model.eval()
         try:
-            out = {f"{split}_loss": self._denoising_loss(s) for split, s in self.held_out.items()}
-            self._samples, classes = diffusion.ddim_sample(lambda *x: self._forward(x).cpu().numpy())
-            out["sample_acc"] = diffusion.sample_accuracy(self.judge, self._samples, classes)
-            return out
+            return self.evaluation(lambda *x: self._forward(x).cpu().numpy())
         finally:
             self.model.train()
 
-    def _denoising_loss(self, evaluation: diffusion.EvalSet) -> float:
-        """The mean squared error of the predicted noise over the whole set (batch sums added as
-        Python floats: MPS has no float64)."""
-        total = sum(((self._forward((x_t, t, y)) - self._tensor(eps)) ** 2).sum().item()
-                    for x_t, t, y, eps in evaluation.batches())
-        return total / evaluation.eps.size
-
     def samples(self) -> np.ndarray:
         """The last evaluation's samples (SAMPLES_PER_CLASS of each class, in order), (n, 8, 8) in [-1, 1]."""
-        return self._samples
+        return self.evaluation.samples
 
 
 class RLTrainer(_Session):

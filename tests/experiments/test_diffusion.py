@@ -88,3 +88,16 @@ def test_the_judge_reads_digits_and_scores_samples_by_their_class():
     judge = diffusion.fit_judge(data.x_train, data.y_train)
     assert diffusion.sample_accuracy(judge, signed_images(data.x_test), data.y_test) > 0.95
     assert diffusion.sample_accuracy(judge, signed_images(data.x_test[:50]), (data.y_test[:50] + 1) % 10) < 0.1
+
+
+def test_the_evaluation_scores_a_predictor_on_every_split_and_keeps_its_samples():
+    data = load_digits_split(val_fraction=0.2)
+    evaluation = diffusion.Evaluation(data)
+    assert set(evaluation.sets) == {"test", "val"} and evaluation.samples is None
+    zero = lambda x, t, y: np.zeros_like(x)  # noqa: E731
+    out = evaluation(zero)
+    assert set(out) == {"test_loss", "val_loss", "sample_acc"} and evaluation.samples.shape == (100, 8, 8)
+    assert out["val_loss"] == pytest.approx(float(np.mean(evaluation.sets["val"].eps.astype(np.float64) ** 2)))
+    noise = iter([eps for _, _, _, eps in evaluation.sets["test"].batches()])
+    assert diffusion.denoising_loss(lambda x, t, y: next(noise), evaluation.sets["test"]) == 0.0  # every batch seen
+    assert set(diffusion.Evaluation(load_digits_split()).sets) == {"test"}

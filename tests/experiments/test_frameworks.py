@@ -78,9 +78,7 @@ def test_diffusion_steps_agree(smoothing, one_thread):
     np.testing.assert_allclose(theirs.block_outputs(probe)[-1], ours.block_outputs(probe)[-1], rtol=1e-4, atol=1e-5)
 
 
-def test_rl_steps_agree(monkeypatch, one_thread):
-    monkeypatch.setattr(reasoning, "SFT_MAX_STEPS", 2)
-    monkeypatch.setattr(reasoning, "SFT_CHECK", 2)
+def test_rl_steps_agree(monkeypatch, one_thread, quick_phase1):
     data = load_problems()
     with pytest.warns(RuntimeWarning, match="phase 1 stopped"):
         ours, theirs = twins("rl", data, batch_size=4, group=4, smoothing={"window": 3})

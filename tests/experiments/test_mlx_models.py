@@ -87,8 +87,7 @@ def test_the_dit_starts_as_identity_blocks_and_predicts_zero_noise():
     assert all(mx.array_equal(o, embedded).item() for o in outputs) and len(outputs) == 3
 
 
-def test_tiny_diffusion_and_rl_runs_are_reproducible(monkeypatch):
-    from gradsmooth.experiments import reasoning
+def test_tiny_diffusion_and_rl_runs_are_reproducible(quick_phase1):
     from gradsmooth.experiments.data import load_problems
 
     data = load_digits_split(val_fraction=0.2)
@@ -96,8 +95,6 @@ def test_tiny_diffusion_and_rl_runs_are_reproducible(monkeypatch):
     first, second = run(config, data, diagnose=True), run(config, data)
     assert first.history == second.history and np.isfinite(first.final("val_loss"))
     assert 0 <= first.final("sample_acc") <= 1 and first.diagnostics["samples"].shape == (100, 8, 8)
-    monkeypatch.setattr(reasoning, "SFT_MAX_STEPS", 4)
-    monkeypatch.setattr(reasoning, "SFT_CHECK", 2)
     problems = load_problems()
     config = RunConfig(task="rl", batch_size=2, group=3, kl=0.1, smoothing={"window": 3}, **TINY)
     with pytest.warns(RuntimeWarning, match="phase 1 stopped"):

@@ -66,19 +66,6 @@ def test_a_tiny_run_through_the_loop_is_reproducible(task, tmp_path):
 TINY = dict(steps=3, eval_every=2, depth=2, width=16)
 
 
-@pytest.fixture
-def quick_phase1(monkeypatch):
-    """Phase 1 of a few steps (its target out of reach of a tiny model: the warning says so)."""
-    from gradsmooth.experiments import reasoning
-
-    monkeypatch.setattr(reasoning, "SFT_MAX_STEPS", 4)
-    monkeypatch.setattr(reasoning, "SFT_CHECK", 2)
-    calls = []
-    train_phase1 = reasoning.train_phase1
-    monkeypatch.setattr(reasoning, "train_phase1", lambda *a: calls.append(a[-2]) or train_phase1(*a))
-    return calls
-
-
 def test_patches_and_unpatch_are_inverse():
     images = torch.arange(2 * 64, dtype=torch.float32).reshape(2, 8, 8)
     assert torch.equal(tm.patches(images)[0, 1], torch.tensor([2.0, 3.0, 10.0, 11.0]))  # the second patch, row by row
