@@ -12,6 +12,7 @@ from gradsmooth.experiments import mlx_models as mm  # noqa: E402
 from gradsmooth.experiments import reasoning  # noqa: E402
 from gradsmooth.experiments import torch_models as tm  # noqa: E402
 from gradsmooth.experiments.data import PROBLEM_VOCAB, load_digits_split, load_problems, train_batches  # noqa: E402
+from gradsmooth.experiments.loop import AlphaSchedule  # noqa: E402
 from gradsmooth.experiments.runs import RunConfig  # noqa: E402
 
 
@@ -65,7 +66,8 @@ def assert_same_parameters(ours, theirs, atol=1e-5):
         np.testing.assert_allclose(value, mine[name], rtol=1e-3, atol=atol, err_msg=name)
 
 
-@pytest.mark.parametrize("smoothing", [None, {"window": 3}])
+@pytest.mark.parametrize("smoothing", [None, {"window": 3}, {"window": 3, "alpha": AlphaSchedule("linear", 1.0, 0.0, 3)}],
+                         ids=["base", "smoothed", "alpha schedule"])
 def test_diffusion_steps_agree(smoothing, one_thread):
     data = load_digits_split()
     ours, theirs = twins("diffusion", data, batch_size=8, smoothing=smoothing)
