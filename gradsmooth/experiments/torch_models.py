@@ -8,6 +8,7 @@ The loop itself is `gradsmooth.experiments.loop.train`; `Trainer` is this framew
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,10 +28,31 @@ from .loop import Batch, WarmupCosine, model_size
 if TYPE_CHECKING:
     from .runs import RunConfig, RunResult
 
-__all__ = ["ViT", "GPT", "Both", "Trainer", "build_model", "build_optimizer", "evaluate", "train", "deterministic"]
+__all__ = ["ViT", "GPT", "Both", "Trainer", "build_model", "build_optimizer", "cpu_threads", "deterministic", "evaluate",
+           "train"]
 
 # the task's default model (loop.MODEL_SIZES in these classes' terms)
 SIZES = {"vit": dict(depth=8, dim=64, heads=4), "lm": dict(depth=6, dim=128, heads=4)}
+
+
+@contextmanager
+def cpu_threads(requested: int | None) -> Iterator[tuple[int, str]]:
+    """Within: torch's CPU threads for a run, and why that many: ``requested`` (``--threads``),
+    else OMP_NUM_THREADS where set (torch has read it), else 1, as these models are too small to
+    gain from more threads. After: torch's count as it was."""
+    before = torch.get_num_threads()
+    if requested is not None:
+        torch.set_num_threads(requested)
+        why = "--threads"
+    elif os.environ.get("OMP_NUM_THREADS"):
+        why = "OMP_NUM_THREADS"
+    else:
+        torch.set_num_threads(1)
+        why = "the default for these small models; --threads N to change"
+    try:
+        yield torch.get_num_threads(), why
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager
