@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-BACKENDS = ("numpy-core", "numpy-reference", "torch", "torch-fused", "mlx")
+BACKENDS = ("numpy-core", "numpy-reference", "mlx")  # the core's smooth (torch's kernels: bench_kernels)
 
 
 def available(backend: str) -> bool:
-    module = {"torch": "torch", "torch-fused": "torch", "mlx": "mlx"}.get(backend, "numpy")
+    module = {"torch": "torch", "mlx": "mlx"}.get(backend, "numpy")
     return importlib.util.find_spec(module) is not None
 
 
@@ -51,8 +51,8 @@ def synchronizer(device):
 
 
 def skip_slow_on_cpu(optimizer: str, on_cpu: bool) -> None:
-    """Muon's Newton–Schulz iteration takes minutes per GPT-2-size step on a CPU (24 s for one
-    3072 x 768 matrix with torch on 2 cores): asv skips those combinations there unless
+    """Muon's Newton–Schulz iteration takes minutes per GPT-2-size step on a CPU (benchmarks/README.md):
+    asv skips those combinations there unless
     ``GRADSMOOTH_BENCH_CPU_MUON=1``."""
     if on_cpu and optimizer.startswith("muon") and os.environ.get("GRADSMOOTH_BENCH_CPU_MUON") != "1":
         raise NotImplementedError("Muon takes minutes per step on a CPU: set GRADSMOOTH_BENCH_CPU_MUON=1 to run it")

@@ -1,7 +1,7 @@
 """The overhead report's three default torch ratios, run after run.
 
-One report is one sample of a noisy machine (on the 2-core CPU machines the same fused AdamW
-step measures 45-90 ms within the hour). This builds the report's three optimizer-step pairs
+One report is one sample of a noisy machine (the same fused AdamW step varies by a factor of two
+within the hour on the 2-core CPU machines: benchmarks/README.md). This builds the report's three optimizer-step pairs
 once (fused AdamW against the default wrapper in update mode, in gradient mode, and against
 ``SmoothedAdamW``), then measures each side by side, as the report does, ``--runs`` times, and
 prints every run, the range and median of each column, and how many runs meet the targets:

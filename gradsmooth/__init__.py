@@ -13,10 +13,11 @@ local window average of the same parameter's updates in the neighbouring blocks:
 """
 
 from .blocks import BlockGroup, BlockPlan, find_blocks
-from .kernels import BOUNDARIES, KERNELS
+from .windows import BOUNDARIES, KERNELS
 from .modes import MODES, check_mode
 from .namespace import array_namespace
 from .operators import Band, DepthOperator, MatrixOperator, WindowSmoothing, make_operator
+from .settings import Settings, SmoothingOptions
 from .smoothing import smooth, smooth_stack
 
 __version__ = "0.1.0"
@@ -30,6 +31,8 @@ __all__ = [
     "BlockPlan",
     "DepthOperator",
     "MatrixOperator",
+    "Settings",
+    "SmoothingOptions",
     "WindowSmoothing",
     "array_namespace",
     "check_mode",

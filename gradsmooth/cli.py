@@ -24,7 +24,7 @@ from .experiments.data import DataError, load_digits_split, load_problems, load_
 from .experiments.loop import ALPHA_SCHEDULES, MODEL_SIZES, AlphaSchedule
 from .experiments.reasoning import RL_DEFAULTS
 from .experiments.runs import METRICS, BackendMissing, RunConfig, RunResult, backend_module, compare, run
-from .kernels import BOUNDARIES
+from .windows import BOUNDARIES
 from .modes import MODES
 from .operators import WINDOW_DEFAULTS, make_operator
 from .results import ResultsError, machine, provenance, read_results, write_results, wrote
@@ -416,21 +416,9 @@ def _threads(args: argparse.Namespace) -> Iterator[tuple[int, str] | None]:
                   f"--backend {args.backend} does not take it")
         yield None
         return
-    import torch
-
-    before = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-        why = "--threads"
-    elif os.environ.get("OMP_NUM_THREADS"):
-        why = "OMP_NUM_THREADS"
-    else:
-        torch.set_num_threads(1)
-        why = "the default for these small models; --threads N to change"
-    try:
-        yield torch.get_num_threads(), why
-    finally:
-        torch.set_num_threads(before)
+    torch_models = backend_module("torch")  # the framework, only in its own module
+    with torch_models.cpu_threads(args.threads) as threads:
+        yield threads
 
 
 def _say_threads(command: str, threads: tuple[int, str] | None) -> int | None:

@@ -24,9 +24,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .modes import check_mode
-from .operators import WINDOW_OPTIONS, make_operator
 from .results import ResultsError, machine, provenance, read_results, strict, write_results, wrote
+from .settings import OPTIONS, Settings
 
 __all__ = [
     "CONFIDENCE",
@@ -388,13 +387,10 @@ def sweep(train: Callable[[Arm, int], Mapping[str, Any]], lrs: Sequence[float], 
 
 
 def _check_smoothing(smoothing: Mapping[str, Any]) -> None:
-    """The window options and mode in ``smoothing`` are checked before any training (other keys
-    are the user's smoothing function's to check)."""
-    window = {k: v for k, v in smoothing.items() if k in WINDOW_OPTIONS}
-    if window or smoothing.get("operator") is not None:
-        make_operator(smoothing.get("operator"), **window)
-    if "mode" in smoothing:
-        check_mode(smoothing["mode"])
+    """The smoothing options in ``smoothing`` (gradsmooth.settings) are checked before any
+    training; other keys are the user's smoothing function's to check."""
+    known = {k: v for k, v in smoothing.items() if k in OPTIONS}
+    Settings.of(known, OPTIONS, "smoothing")
 
 
 def _refuse_to_replace(out: str | pathlib.Path) -> None:

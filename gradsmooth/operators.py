@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, Union
 
 import numpy as np
 
-from .kernels import BOUNDARIES, check_window, kernel_weights, pad_index
+from .windows import BOUNDARIES, check_window, kernel_weights, pad_index
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

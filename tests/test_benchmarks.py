@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from benchmarks import bench_smoothing, bench_step, overhead  # noqa: I001
+from benchmarks import bench_kernels, bench_smoothing, bench_step, overhead  # noqa: I001
 from benchmarks.common import BACKENDS, available, skip_slow_on_cpu
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ def test_smoothing_benchmark_runs_once(backend):
     if not available(backend):
         pytest.skip(f"{backend} is not installed")
     bench = bench_smoothing.Smoothing()
-    params = (backend, 6, 10**4, 3, "mirror")
+    params = (backend, 6, 10**4, 3, "renormalize")
     bench.setup(*params)
     bench.time_smooth(*params)
     assert bench.track_ratio_to_axpy_floor(*params) > 0
@@ -30,20 +30,45 @@ def test_smoothing_benchmark_runs_once(backend):
 
 def test_step_benchmarks_run_once(monkeypatch):
     pytest.importorskip("torch")
-    small = bench_step.gpt2_shapes(blocks=3, d=256, vocab=50)  # MLP weights large enough to be fused
+    small = bench_step.gpt2_shapes(blocks=3, d=256, vocab=50)  # MLP weights large enough to be compiled
     monkeypatch.setattr(bench_step, "gpt2_shapes", lambda *a, **k: small)
     monkeypatch.setenv("GRADSMOOTH_BENCH_CPU_MUON", "1")  # small shapes: Muon is quick here
     bench = bench_step.TorchStep()
-    for params in (("adamw-fused", "update", "fused"), ("muon+adamw", "gradient", "eager")):
+    for params in (("adamw-fused", "update", "default"), ("muon+adamw", "gradient", "eager")):
         bench.setup(*params)
         bench.time_wrapped_step(*params)
         assert bench.track_overhead_ratio(*params) > 0
-    bench.setup("sgd-momentum", "update", "eager")
-    assert bench.track_extra_memory_fraction("sgd-momentum", "update", "eager") == pytest.approx(1.0)
+    native = bench_step.NativeStep()
+    native.setup()
+    native.time_native_step()
+    assert native.track_ratio_to_fused_adamw() > 0
     if available("mlx"):
         mlx_bench = bench_step.MLXStep()
         mlx_bench.setup("adamw", "update")
         assert mlx_bench.track_overhead_ratio("adamw", "update") > 0
+
+
+def test_every_registered_kernel_has_a_kernel_benchmark(monkeypatch):
+    pytest.importorskip("torch")
+    from gradsmooth.backends.torch import dispatch
+
+    monkeypatch.setitem(bench_kernels.SHAPES, "gpt2-small-mlp", (4, (64, 32)))
+    names, kinds, shapes = bench_kernels.Kernels.params
+    assert set(names) == {k.name for k, _ in dispatch.KERNELS} and set(kinds) == set(bench_kernels.KINDS)
+    ran = 0
+    for kernel, served in dispatch.KERNELS:
+        for kind in bench_kernels.KINDS:
+            bench = bench_kernels.Kernels()
+            try:
+                bench.setup(kernel.name, kind, "gpt2-small-mlp")
+            except NotImplementedError:
+                assert kind not in served or kernel.refuses(kind, __import__("torch").float32,
+                                                            __import__("torch").device("cpu"), 64 * 32, True)
+                continue
+            bench.time_kernel(kernel.name, kind, "gpt2-small-mlp")
+            assert bench.track_ratio_to_fused_adamw(kernel.name, kind, "gpt2-small-mlp") > 0
+            ran += 1
+    assert ran >= len(bench_kernels.KINDS)  # the eager kernel serves every kind, at least
 
 
 def test_muon_steps_are_skipped_on_a_cpu_unless_asked_for(monkeypatch):
@@ -119,13 +144,13 @@ def test_first_step_times_a_step_and_says_which_kernels_ran(capsys):
 
     child = first_step._child("demo", "native")  # one variant in this process; main runs each in fresh ones
     assert child["first_ms"] > 0 and child["later_ms"] > 0
-    from gradsmooth.backends.torch.fused import compiler_missing
+    from gradsmooth.backends.torch.inductor import compiler_missing
 
     missing = compiler_missing("cpu")  # no C++ compiler: the eager kernels, and the plan says why
-    assert child["paths"] == (["fused"] if missing is None else [f"eager ({missing})"])
+    assert child["paths"] == (["blocked"] if missing is None else [f"eager ({missing})"])
     row = {"model": "demo", "variant": "SmoothedAdamW", "cold_first_ms": 1200.0, "warm_first_ms": 300.0,
-           "later_ms": 4.5, "paths": "fused"}
-    assert first_step.table([row]).splitlines()[2] == "| the demo's ViT (8 blocks, width 64) | SmoothedAdamW | 1.2 | 0.30 | 4.5 | fused |"
+           "later_ms": 4.5, "paths": "blocked"}
+    assert first_step.table([row]).splitlines()[2] == "| the demo's ViT (8 blocks, width 64) | SmoothedAdamW | 1.2 | 0.30 | 4.5 | blocked |"
     with pytest.raises(SystemExit):
         first_step.main(["--models", "demo,bert"])
     assert "--models should name demo, gpt2-small but names: bert" in capsys.readouterr().err
@@ -195,3 +220,20 @@ def test_the_reports_refuse_a_count_below_one_by_name(argv, message, capsys):
     with pytest.raises(SystemExit):
         overhead.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_the_kernel_table_times_every_registered_kernel_beside_the_eager_one(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    from benchmarks import kernels
+
+    monkeypatch.setitem(bench_kernels.SHAPES, "gpt2-small-mlp", (4, (64, 32)))
+    assert kernels.main(["--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for kind in bench_kernels.KINDS:
+        assert f"| {kind} | eager |" in out
+    from gradsmooth.backends.torch.inductor import compiler_missing
+
+    if compiler_missing("cpu") is None:
+        assert "| adamw | blocked |" in out
+    with pytest.raises(SystemExit):
+        kernels.main(["--repeats", "0"])

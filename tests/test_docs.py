@@ -210,7 +210,7 @@ def test_the_docs_site_builds_with_warnings_as_errors(tmp_path, page_checks):
     assert 'id="gradsmooth.backends.mlx.GradientSmoothing"' in pages["api/mlx/index.html"]
     assert 'id="gradsmooth.reference"' in pages["api/reference/index.html"]
     # a docstring's cross-reference is a link to the object's page and anchor
-    assert 'href="../core/#gradsmooth.find_blocks"' in torch_page
+    assert 'href="../core/#gradsmooth.settings.Settings"' in torch_page
     # the home page's formula and its inline math are MathML
     assert pages["index.html"].count("<math ") == 2 and "$" not in pages["index.html"]
     assert (site / "css" / "pygments.css").exists() and 'class="highlight"' in torch_page

@@ -23,11 +23,11 @@ import mlx.core as mx
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-from gradsmooth import MODES, Band, BlockPlan, DepthOperator, check_mode, find_blocks, make_operator
-from gradsmooth.blocks import Exclude, Stacks
-from gradsmooth.decay import check_decoupled_decay, classify_decay, decay_warning
+from gradsmooth import MODES, Band, BlockPlan, find_blocks
+from gradsmooth.decay import classify_decay, decay_warning
 from gradsmooth.describe import describe
-from gradsmooth.operators import WindowOptions, checked_alpha
+from gradsmooth.operators import checked_alpha
+from gradsmooth.settings import Settings, SmoothingOptions
 from gradsmooth.smoothing import weighted_sum
 
 from .blocks import tree_sites
@@ -46,6 +46,9 @@ MLXDecoupledDecay = Union[None, bool, Callable[[optim.Optimizer], Union[bool, fl
 ALPHA_PROBES: tuple[int, ...] = (0, 1, 2, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
 
 _LOW_PRECISION = (mx.bfloat16, mx.float16)
+
+#: The smoothing options the MLX adapter takes (gradsmooth.settings), besides the window options.
+OPTIONS = ("mode", "operator", "stacks", "exclude", "check_finite", "decoupled_decay")
 
 
 # -- weight decay -------------------------------------------------------------------------------
@@ -187,30 +190,22 @@ class GradientSmoothing(optim.Optimizer):
 
     Args:
         optimizer: the base optimizer.
-        mode: ``"update"`` or ``"gradient"``.
-        operator: any [`gradsmooth.DepthOperator`][gradsmooth.DepthOperator], in place of the window arguments.
-        stacks: as [`gradsmooth.find_blocks`][gradsmooth.find_blocks]; by default stacks are the lists of blocks
-            in the parameter tree.
-        exclude: as [`gradsmooth.find_blocks`][gradsmooth.find_blocks]: parameters never smoothed.
-        check_finite: ``True`` raises ``FloatingPointError`` on a non-finite gradient before
-            anything changes (each element is tested: finite values near the float32 maximum
-            pass). It evaluates the gradients, so it works eagerly, not under ``mx.compile``.
-        decoupled_decay: whether each optimizer that steps parameters (the base, or each member
-            of a ``MultiOptimizer``) applies its weight decay decoupled (kept per layer, never
-            mixed) or coupled (L2 in the gradient, smoothed with it). ``None`` classifies it
-            ([`gradsmooth.decay.classify_decay`][gradsmooth.decay.classify_decay]: MLX's AdamW and Lion are decoupled,
-            its other optimizers coupled); an optimizer that cannot be classified and has a nonzero
-            ``weight_decay`` is warned about once, here, and treated as coupled. ``True`` or
-            ``False`` declares it for all; a function is called **with the optimizer instance**
-            (MLX optimizers have no param groups) and returns a bool (called once, here), or the
-            decay factor itself, a number or an ``mx.array`` (called at every step: the decay is
-            then ``param * factor``, for any rule). A decoupled optimizer's decay is otherwise
-            computed as ``param * (1 - learning_rate * weight_decay)``, so it needs both
-            attributes (ValueError here otherwise).
-        **window: the Window Smoothing options (`gradsmooth.operators.WindowOptions`:
-            ``window``, ``kernel``, ``boundary``, ``alpha``, ``sigma``, ``normalize``), with
-            [`gradsmooth.WindowSmoothing`][gradsmooth.WindowSmoothing]'s defaults; ``alpha`` may be a function of the
-            step (an ``mx.array``), like MLX schedules.
+        **options: the smoothing options ([`Settings`][gradsmooth.settings.Settings], where each
+            is described): ``mode``, ``operator``, ``stacks`` (by default the lists of blocks in
+            the parameter tree), ``exclude``, ``check_finite`` (it evaluates the gradients, so it
+            works eagerly, not under ``mx.compile``), ``decoupled_decay`` and the window options
+            (``alpha`` may be a function of the step, an ``mx.array``, like MLX schedules).
+
+    ``decoupled_decay`` is asked of each optimizer that steps parameters (the base, or each
+    member of a ``MultiOptimizer``): ``None`` classifies it
+    ([`gradsmooth.decay.classify_decay`][gradsmooth.decay.classify_decay]: MLX's AdamW and Lion
+    are decoupled, its other optimizers coupled) and warns once, here, about one it cannot
+    classify with a nonzero ``weight_decay`` (treated as coupled); a function is called **with
+    the optimizer instance** (MLX optimizers have no param groups) and returns a bool (called
+    once, here), or the decay factor itself, a number or an ``mx.array`` (called at every step:
+    the decay is then ``param * factor``, for any rule). A decoupled optimizer's decay is
+    otherwise ``param * (1 - learning_rate * weight_decay)``, so it needs both attributes
+    (ValueError here otherwise).
 
     What is checked, and when (a refused step changes nothing):
 
@@ -232,32 +227,20 @@ class GradientSmoothing(optim.Optimizer):
       and float16 members are mixed in float32 and rounded once to their dtype.
     """
 
-    def __init__(
-        self,
-        optimizer: optim.Optimizer,
-        *,
-        mode: str = "update",
-        operator: DepthOperator | None = None,
-        stacks: Stacks = None,
-        exclude: Exclude = None,
-        check_finite: bool = False,
-        decoupled_decay: MLXDecoupledDecay = None,
-        **window: Unpack[WindowOptions],
-    ) -> None:
+    def __init__(self, optimizer: optim.Optimizer, **options: Unpack[SmoothingOptions]) -> None:
         if not isinstance(optimizer, optim.Optimizer) or isinstance(optimizer, GradientSmoothing):
-            raise TypeError(f"optimizer should be an mlx.optimizers.Optimizer but is: {optimizer!r}")
-        check_mode(mode)
-        if not isinstance(check_finite, bool):
-            raise TypeError(f"check_finite should be True or False but is: {check_finite!r}")
-        check_decoupled_decay(decoupled_decay)
-        operator = make_operator(operator, **window)
+            raise TypeError(f"optimizer should be an mlx.optimizers.Optimizer but is: {describe(optimizer)}")
+        settings = Settings.of(options, OPTIONS, "GradientSmoothing (MLX)", instead={
+            "fused": "MLX fuses the step itself: compile it with mx.compile"})
         super().__init__()
-        self.base, self.operator, self.mode, self.check_finite = optimizer, operator, mode, check_finite
+        self.settings = settings
+        self.base, self.operator, self.mode, self.check_finite = (optimizer, settings.operator, settings.mode,
+                                                                  settings.check_finite)
         self._probe_alpha(ALPHA_PROBES)
         self._decoupled: dict[int, bool | Callable[[optim.Optimizer], Any]] = {}
         for member in _stepping(optimizer):  # a loop, not a comprehension: the warning's stacklevel
-            self._decoupled[id(member)] = _classify(member, decoupled_decay)
-        self._stacks, self._exclude = stacks, exclude
+            self._decoupled[id(member)] = _classify(member, settings.decoupled_decay)
+        self._stacks, self._exclude = settings.stacks, settings.exclude
         self._plan: BlockPlan | None = None
         self._plan_key: tuple | None = None
         self._state = {"step": mx.array(0, mx.uint64), "base": optimizer.state}

@@ -1,35 +1,34 @@
-"""Blocked CPU kernels for the native smoothed steps (``SmoothedAdamW``, ``SmoothedSGD``).
+"""Blocked C++ kernels for a CPU: each kind's arithmetic (``arithmetic.py``) for one band pattern,
+generated as C++ that walks the members' flat arrays in blocks of positions.
 
-A kernel that computes every member's update and mixes it in one loop over positions reads
-and writes ``4n`` to ``7n`` arrays at once (n members, each with its parameter, gradient and
-state). A CPU keeps up with a few streams, not with dozens: inductor's single loop measured
-1.7-2.4x a fused AdamW step on GPT-2-small's MLP matrices, these kernels 1.0-1.3x. These
-kernels walk the flat parameters in blocks of at most ``CHUNK`` positions instead (as many
-blocks for each OpenMP thread: a share left over would leave a thread idle while another
-finishes it; 1.05-1.08 -> 0.97-1.00 on a 768 x 768 group); inside a block, member by
-member in depth order, they compute the member's update into a small ring of scratch rows and
-finish each row of the band as soon as its last update is there:
+A kernel that computes every member's term and mixes it in one loop over positions reads and
+writes ``2n`` to ``7n`` arrays at once (n members, each with its parameter, gradient and state),
+and a CPU keeps up with a few streams, not with dozens. These kernels walk the flat arrays in
+blocks of at most ``CHUNK`` positions instead (as many blocks for each OpenMP thread); inside a
+block, member by member in depth order, they compute the member's term into a small ring of
+scratch rows and finish each row of the band as soon as its last term is there:
 
 ```
 for each block of positions [lo, lo + CHUNK):
     for j in 0 .. n-1:
-        u[j % R] = update of member j       (reads g_j and the state, writes the state)
+        u[j % R] = term of member j             (reads its arrays, writes its state)
         for each row l whose last term is u_j:
-            p_l = d_l p_l + sum_k A[l, k] u[k % R]
+            y_l = own_l + sum_k w[l, k] u[k % R]
 ```
 
-so every inner loop touches a handful of arrays, the scratch stays in cache, and each array
-is still read and written once: the passes of AdamW (or SGD) alone. ``R`` (the ring) is the
-band's reach, 3 rows for a window of 3.
+so every inner loop touches a handful of arrays, the scratch stays in cache, and each array is
+still read and written once. ``R`` (the ring) is the band's reach, 3 rows for a window of 3.
 
-The C++ source is generated per band pattern, kind and dtype (float32, float64) with the
-member indices as constants, compiled with the C++ compiler inductor uses (``-O3
--march=native``, OpenMP: the runtime torch already loaded), cached on disk under inductor's
-cache directory, and called through ``ctypes`` (which releases the GIL).
+The C++ source is generated per band pattern, kind and dtype (float32, float64) with the member
+indices as constants, compiled with the C++ compiler inductor uses (``-O3 -march=native``,
+OpenMP: the runtime torch already loaded), cached on disk under inductor's cache directory, and
+called through ``ctypes`` (which releases the GIL). benchmarks/README.md has the measurements
+behind the block length and the schedule.
 """
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import hashlib
 import os
@@ -37,60 +36,23 @@ import pathlib
 import subprocess
 import tempfile
 from functools import lru_cache
-from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
-from .mixing import scratch
+from . import inductor
+from .arithmetic import KINDS, Pattern, cpp_expression
+from .bands import BandLayout
+from .contract import Call, Members
+from .eager import device_weights
+from .eager import scratch as shared_scratch
 
-__all__ = ["BLOCKED_DTYPES", "CHUNK", "KINDS", "BlockedLibrary", "Kind", "applies", "blocked_source", "load_blocked",
+__all__ = ["BLOCKED", "BLOCKED_DTYPES", "CHUNK", "BlockedKernel", "BlockedLibrary", "blocked_source", "load_blocked",
            "ring_size"]
 
-# positions per block: 65536 (256 KiB of float32 per ring row). Side by side with a fused AdamW
-# step on GPT-2-small's 12 MLP matrices (2-core EPYC, 2 threads): 16384 1.18x, 65536 1.05x,
-# 131072 1.14x; a block must be long for the prefetchers, the ring short enough for the caches
+# positions per block: long enough for the prefetchers, short enough that the ring stays in cache
 CHUNK = 65536
 BLOCKED_DTYPES = {torch.float32: "float", torch.float64: "double"}
-
-Pattern = tuple[tuple[int, ...], ...]
-
-
-class Kind(NamedTuple):
-    """One kernel kind: its pointer arrays (the call's order), its coefficients (``c[k * n + j]``:
-    the first seven read by member ``j``'s loop as ``c0 .. c6``, an eighth, where there is one,
-    the decay ``d{l}`` of row ``l``), the arrays its per-member loop reads or writes besides
-    ``u``, the loop's arithmetic (``u[i] = ...``, as the eager kernels and fused.py's compiled
-    source) and a row's first term (``{P}``: the row's parameter) before the band's."""
-
-    lists: tuple[str, ...]
-    coefficients: int
-    used: tuple[str, ...]
-    body: str
-    own: str
-
-
-KINDS = {
-    # native_steps.py's SmoothedAdamW: c = 1 - beta1, beta2, 1 - beta2, sqrt(bias corr. 2), eps,
-    # -lr / bias corr. 1, the gradient's sign (-1 under maximize), and the decoupled decay that
-    # row l applies to its own parameter
-    "adamw": Kind(("p", "g", "m", "v"), 8, ("g", "m", "v"), """\
-            const T gi = c6 * gj[i], mo = mj[i];
-            const T mi = mo + c0 * (gi - mo);
-            const T vi = vj[i] * c1 + (c2 * gi) * gi;
-            mj[i] = mi;
-            vj[i] = vi;
-            u[i] = c5 * (mi / (std::sqrt(vi) / c3 + c4));""", "d{l} * {P}[i]"),
-    # SmoothedSGD: c = weight decay, momentum, 1 - dampening, a, b, -lr, the gradient's sign
-    "sgd": Kind(("p", "g", "b"), 7, ("p", "g", "b"), """\
-            const T ei = c6 * gj[i] + c0 * pj[i];
-            const T bi = bj[i] * c1 + c2 * ei;
-            bj[i] = bi;
-            u[i] = c5 * (c3 * ei + c4 * bi);""", "{P}[i]"),
-    # SmoothedSGD without momentum (no buffer: the direction's b is e itself, as the eager kernels)
-    "sgd-plain": Kind(("p", "g"), 7, ("p", "g"), """\
-            const T ei = c6 * gj[i] + c0 * pj[i];
-            u[i] = c5 * (c3 * ei + c4 * ei);""", "{P}[i]"),
-}
 
 
 def ring_size(pattern: Pattern) -> int:
@@ -100,23 +62,26 @@ def ring_size(pattern: Pattern) -> int:
     return max(max((*js, l)) - min((*js, l)) for l, js in enumerate(pattern)) + 1
 
 
-def applies(kind: str, dtype: torch.dtype, device: torch.device | str) -> bool:
-    """Whether a ``kind`` kernel for ``dtype`` members on ``device`` is a blocked kernel."""
-    return kind in KINDS and torch.device(device).type == "cpu" and dtype in BLOCKED_DTYPES
+def _used(kind: str) -> tuple[str, ...]:
+    """The arrays a member's loop reads or writes: those its arithmetic names, and its state."""
+    spec = KINDS[kind]
+    named = {node.id for _, e in spec.body for node in ast.walk(ast.parse(e, mode="eval")) if isinstance(node, ast.Name)}
+    return tuple(a for a in spec.arrays if a in named or a in spec.state)
 
 
 def blocked_source(pattern: Pattern, kind: str, ctype: str) -> str:
-    """C++ source of ``step(*lists, w, c, numel, scratch, threads)`` for ``pattern`` (the members
-    each row reads), ``kind`` (`KINDS`) and ``ctype`` ("float" or "double"): each list an
-    array of n pointers (``p, g, m, v`` or ``p, g, b``), ``w`` the band's weights flattened row
-    by row, ``c`` the coefficients, ``scratch`` ``threads * R * CHUNK`` values."""
+    """C++ source of ``step(*arrays, w, c, numel, scratch, threads)`` for ``pattern`` (the members
+    each row reads), ``kind`` and ``ctype`` ("float" or "double"): each array an array of n
+    pointers (``arithmetic.KINDS[kind].arrays``), ``w`` the band's weights flat row by row, ``c``
+    the coefficients (``c[k * n + j]``, then a per-row one), ``scratch`` ``threads * R * CHUNK``
+    values."""
     return _source(pattern, kind, ctype, CHUNK)
 
 
 @lru_cache(maxsize=256)
 def _source(pattern: Pattern, kind: str, ctype: str, chunk: int) -> str:
     spec = KINDS[kind]
-    n, ring = len(pattern), ring_size(pattern)
+    n, ring, K, used = len(pattern), ring_size(pattern), len(spec.coefficients), _used(kind)
     finish: dict[int, list[int]] = {}
     for l, js in enumerate(pattern):
         finish.setdefault(max((*js, l)), []).append(l)
@@ -124,7 +89,7 @@ def _source(pattern: Pattern, kind: str, ctype: str, chunk: int) -> str:
     out = [
         "#include <cmath>", "#include <cstdint>", "#include <omp.h>", f"typedef {ctype} T;",
         f"#define CHUNK {chunk}", f"#define R {ring}",
-        "extern \"C\" void step(" + ", ".join(f"T *const *{name}" for name in spec.lists)
+        "extern \"C\" void step(" + ", ".join(f"T *const *{name}" for name in spec.arrays)
         + ", const T *w, const T *c, int64_t numel, T *scratch, int threads) {",
         "    if (numel <= 0 || threads <= 0) return;",
         "    const int64_t want = (numel + CHUNK - 1) / CHUNK;",
@@ -138,33 +103,43 @@ def _source(pattern: Pattern, kind: str, ctype: str, chunk: int) -> str:
         "    for (int64_t block = 0; block < blocks; block++) {",
         "        const int64_t lo = block * chunk, k = numel - lo < chunk ? numel - lo : chunk;",
     ]
+    # the member's loop: its arithmetic on locals, state written back, u stored in the ring
+    names = {a: f"{a}j[i]" for a in used} | {c: f"c{k}" for k, c in enumerate(spec.coefficients)}
+    body = []
+    for target, expression in spec.body:
+        body.append(f"            const T {target}_{len(body)} = {cpp_expression(expression, names)};")
+        names[target] = f"{target}_{len(body) - 1}"
+    body += [f"            {s}j[i] = {names[s]};" for s in spec.state]
+    body += [f"            u[i] = {names['u']};", "            const T ui = u[i];"]
     for j in range(n):
         head = [f"        T *__restrict__ u = ring + {j % ring} * CHUNK;",
-                *(f"        T *__restrict__ {name}j = {name}[{j}] + lo;" for name in spec.used),
-                *(f"        const T c{i} = c[{i * n + j}];" for i in range(7))]
+                *(f"        T *__restrict__ {a}j = {a}[{j}] + lo;" for a in used),
+                *(f"        const T c{k} = c[{k * n + j}];" for k in range(K))]
         statements = []
-        for l in finish.get(j, []):  # the rows whose last update is u_j: finished in the same loop
-            # the row's parameter: the loop's own pointer where the loop reads it too (one
+        first = spec.arrays[0]  # the array a row writes
+        for l in finish.get(j, []):  # the rows whose last term is u_j: finished in the same loop
+            # the row's array: the loop's own pointer where the loop uses it too (one
             # __restrict__ name per array), else a pointer of its own
-            pl = "pj" if l == j and "p" in spec.used else f"p{l}"
-            if pl != "pj":
-                head.append(f"        T *__restrict__ {pl} = p[{l}] + lo;")
-            if kind == "adamw":
-                head.append(f"        const T d{l} = c[{7 * n + l}];")
-            terms = []
-            for i, k in enumerate(pattern[l]):
+            mine = f"{first}j" if l == j and first in used else f"{first}{l}"
+            if mine != f"{first}j":
+                head.append(f"        T *__restrict__ {mine} = {first}[{l}] + lo;")
+            row_names = {"p": f"{mine}[i]"}
+            if spec.row is not None:
+                head.append(f"        const T d{l} = c[{K * n + l}];")
+                row_names[spec.row] = f"d{l}"
+            terms = [cpp_expression(spec.own, row_names)] if spec.own is not None else []
+            for i, m in enumerate(pattern[l]):
                 head.append(f"        const T w{l}_{i} = w[{starts[l] + i}];")
-                if k != j:
-                    head.append(f"        const T *__restrict__ u{l}_{i} = ring + {k % ring} * CHUNK;")
-                terms.append(f"w{l}_{i} * " + ("ui" if k == j else f"u{l}_{i}[i]"))
-            statements.append(f"            {pl}[i] = {' + '.join([spec.own.format(l=l, P=pl), *terms])};")
+                if m != j:
+                    head.append(f"        const T *__restrict__ u{l}_{i} = ring + {m % ring} * CHUNK;")
+                terms.append(f"w{l}_{i} * " + ("ui" if m == j else f"u{l}_{i}[i]"))
+            statements.append(f"            {mine}[i] = {' + '.join(terms) or '0'};")
         out += [
             f"        {{  // u_{j}" + (f"; rows {', '.join(map(str, finish[j]))}" if j in finish else ""),
             *head,
             "#pragma omp simd",
             "        for (int64_t i = 0; i < k; i++) {",
-            spec.body,
-            "            const T ui = u[i];",
+            *body,
             *statements,
             "        }",
             "        }",
@@ -225,23 +200,81 @@ def _cpu() -> str:
 
 
 class BlockedLibrary:
-    """A loaded blocked kernel: `bind` makes a call ready (pointer arrays, scratch) before
-    anything changes; the call writes in place."""
+    """A loaded blocked kernel: `bind` makes a call ready (pointer arrays) before anything
+    changes; the call writes in place."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
         self._step = library.step
         self._step.restype = None
 
-    def bind(self, lists: list[list[torch.Tensor]], w: torch.Tensor, c: torch.Tensor, ring: int):
-        """The call ``step(*lists, w, c, ...)`` with its arguments made now: ``lists`` are the
-        members' flat tensors (p, g, then the state), ``w`` and ``c`` the weights and
-        coefficients in the members' dtype. The tensors must stay alive and in place."""
-        threads = max(1, torch.get_num_threads())
-        ring_rows = scratch("blocked ring", threads * ring * CHUNK, w.dtype, w.device)
-        arrays = [(ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts]) for ts in lists]
-        args = (*arrays, ctypes.c_void_p(w.data_ptr()), ctypes.c_void_p(c.data_ptr()),
-                ctypes.c_int64(lists[0][0].numel()), ctypes.c_void_p(ring_rows.data_ptr()), ctypes.c_int(threads))
-        def run(_keep: object = (lists, w, c, ring_rows)) -> None:  # the tensors live as long as the call
+    def bind(self, arrays: list[list[Tensor]], w: Tensor, c: Tensor, ring: Tensor, threads: int) -> Call:
+        """The call ``step(*arrays, w, c, ...)`` with its arguments made now: ``arrays`` are the
+        members' flat tensors, ``w`` and ``c`` the weights and coefficients in the members'
+        dtype, ``ring`` the scratch (``threads * R * CHUNK`` values). The tensors must stay
+        alive and in place: the call keeps them."""
+        pointers = [(ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts]) for ts in arrays]
+        args = (*pointers, ctypes.c_void_p(w.data_ptr()), ctypes.c_void_p(c.data_ptr()),
+                ctypes.c_int64(arrays[0][0].numel()), ctypes.c_void_p(ring.data_ptr()), ctypes.c_int(threads))
+
+        def run(_keep: object = (arrays, w, c, ring)) -> None:  # the tensors live as long as the call
             self._step(*args)
 
         return run
+
+
+class BlockedKernel:
+    """The blocked C++ kernels as a ``GroupKernel``: every kind, float32 and float64 on a CPU."""
+
+    name = "blocked"
+    refusing = False  # a bound call runs (its pointers are checked when it is called)
+
+    def refuses(self, kind: str, dtype: torch.dtype, device: torch.device, numel: int, contiguous: bool) -> str | None:
+        if torch.device(device).type != "cpu":
+            return "blocked kernels run on a CPU"
+        if dtype not in BLOCKED_DTYPES:
+            return f"blocked kernels run float32 and float64 members, not {str(dtype).removeprefix('torch.')}"
+        if not contiguous:
+            return "members not contiguous"
+        return inductor.compiler_missing("cpu")  # the C++ compiler inductor uses
+
+    def _source(self, kind: str, band: BandLayout, dtype: torch.dtype) -> str:
+        return blocked_source(band.pattern, kind, BLOCKED_DTYPES[dtype])
+
+    def prepared(self, kind: str, band: BandLayout, dtype: torch.dtype, device: torch.device) -> bool:
+        return self._source(kind, band, dtype) in _LOADED
+
+    def prepare(self, kind: str, band: BandLayout, dtype: torch.dtype, device: torch.device) -> None:
+        """Compile (once per pattern, kind and dtype; cached on disk) and load."""
+        source = self._source(kind, band, dtype)
+        load_blocked(source)
+        _LOADED.add(source)
+
+    def scratch(self, members: Members, band: BandLayout) -> Tensor:
+        """The ring: ``threads * R * CHUNK`` values, kept across steps."""
+        first, threads = members.first, max(1, torch.get_num_threads())
+        return shared_scratch("blocked ring", threads * ring_size(band.pattern) * CHUNK, first.dtype, first.device)
+
+    def bind(self, members: Members, band: BandLayout, coefficients: Tensor | None, scratch: Tensor | None) -> Call:
+        """The library's call over the members' pointers, made now; it refuses (``RuntimeError``,
+        before writing) when a member's storage was replaced since."""
+        first = members.first
+        w = device_weights(band.values, first.dtype, first.device).view(-1)
+        c = coefficients if coefficients is not None else torch.ones(1, dtype=first.dtype)
+        threads = max(1, min(torch.get_num_threads(), scratch.numel() // (ring_size(band.pattern) * CHUNK)))
+        call = load_blocked(self._source(members.kind, band, first.dtype)).bind(members.arrays, w, c.view(-1), scratch,
+                                                                               threads)
+        written = members.arrays[0]
+        pointers = [t.data_ptr() for t in written]
+
+        def run() -> None:
+            if any(t.data_ptr() != p for t, p in zip(written, pointers)):
+                raise RuntimeError("a member's storage was replaced (p.data = ...) after the kernel was bound")
+            call()
+            torch.autograd.graph.increment_version(written)  # written through pointers, unseen by autograd
+
+        return run
+
+
+_LOADED: set[str] = set()  # the sources loaded in this process
+
+BLOCKED = BlockedKernel()

@@ -9,7 +9,7 @@ checks what only torch can tell: Muon's 2-D rule, one owner per parameter, FSDP2
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor

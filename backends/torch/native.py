@@ -6,7 +6,7 @@ costs a snapshot of the blocks (update mode) or an extra pass. An optimizer that
 update itself does not: for a group of n members it reads every member's parameter, gradient
 and state at a position, computes each member's update, mixes them with the band and writes
 the parameters and the state — the passes of AdamW (or SGD) alone. The result equals
-``GradientSmoothing(torch.optim.AdamW(...), model, mode="update")`` (``native_steps.py`` has
+``GradientSmoothing(torch.optim.AdamW(...), model, mode="update")`` (``coefficients.py`` has
 the formulas). Parameters outside every group (and groups with fewer than two gradients at a
 step) take ``torch.optim``'s own AdamW or SGD step (its fused kernel where it has one).
 
@@ -28,20 +28,18 @@ from torch.optim import Optimizer
 from torch.optim.adamw import adamw as _adamw
 from torch.optim.sgd import sgd as _sgd
 
-from gradsmooth import Band, BlockPlan, DepthOperator, make_operator
-from gradsmooth.blocks import Exclude, Stacks
+from gradsmooth import BlockPlan
 from gradsmooth.describe import describe
-from gradsmooth.operators import WindowOptions
+from gradsmooth.settings import Settings, SmoothingOptions
 
+from .bands import layout
 from .blocks import ModelParameters
 from .checkpoint import warn_other_settings
-from .execution import eager_reason, group_path
+from .coefficients import adamw_coefficients, coefficient_table, sgd_coefficients
+from .contract import Members
+from .dispatch import Planned, path, plan, run, select
 from .factory import factory_class, made_by_factory
-from .fused import FusedKernel, band_pattern, fused_kernel
 from .groups import local, make_groups, warn_if_nothing_smoothed
-from .mixing import BandProgram, band_program, compute_dtype, device_weights, warm_weights
-from .native_steps import (adamw_coefficients, adamw_mix, coefficient_table, native_blocks, sgd_coefficients,
-                           sgd_mix)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -62,15 +60,9 @@ def _fusable(params: list[Tensor]) -> bool:
                and type(p) in (Tensor, nn.Parameter) for p in params)
 
 
-class _GroupWork(NamedTuple):
-    """One group's work at one step, planned and allocated before anything changes."""
-
-    members: list[Tensor]  # the parameters with a gradient, in depth order
-    tensors: list[list[Tensor]]  # local tensors: params, grads, then the state lists the kernel writes
-    table: Tensor  # (n, k) per-member coefficients
-    program: BandProgram  # the eager kernels' band of A
-    blocks: Tensor | None  # the eager kernels' scratch (a view of one buffer for all groups)
-    fused: tuple[FusedKernel, Callable[[], None]] | None  # the compiled kernel and its bound call
+#: The smoothing options SmoothedAdamW and SmoothedSGD take (gradsmooth.settings), besides the
+#: window options; ``fused`` is torch's param-group flag, and their arithmetic is fixed.
+OPTIONS = ("operator", "stacks", "exclude")
 
 
 def _implementation(group: dict[str, Any], params: list[Tensor], kind: str) -> dict[str, bool | None]:
@@ -141,14 +133,19 @@ class _NativeSmoothing(Optimizer):
     kind = ""  # "adamw" or "sgd": the kernels' kind
     flags: dict[str, Flag] = {}  # torch's param-group flags: implemented, or refused by name
 
-    def __init__(self, model: nn.Module | Iterable[tuple[str, Tensor]], params: Any, defaults: dict[str, Any], *,
-                 operator: DepthOperator | None, stacks: Stacks, exclude: Exclude,
-                 window: WindowOptions) -> None:
+    def __init__(self, model: nn.Module | Iterable[tuple[str, Tensor]], params: Any, defaults: dict[str, Any],
+                 options: Mapping[str, Any]) -> None:
         self._check_flags(defaults)
-        self.operator = make_operator(operator, **window)
+        base = type(self).__name__.removeprefix("Smoothed")
+        advice = {"mode": f"it smooths {base}'s update; for mode='gradient' use GradientSmoothing(torch.optim.{base}"
+                          "(...), model, mode='gradient')",
+                  "check_finite": f"use GradientSmoothing(torch.optim.{base}(...), model, check_finite=True)",
+                  "decoupled_decay": f"its weight decay is {base}'s own"}
+        self.settings = settings = Settings.of(options, OPTIONS, type(self).__name__, instead=advice)
+        self.operator = settings.operator
         self.fused = defaults["fused"]
-        self._params = ModelParameters.of(model, from_structure=stacks is None)
-        self._stacks, self._exclude = stacks, exclude
+        self._params = ModelParameters.of(model, from_structure=settings.stacks is None)
+        self._stacks, self._exclude = settings.stacks, settings.exclude
         if params is None:
             params = [p for p in self._params.named.values() if p.requires_grad]
         super().__init__(params, defaults)
@@ -268,14 +265,17 @@ class _NativeSmoothing(Optimizer):
 
     @property
     def plan(self) -> BlockPlan:
-        """What is smoothed, in depth-ordered groups; printed, each group's ``path`` ("fused",
-        "fused (compiles at the first step)" or "eager (why)", as ``GradientSmoothing``'s)."""
+        """What is smoothed, in depth-ordered groups; printed, each group's ``path`` (the
+        compiled kernel's name, or "eager (why)", as ``GradientSmoothing``'s)."""
         group_of = {id(p): g for g in self.param_groups for p in g["params"]}
         paths = []
         for members in self._members:
-            band = self.operator.band(len(members), int(max(self._steps(members), default=0)))
+            band = layout(self.operator.band(len(members), int(max(self._steps(members), default=0))))
             groups = [group_of[id(p)] for p in members if id(p) in group_of]
-            paths.append(group_path(band, [local(p) for p in members], self._kernel_kind(groups), _fused_of(groups)))
+            first, kind = local(members[0]), self._kernel_kind(groups)
+            kernel, reason = select(kind, first.dtype, first.device, first.numel(),
+                                    all(local(p).is_contiguous() for p in members), _fused_of(groups))
+            paths.append(path(kernel, reason, band, kind, first.dtype, first.device))
         return self._plan.with_paths(paths)
 
     def _steps(self, members: list[Tensor]) -> list[float]:
@@ -309,7 +309,8 @@ class _NativeSmoothing(Optimizer):
                                    "nothing was changed")
         with self._state_made_undone_on_error(stepped):  # the plan: checks, state, scratch, kernels
             work, smoothed = self._plan_groups(group_of)
-            plain = {id(g): [p for p in g["params"] if p.grad is not None and id(p) not in smoothed]
+            ids = {id(p) for p in smoothed}
+            plain = {id(g): [p for p in g["params"] if p.grad is not None and id(p) not in ids]
                      for g in self.param_groups}
             for g in self.param_groups:
                 for p in plain[id(g)]:
@@ -317,10 +318,10 @@ class _NativeSmoothing(Optimizer):
         for g in self.param_groups:
             if plain[id(g)]:
                 self._plain_step(g, plain[id(g)])
-        if work:
-            self._count_step([p for w in work for p in w.members])
+        if smoothed:
+            self._count_step(smoothed)
         for w in work:
-            self._run(w)
+            run(w)
         return loss
 
     @contextmanager
@@ -342,8 +343,11 @@ class _NativeSmoothing(Optimizer):
     def _name(self, p: Tensor) -> str:
         return self._params.name(p, [self])
 
-    def _plan_groups(self, group_of: dict[int, dict[str, Any]]) -> tuple[list[_GroupWork], set[int]]:
-        work, smoothed = [], set()
+    def _plan_groups(self, group_of: dict[int, dict[str, Any]]) -> tuple[list[Planned], list[Tensor]]:
+        """Each group's step, planned (``dispatch.plan``: kernel, compiling, state, scratch),
+        and the parameters they step. Changes nothing but the new state entries (taken out
+        again on an error)."""
+        work, smoothed = [], []
         for members in self._members:
             present = [p for p in members if p.grad is not None]
             if len(present) < 2:
@@ -356,46 +360,14 @@ class _NativeSmoothing(Optimizer):
                 raise ValueError(f"{self._name(present[0])!r} is complex: smoothed groups hold real parameters; "
                                  "exclude it (exclude=...)")
             groups = [group_of[id(p)] for p in present]
+            shards = [local(p) for p in present]
+            table = coefficient_table(self._coefficients(present, groups, steps), shards[0])  # before the state is made
             for p, g in zip(present, groups):
                 self._init_state(p, g)
-            work.append(self._plan_group(present, groups, band, steps))
-            smoothed.update(id(p) for p in present)
-        # the eager kernels' weights and scratch, for the groups they may run: without a compiled
-        # kernel, or with one that may refuse its call (inductor's guards; a bound blocked call runs)
-        eager = [i for i, w in enumerate(work) if w.fused is None or w.fused[0].may_refuse(w.tensors[0][0].dtype,
-                                                                                             w.tensors[0][0].device)]
-        for i in eager:
-            warm_weights(work[i].program, compute_dtype(work[i].tensors[0][0].dtype), work[i].tensors[0][0].device)
-        for i, b in zip(eager, native_blocks(self.kind, [work[i].tensors for i in eager])):
-            work[i] = work[i]._replace(blocks=b)
+            arrays = [shards, [local(p.grad) for p in present], *self._state_lists(present, groups)]
+            work.append(plan(Members(self._kernel_kind(groups), arrays), layout(band), table.view(-1), _fused_of(groups)))
+            smoothed.extend(present)
         return work, smoothed
-
-    def _plan_group(self, members: list[Tensor], groups: list[dict[str, Any]], band: Band,
-                    steps: list[float]) -> _GroupWork:
-        shards = [local(p) for p in members]
-        table = coefficient_table(self._coefficients(members, groups, steps), shards[0])  # before the state is made
-        tensors = [shards, [local(p.grad) for p in members], *self._state_lists(members, groups)]
-        lists = [ts for ts in tensors if ts[0] is not None]  # the compiled kernel's (no state list of Nones)
-        program = band_program(band)
-        fused = None
-        kind = self._kernel_kind(groups)
-        if eager_reason([t for ts in lists for t in ts], _fused_of(groups), kind) is None:
-            pattern, values = band_pattern(band)
-            kernel = fused_kernel(pattern, kind)
-            if kernel.ready(shards[0].dtype, shards[0].device):
-                weights = device_weights(values, compute_dtype(shards[0].dtype), shards[0].device).view(-1)
-                fused = kernel, kernel.bind(*lists, weights, table.view(-1))
-        return _GroupWork(members, tensors, table, program, None, fused)
-
-    def _run(self, w: _GroupWork) -> None:
-        if w.fused is not None:
-            kernel, run = w.fused
-            try:
-                run()
-                return
-            except RuntimeError as error:  # raised before the kernel wrote anything
-                kernel.give_up(w.tensors[0][0].dtype, w.tensors[0][0].device, error)
-        self._eager(w if w.blocks is not None else w._replace(blocks=native_blocks(self.kind, [w.tensors])[0]))
 
     # -- what each optimizer defines -----------------------------------------------------------
 
@@ -416,9 +388,6 @@ class _NativeSmoothing(Optimizer):
     def _count_step(self, members: list[Tensor]) -> None:
         """Each member's step count + 1 (torch's per-parameter ``step`` tensors), in one call."""
         torch._foreach_add_([self.state[p]["step"] for p in members], 1)
-
-    def _eager(self, w: _GroupWork) -> None:
-        raise NotImplementedError
 
     def _plain_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
         raise NotImplementedError
@@ -459,11 +428,9 @@ class SmoothedAdamW(_NativeSmoothing):
             group, torch's fused AdamW (``None``, ``True``: where torch has one) or not (``False``).
         params: the parameters or param groups (dicts, as for any torch optimizer); default:
             every parameter of ``model`` that requires a gradient, one group.
-        operator: any [DepthOperator][gradsmooth.DepthOperator], in place of the window arguments.
-        stacks: as [find_blocks][gradsmooth.find_blocks] (given, blocks are found from the names).
-        exclude: as [find_blocks][gradsmooth.find_blocks]: parameters never smoothed.
-        **window: ``window``, ``kernel``, ``boundary``, ``alpha`` (a number or a function of
-            the step), ``sigma``, ``normalize``: as [WindowSmoothing][gradsmooth.WindowSmoothing].
+        **options: the smoothing options ([`Settings`][gradsmooth.settings.Settings]): ``operator``,
+            ``stacks``, ``exclude`` and the window options ``window``, ``kernel``, ``boundary``,
+            ``alpha`` (a number or a function of the step), ``sigma``, ``normalize``.
 
     Every flag ``torch.optim.AdamW`` keeps in a param group is implemented (``maximize``,
     ``foreach``, ``fused``) or refused by name, at construction, in ``add_param_group``, in
@@ -478,8 +445,7 @@ class SmoothedAdamW(_NativeSmoothing):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                  amsgrad: bool = False, *, maximize: bool = False, foreach: bool | None = None,
                  capturable: bool = False, differentiable: bool = False, fused: bool | None = None,
-                 params: Any = None, operator: DepthOperator | None = None, stacks: Stacks = None,
-                 exclude: Exclude = None, **window: Unpack[WindowOptions]) -> None:
+                 params: Any = None, **options: Unpack[SmoothingOptions]) -> None:
         _number("lr", lr)
         _number("eps", eps)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -490,7 +456,7 @@ class SmoothedAdamW(_NativeSmoothing):
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad,
                     "maximize": maximize, "foreach": foreach, "capturable": capturable,
                     "differentiable": differentiable, "fused": fused, "decoupled_weight_decay": True}
-        super().__init__(model, params, defaults, operator=operator, stacks=stacks, exclude=exclude, window=window)
+        super().__init__(model, params, defaults, options)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> None:
         state = self.state[p]
@@ -504,9 +470,6 @@ class SmoothedAdamW(_NativeSmoothing):
 
     def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]], steps: list[float]) -> list[list[float]]:
         return adamw_coefficients(groups, [s + 1 for s in steps])
-
-    def _eager(self, w: _GroupWork) -> None:
-        adamw_mix(w.program, *w.tensors, w.table, w.blocks)
 
     def _plain_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
         beta1, beta2 = group["betas"]
@@ -546,10 +509,7 @@ class SmoothedSGD(_NativeSmoothing):
         differentiable: refused when True (the step is not differentiable).
         fused: as [SmoothedAdamW][gradsmooth.backends.torch.SmoothedAdamW].
         params: the parameters or param groups; default: every trainable parameter of ``model``.
-        operator: as [SmoothedAdamW][gradsmooth.backends.torch.SmoothedAdamW].
-        stacks: as [SmoothedAdamW][gradsmooth.backends.torch.SmoothedAdamW].
-        exclude: as [SmoothedAdamW][gradsmooth.backends.torch.SmoothedAdamW].
-        **window: as [SmoothedAdamW][gradsmooth.backends.torch.SmoothedAdamW].
+        **options: as [SmoothedAdamW][gradsmooth.backends.torch.SmoothedAdamW].
 
     Every flag ``torch.optim.SGD`` keeps in a param group is implemented (``nesterov``,
     ``maximize``, ``foreach``, ``fused``) or refused by name before anything changes
@@ -562,8 +522,7 @@ class SmoothedSGD(_NativeSmoothing):
     def __init__(self, model: nn.Module | Iterable[tuple[str, Tensor]], lr: float | Tensor = 1e-3,
                  momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
                  maximize: bool = False, foreach: bool | None = None, differentiable: bool = False,
-                 fused: bool | None = None, params: Any = None, operator: DepthOperator | None = None,
-                 stacks: Stacks = None, exclude: Exclude = None, **window: Unpack[WindowOptions]) -> None:
+                 fused: bool | None = None, params: Any = None, **options: Unpack[SmoothingOptions]) -> None:
         _number("lr", lr)
         _number("momentum", momentum)
         _number("dampening", dampening)
@@ -576,7 +535,7 @@ class SmoothedSGD(_NativeSmoothing):
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
                     "nesterov": nesterov, "maximize": maximize, "foreach": foreach, "differentiable": differentiable,
                     "fused": fused}
-        super().__init__(model, params, defaults, operator=operator, stacks=stacks, exclude=exclude, window=window)
+        super().__init__(model, params, defaults, options)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> None:
         # torch's SGD keeps a momentum buffer only; the step count (for an alpha schedule) is ours
@@ -584,7 +543,7 @@ class SmoothedSGD(_NativeSmoothing):
 
     def _state_lists(self, members: list[Tensor], groups: list[dict[str, Any]]) -> list[list[Tensor | None]]:
         if self._kernel_kind(groups) == "sgd-plain":
-            return [[None] * len(members)]  # no member has momentum: no buffer
+            return []  # no member has momentum: no buffer
         buffers = []
         for p, g in zip(members, groups):
             buf = self.state[p].get("momentum_buffer") if float(g["momentum"]) != 0 else None
@@ -602,10 +561,6 @@ class SmoothedSGD(_NativeSmoothing):
     def _coefficients(self, members: list[Tensor], groups: list[dict[str, Any]], steps: list[float]) -> list[list[float]]:
         first = [self.state[p].get("momentum_buffer") is None for p in members]  # as torch's SGD tells it
         return sgd_coefficients(groups, first)
-
-    def _eager(self, w: _GroupWork) -> None:
-        params, grads, buffers = w.tensors
-        sgd_mix(w.program, params, grads, None if buffers[0] is None else buffers, w.table, w.blocks)
 
     def _plain_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
         buffers = [self.state[p].get("momentum_buffer") for p in params]

@@ -1,8 +1,8 @@
 """GradientSmoothing: wraps any torch optimizer and couples its block-wise updates along depth.
 
 The class is thin, as torch.optim's are: it collects the groups (``groups.py``), orchestrates a
-step around the base optimizer's (the arithmetic is in ``execution.py``, its kernels in
-``mixing.py`` and ``fused.py``, a pipeline stage's in ``pipeline.py``) and reads the base's
+step around the base optimizer's (each group's step planned and run by ``dispatch.py`` through
+the kernel contract, ``contract.py``; a pipeline stage's in ``pipeline.py``) and reads the base's
 ``param_groups``, ``state`` and checkpoints through (``checkpoint.py``). docs/method.md has the
 method; docs/architecture.md shows how one step flows through these files.
 
@@ -14,7 +14,6 @@ per layer and is never mixed; coupled L2 decay is part of the gradient, hence of
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,20 +23,23 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from gradsmooth import MODES, BlockPlan, DepthOperator, check_mode, make_operator
-from gradsmooth.blocks import Exclude, Stacks
-from gradsmooth.decay import DecoupledDecay, check_decoupled_decay, decay_warning
+from gradsmooth import MODES, Band, BlockPlan
+from gradsmooth.decay import decay_warning
 from gradsmooth.describe import describe
-from gradsmooth.operators import WindowOptions
+from gradsmooth.settings import Settings, SmoothingOptions
 
 from . import checkpoint
-from .factory import factory_class, made_by_factory
+from .bands import layout
 from .blocks import ModelParameters
-from .execution import (GroupStep, Snapshots, base_step, check_fused, group_path, plan_group_step, raise_if_not_finite,
-                        refuse_sparse, run_group_step)
+from .checks import raise_if_not_finite, refuse_sparse
+from .coefficients import to_device
+from .contract import Members
+from .dispatch import Planned, path, plan, run, select
+from .eager import compute_dtype
+from .factory import factory_class, made_by_factory
 from .groups import check_muon, decay_factors, local, make_groups, owners, unclassified, warn_if_nothing_smoothed
-from .mixing import Workspace, workspace
-from .pipeline import PipelineStages, check_stage, stage_gradients, stage_snapshots, stage_updates
+from .pipeline import PipelineStages, check_stage, stage_gradients, stage_updates
+from .snapshots import Snapshots
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -63,19 +65,18 @@ def _as_bases(optimizer: Optimizer | Sequence[Optimizer]) -> list[Optimizer]:
     return bases
 
 
-def _checked_settings(mode: object, operator: DepthOperator | None, check_finite: object, fused: object,
-                      pipeline: object, decoupled_decay: object,
-                      window: Mapping[str, Any]) -> tuple[DepthOperator, DecoupledDecay]:
-    """The operator and the decoupled-decay declaration, after checking every smoothing setting."""
-    check_mode(mode)
-    if not isinstance(check_finite, bool):
-        raise TypeError(f"check_finite should be True or False but is: {describe(check_finite)}")
-    check_fused(fused)
+#: The options GradientSmoothing takes (gradsmooth.settings), besides the window options.
+OPTIONS = ("mode", "operator", "stacks", "exclude", "check_finite", "fused", "decoupled_decay")
+
+
+def _settings(options: Mapping[str, Any], pipeline: object) -> Settings:
+    """The checked settings of ``options``, with ``pipeline`` checked beside them."""
+    settings = Settings.of(options, OPTIONS, "GradientSmoothing")
     if pipeline is not None and not isinstance(pipeline, PipelineStages):
         raise TypeError(f"pipeline should be a PipelineStages but is: {describe(pipeline)}")
-    if fused and pipeline is not None:
+    if settings.fused and pipeline is not None:
         raise ValueError("fused=True is not available with pipeline stages: pass fused=False")
-    return make_operator(operator, **window), check_decoupled_decay(decoupled_decay)
+    return settings
 
 
 def _check_base(base: object) -> None:
@@ -90,6 +91,27 @@ def _check_base(base: object) -> None:
         raise TypeError("base should be a torch.optim.Optimizer subclass or a function (params, **kwargs) -> "
                         f"Optimizer but is: {describe(base)}" + (": factory(base, model) takes the base optimizer's "
                                                                   "class first" if isinstance(base, nn.Module) else ""))
+
+
+def base_step(base: Optimizer) -> None:
+    """``base.step()`` without torch's global optimizer hooks (the wrapper's own step already
+    ran them: they fire once per step); the base's own step hooks still fire, around it."""
+    step = type(base).step
+    if not getattr(step, "hooked", False) or not hasattr(step, "__wrapped__"):
+        base.step()
+        return
+    args: tuple[Any, ...] = (base,)
+    kwargs: dict[str, Any] = {}
+    with torch.autograd.profiler.record_function(f"Optimizer.step#{type(base).__name__}.step"):
+        for hook in list(base._optimizer_step_pre_hooks.values()):
+            result = hook(base, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        step.__wrapped__(*args, **kwargs)
+        base._optimizer_step_code()
+        for hook in list(base._optimizer_step_post_hooks.values()):
+            hook(base, args, kwargs)
+    base._opt_called = True  # an LR scheduler built on the base checks it, as its own step wrapper would
 
 
 def _as_pairs(model: object) -> list[tuple[str, Tensor]]:
@@ -112,14 +134,12 @@ def _check_smoothing(model: nn.Module | list[tuple[str, Tensor]], smoothing: Map
     if "optimizer" in smoothing:
         raise TypeError("optimizer is not a smoothing argument: the factory builds the optimizer from base; "
                         f"got optimizer={describe(smoothing['optimizer'])}")
-    bound = inspect.signature(GradientSmoothing.__init__).bind(None, None, None, **smoothing)
-    bound.apply_defaults()
-    s = bound.arguments
-    operator, _ = _checked_settings(s["mode"], s["operator"], s["check_finite"], s["fused"], s["pipeline"],
-                                    s["decoupled_decay"], s["window"])
-    params = ModelParameters.of(model, from_structure=s["stacks"] is None)
+    options = {k: v for k, v in smoothing.items() if k != "pipeline"}
+    settings = _settings(options, smoothing.get("pipeline"))
+    params = ModelParameters.of(model, from_structure=settings.stacks is None)
     trainable = {id(p): 0 for p in params.named.values() if p.requires_grad}
-    make_groups(params, trainable, operator, s["stacks"], s["exclude"], whole_stages=s["pipeline"] is not None)
+    make_groups(params, trainable, settings.operator, settings.stacks, settings.exclude,
+                whole_stages=smoothing.get("pipeline") is not None)
 
 
 class GradientSmoothing(Optimizer):
@@ -130,38 +150,19 @@ class GradientSmoothing(Optimizer):
             blocks' matrices and AdamW for the rest).
         model: an ``nn.Module`` (blocks found from its structure) or an iterable of
             ``(name, parameter)`` pairs (blocks found from the names).
-        mode: ``"update"`` (smooth the base's step) or ``"gradient"`` (smooth the gradients).
-        operator: any [`gradsmooth.DepthOperator`][gradsmooth.DepthOperator], in place of the window arguments.
-        stacks: as [`gradsmooth.find_blocks`][gradsmooth.find_blocks] (given, blocks are found from the names).
-        exclude: as [`gradsmooth.find_blocks`][gradsmooth.find_blocks]: parameters never smoothed.
-        check_finite: raise ``FloatingPointError`` on a non-finite gradient, before anything
-            changes. Off by default, as in torch.optim: it reads every gradient once more and
-            synchronises with the device once per step (under ``GradScaler`` the scaler
-            already skips steps with non-finite gradients).
-        fused: ``None`` (default): mix each group of large members (65,536 elements or more)
-            with one compiled kernel (``torch.compile``: inductor's C++ on a CPU, Triton on
-            CUDA) where a compiler is there, else with the eager chunked kernels; ``True``:
-            compile even where no compiler was found (it warns if that fails); ``False``: the
-            eager kernels always. Results agree to rounding (the order of the sums differs).
-            Kernels compile before anything changes (the first step with a new band pattern:
-            seconds, cached on disk by inductor) and never inside a step: one that cannot
-            compile or run warns once and the eager kernels run instead. ``print(opt.plan)``
-            says which path each group takes.
-        pipeline: a [`PipelineStages`][gradsmooth.backends.torch.PipelineStages] when this process holds one stage of a
-            pipeline: boundary members are exchanged with the neighbouring stages so the result equals
-            smoothing the whole stack.
-        decoupled_decay: whether the bases' ``weight_decay`` is decoupled (kept per layer,
-            never mixed) or coupled L2 (smoothed with the gradient): ``None`` (default)
-            classifies each optimizer (torch.optim's flags, timm, bitsandbytes, torchao, apex,
-            DeepSpeed by class name: see [`gradsmooth.decay`][gradsmooth.decay]) and warns once, naming the
-            class, where it cannot tell; ``True``/``False`` declares it for every group; a
-            function ``param_group -> bool`` declares it group by group.
-        **window: the Window Smoothing options (`gradsmooth.operators.WindowOptions`:
-            ``window``, ``kernel``, ``boundary``, ``alpha``, ``sigma``, ``normalize``), with
-            [`gradsmooth.WindowSmoothing`][gradsmooth.WindowSmoothing]'s defaults (window 3, uniform, renormalize,
-            alpha 1); ``alpha`` may be a function of the step.
+        pipeline: a [`PipelineStages`][gradsmooth.backends.torch.PipelineStages] when this process
+            holds one stage of a pipeline: boundary members are exchanged with the neighbouring
+            stages so the result equals smoothing the whole stack.
+        **options: the smoothing options ([`Settings`][gradsmooth.settings.Settings], where each
+            is described): ``mode``, ``operator``, ``stacks``, ``exclude``, ``check_finite``,
+            ``fused``, ``decoupled_decay`` and the window options ``window``, ``kernel``,
+            ``boundary``, ``alpha``, ``sigma``, ``normalize`` (default: window 3, uniform,
+            renormalize, alpha 1, update mode).
 
-    Under FSDP2 (``fully_shard``) the members of a group are DTensors of one shape and one
+    ``fused=None`` mixes each group of large members with one compiled kernel where a compiler
+    is there (``torch.compile``: inductor's C++ on a CPU, Triton on CUDA), compiled before
+    anything changes and never inside a step; ``print(opt.plan)`` says which path each group
+    takes. Under FSDP2 (``fully_shard``) the members of a group are DTensors of one shape and one
     placement, so each rank smooths its own shards with no communication.
 
     ``param_groups`` and ``state`` are the base optimizers' own, so LR schedulers, gradient
@@ -174,29 +175,22 @@ class GradientSmoothing(Optimizer):
         optimizer: Optimizer | Sequence[Optimizer],
         model: nn.Module | Iterable[tuple[str, Tensor]],
         *,
-        mode: str = "update",
-        operator: DepthOperator | None = None,
-        stacks: Stacks = None,
-        exclude: Exclude = None,
-        check_finite: bool = False,
-        fused: bool | None = None,
         pipeline: PipelineStages | None = None,
-        decoupled_decay: DecoupledDecay = None,
-        **window: Unpack[WindowOptions],
+        **options: Unpack[SmoothingOptions],
     ) -> None:
         bases = _as_bases(optimizer)
-        self.operator, self.decoupled_decay = _checked_settings(mode, operator, check_finite, fused, pipeline,
-                                                                decoupled_decay, window)
-        self.mode, self.check_finite, self.fused, self.pipeline = mode, check_finite, fused, pipeline
+        self.settings = settings = _settings(options, pipeline)
+        self.operator, self.decoupled_decay = settings.operator, settings.decoupled_decay
+        self.mode, self.check_finite, self.fused, self.pipeline = (settings.mode, settings.check_finite,
+                                                                   settings.fused, pipeline)
         self._bases = bases
-        self._params = ModelParameters.of(model, from_structure=stacks is None)
-        self._stacks, self._exclude = stacks, exclude
+        self._params = ModelParameters.of(model, from_structure=settings.stacks is None)
+        self._stacks, self._exclude = settings.stacks, settings.exclude
         self._step_count = 0
         self._snapshots = Snapshots()
         self._warned: set[type] = set()
         self._replan()
         warn_if_nothing_smoothed(self._plan, stacklevel=2)  # the caller of __init__
-        self.settings = {"mode": mode, "operator": repr(self.operator), "check_finite": check_finite, "fused": fused}
         # The wrapper holds no parameter groups of its own: it reads the bases' (below). So it
         # does not register parameters through Optimizer.__init__, but sets up the rest of
         # torch's machinery (hooks, the profiled step) the way an unpickled optimizer does;
@@ -333,16 +327,22 @@ class GradientSmoothing(Optimizer):
     @property
     def plan(self) -> BlockPlan:
         """What is smoothed: the groups, in depth order, and what is not; printed, each group's
-        ``path``: "fused" (one compiled kernel), "fused (compiles at the first step)", or
-        "eager (why)": ``fused=False``, small or non-contiguous members, no compiler, a pipeline
-        stage, or a kernel that did not compile."""
+        ``path``: the compiled kernel that mixes it ("blocked", "inductor"; "... (compiles at
+        the first step)" until it is ready), or "eager (why)": ``fused=False``, small or
+        non-contiguous members, no compiler, a pipeline stage, or a kernel that did not compile
+        (``dispatch.select`` decides)."""
         paths = []
+        kind = self.mode  # the kernels' kind: "update" or "gradient"
         for members in self._members:
             if self.pipeline is not None:
                 paths.append("eager (pipeline stage)")
                 continue
-            band = self.operator.band(len(members), self._step_count)
-            paths.append(group_path(band, [local(p) for p in members], self.mode, self._fused))
+            band = layout(self.operator.band(len(members), self._step_count), minus_identity=kind == "update")
+            shards = [local(p) for p in members]
+            first = shards[0]
+            kernel, reason = select(kind, first.dtype, first.device, first.numel(),
+                                    all(t.is_contiguous() for t in shards), self._fused)
+            paths.append(path(kernel, reason, band, kind, first.dtype, first.device))
         return self._plan.with_paths(paths)
 
     def _active_groups(self) -> list[tuple[int, list[Tensor]]]:
@@ -374,65 +374,78 @@ class GradientSmoothing(Optimizer):
                 loss = closure()
         if not any(p.grad is not None for b in self._bases for g in b.param_groups for p in g["params"]):
             return loss
-        pending, ws = self._before_base_step()
+        pending = self._before_base_step()
         for b in self._bases:
             base_step(b)
-        self._after_base_step(pending, ws)
+        self._after_base_step(pending)
         return loss
 
     @torch.compiler.disable
-    def _before_base_step(self) -> tuple[list[GroupStep], Workspace | None]:
-        """Check, and plan every group's work (compiling fused kernels, allocating the workspace
-        and snapshots); then change things: the gradient mixing (gradient mode) or the
-        snapshots (update mode). Returns what the update mode does after the base step."""
+    def _before_base_step(self) -> list[Planned]:
+        """Check, and plan every group's step (selecting and compiling kernels, allocating
+        snapshots and scratch); then change things: the gradient mixing (gradient mode) or the
+        snapshots (update mode). Returns what update mode runs after the base step."""
         if self.check_finite:
             raise_if_not_finite([p for b in self._bases for g in b.param_groups for p in g["params"]
                                  if p.grad is not None], self._name, self._step_count)
         if self.pipeline is not None:
-            return self._before_stage_step(), None
+            return self._before_stage_step()
         work = self._plan_step()
-        ws = workspace([w.targets for w in work])
         if self.mode == "gradient":
             for w in work:
-                run_group_step(w, self.mode, ws)
-            return [], None
-        Snapshots.take(work)  # theta before the base step, whatever wrote it since the last step
-        return work, ws
+                run(w)
+            return []
+        # theta before the base step, whatever wrote it since the last step
+        Snapshots.take([row for w in work for row in w.members.arrays[1]], [t for w in work for t in w.members.arrays[0]])
+        return work
 
-    def _plan_step(self) -> list[GroupStep]:
-        """Each active group's work at this step; nothing is changed, everything is allocated."""
-        decays = decay_factors(self._bases, self.decoupled_decay) if self.mode == "update" else {}
+    def _plan_step(self) -> list[Planned]:
+        """Each active group's step, planned (``dispatch.plan``); nothing is changed."""
+        update = self.mode == "update"
+        decays = decay_factors(self._bases, self.decoupled_decay) if update else {}
         work = []
         for gi, members in self._active_groups():
             band = self.operator.band(len(members), self._step_count)
             if band.is_identity:
                 continue
-            if self.mode == "gradient":
+            shards = [local(p) for p in members]
+            if update:
+                rows = list(self._snapshots.buffer(gi, shards, len(self._members[gi])).unbind(0))  # (numel,) each
+                coefficients = to_device([decays.get(id(p), 1.0) for p in members], compute_dtype(shards[0].dtype),
+                                         shards[0].device)
+                work.append(plan(Members("update", [shards, rows]), layout(band, minus_identity=True), coefficients,
+                                 self._fused))
+            else:
                 refuse_sparse(members, self._name)
-            work.append(plan_group_step(gi, members, band, self.mode, fused=self._fused, snapshots=self._snapshots,
-                                        capacity=len(self._members[gi]), decays=decays))
+                work.append(plan(Members("gradient", [[local(p.grad) for p in members]]), layout(band), None,
+                                 self._fused))
         return work
 
-    def _before_stage_step(self) -> list[GroupStep]:
+    def _before_stage_step(self) -> list[list[Tensor]]:
         """A pipeline stage mixes every block at every step, with the global band, after
-        exchanging its boundary members with the neighbouring stages (pipeline.py)."""
+        exchanging its boundary members with the neighbouring stages (pipeline.py); update
+        mode returns the snapshot rows it took."""
         if self._stage_band().is_identity:
             return []
         check_stage(self._members, self._name)
         if self.mode == "gradient":
             stage_gradients(self.pipeline, self._stage_band(), self._members)
             return []
-        return stage_snapshots(self._members, self._snapshots)
+        rows = [list(self._snapshots.buffer(gi, [local(p) for p in m], len(m)).unbind(0))
+                for gi, m in enumerate(self._members)]
+        Snapshots.take([r for rs in rows for r in rs], [local(p) for m in self._members for p in m])
+        return rows
 
-    def _stage_band(self):
+    def _stage_band(self) -> Band:
         return self.operator.band(self.pipeline.num_blocks, self._step_count)
 
     @torch.compiler.disable
-    def _after_base_step(self, pending: list[GroupStep], ws: Workspace | None) -> None:
+    def _after_base_step(self, pending: list) -> None:
         if pending and self.pipeline is not None:
-            stage_updates(self.pipeline, self._stage_band(), pending, decay_factors(self._bases, self.decoupled_decay))
+            stage_updates(self.pipeline, self._stage_band(), self._members, pending,
+                          decay_factors(self._bases, self.decoupled_decay))
         for w in pending if self.pipeline is None else ():
-            run_group_step(w, self.mode, ws)
+            run(w)
         self._step_count += 1
 
     # -- state dict --------------------------------------------------------------------------
@@ -443,7 +456,7 @@ class GradientSmoothing(Optimizer):
         across them), each group carrying ``"gradsmooth": {"step": ..., settings}``."""
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
-        state_dict = checkpoint.pack(self._bases, {"step": self._step_count, **self.settings})
+        state_dict = checkpoint.pack(self._bases, {"step": self._step_count, **self.settings.summary()})
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, state_dict)
             if result is not None:
@@ -468,7 +481,7 @@ class GradientSmoothing(Optimizer):
         checkpoint.check_shapes(parts, self._bases, self._name)
         checkpoint.load_all_or_none(self._bases, parts)
         if settings is not None:
-            checkpoint.warn_other_settings(settings, self.settings)
+            checkpoint.warn_other_settings(settings, self.settings.summary())
         self._step_count = step
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)

@@ -23,14 +23,14 @@ import torch.distributed as dist
 from torch import Tensor
 
 from gradsmooth import Band
-from gradsmooth.smoothing import weighted_sum
 
-from .execution import GroupStep, Snapshots
+from .bands import BandLayout
+from .contract import Members
+from .dispatch import plan, run
+from .eager import compute_dtype
 from .groups import local
-from .mixing import compute_dtype
 
-__all__ = ["PipelineStages", "check_stage", "exchange_boundaries", "mix_stage", "stage_gradients", "stage_snapshots",
-           "stage_updates"]
+__all__ = ["PipelineStages", "check_stage", "exchange_boundaries", "mix_stage", "stage_gradients", "stage_updates"]
 
 
 @dataclass(frozen=True)
@@ -81,19 +81,34 @@ def exchange_boundaries(stages: PipelineStages, groups: list[list[Tensor]], r: i
     return received
 
 
-def mix_stage(band: Any, first: int, own: list[Tensor], received: tuple[list[Tensor], list[Tensor]]) -> list[Tensor]:
-    """Each own member's row of the global band applied over (previous, own, next) members:
-    ``sum_j A[first + l, j] U_j`` for l = 0..len(own) - 1, as new tensors."""
+def stage_layout(band: Band, first: int, own: int, received: tuple[int, int]) -> BandLayout:
+    """The band of a stage's extended members (``received[0]`` from the previous stage, ``own``
+    of its own, ``received[1]`` from the next): the own rows are the global band's rows
+    ``first .. first + own - 1``, the received rows the identity (their members are kept)."""
+    before, after = received
+    start = first - before  # global index of the first extended member
+    pattern, values = [], []
+    for i in range(before + own + after):
+        if before <= i < before + own:
+            row = band.rows[start + i]
+            if any(not 0 <= j - start < before + own + after for j, _ in row):
+                raise ValueError(f"the window of block {start + i} reaches past the neighbouring stages")
+            pattern.append(tuple(j - start for j, _ in row))
+            values.extend(w for _, w in row)
+        else:
+            pattern.append((i,))
+            values.append(1.0)
+    return BandLayout(tuple(pattern), tuple(values))
+
+
+def mix_stage(band: Band, first: int, own: list[Tensor], received: tuple[list[Tensor], list[Tensor]]) -> None:
+    """In place, each own member's row of the global band over (previous, own, next) members:
+    ``own_l <- sum_j A[first + l, j] U_j``, by the eager kernel (``gradient`` kind) over the
+    extended members, which are tensors of one dtype (the compute dtype)."""
     before, after = received
     extended = [*before, *own, *after]
-    start = first - len(before)  # global index of extended[0]
-    out = []
-    for l in range(len(own)):
-        row = band.rows[first + l]
-        if any(not 0 <= j - start < len(extended) for j, _ in row):
-            raise ValueError(f"the window of block {first + l} reaches past the neighbouring stages")
-        out.append(weighted_sum(extended, tuple((j - start, w) for j, w in row)))
-    return out
+    layout = stage_layout(band, first, len(own), (len(before), len(after)))
+    run(plan(Members("gradient", [extended]), layout, None, fused=False))
 
 
 # -- a stage's step: the wrapper calls these in place of the single-process execution ------------
@@ -110,36 +125,29 @@ def stage_gradients(stages: PipelineStages, band: Band, groups: list[list[Tensor
     """Gradient mode: exchange boundary gradients, then ``g_l <- sum_j A[l, j] g_j`` with the global
     band, in the compute dtype (float32 for bfloat16 and float16 members), rounded once."""
     r = band.radius
-    grads = [[local(p.grad).reshape(-1).to(compute_dtype(p.dtype)) for p in m] for m in groups]
+    grads = [[local(p.grad).reshape(-1).to(compute_dtype(p.dtype), copy=True) for p in m] for m in groups]
     received = exchange_boundaries(stages, grads, r) if r else [([], [])] * len(grads)
     for members, flat, got in zip(groups, grads, received):
-        for p, value in zip(members, mix_stage(band, stages.first_block, flat, got)):
+        mix_stage(band, stages.first_block, flat, got)
+        for p, value in zip(members, flat):
             local(p.grad).copy_(value.view(local(p.grad).shape))
 
 
-def stage_snapshots(groups: list[list[Tensor]], snapshots: Snapshots) -> list[GroupStep]:
-    """Update mode, before the base step: every group's snapshot, taken in one copy."""
-    work = []
-    for gi, members in enumerate(groups):
-        shards = [local(p) for p in members]
-        work.append(GroupStep(gi, members, shards, shards, None, None, None,
-                              snapshots.buffer(gi, shards, len(members))))
-    Snapshots.take(work)
-    return work
-
-
-def stage_updates(stages: PipelineStages, band: Band, pending: list[GroupStep], decays: dict[int, float]) -> None:
-    """Update mode, after the base step: recover each step ``delta = p - decay * theta`` (theta the
-    snapshot), exchange the boundary deltas, then ``p_l <- p_l + sum_j A[l, j] delta_j - delta_l``
-    (``= decay_l theta_l + sum_j A[l, j] delta_j``), all in the compute dtype (float32 for
-    bfloat16 and float16 members) and rounded once to the parameters' dtype, as the other paths."""
+def stage_updates(stages: PipelineStages, band: Band, groups: list[list[Tensor]], snapshots: list[list[Tensor]],
+                  decays: dict[int, float]) -> None:
+    """Update mode, after the base step: recover each step ``delta = p - decay * theta`` (theta
+    the snapshot rows), exchange the boundary deltas, then ``p_l <- decay_l theta_l + sum_j A[l,
+    j] delta_j``, all in the compute dtype (float32 for bfloat16 and float16 members) and
+    rounded once to the parameters' dtype, as the other paths."""
     r = band.radius
-    deltas = []
-    for w in pending:
-        cdtype = compute_dtype(w.shards[0].dtype)
-        deltas.append([s.reshape(-1).to(cdtype) - decays.get(id(p), 1.0) * theta.to(cdtype)
-                       for p, s, theta in zip(w.members, w.shards, w.before.unbind(0))])
+    deltas, kept = [], []
+    for members, rows in zip(groups, snapshots):
+        cdtype = compute_dtype(members[0].dtype)
+        theta = [decays.get(id(p), 1.0) * row.to(cdtype) for p, row in zip(members, rows)]  # decay * theta
+        deltas.append([local(p).reshape(-1).to(cdtype) - t for p, t in zip(members, theta)])
+        kept.append(theta)
     received = exchange_boundaries(stages, deltas, r) if r else [([], [])] * len(deltas)
-    for w, rows, got in zip(pending, deltas, received):
-        for shard, delta, mixed in zip(w.shards, rows, mix_stage(band, stages.first_block, rows, got)):
-            shard.copy_((shard.reshape(-1).to(delta.dtype) + (mixed - delta)).view(shard.shape))
+    for members, rows, theta, got in zip(groups, deltas, kept, received):
+        mix_stage(band, stages.first_block, rows, got)  # rows <- (A delta)_l
+        for p, t, mixed in zip(members, theta, rows):
+            local(p).copy_((t + mixed).view(local(p).shape))

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from .runs import RunConfig, RunResult
 
 __all__ = ["ViT", "GPT", "DiT", "Both", "Trainer", "DiffusionTrainer", "RLTrainer", "TRAINERS", "DEVICES",
-           "build_model", "build_optimizer", "evaluate", "train", "deterministic", "resolve_device", "running"]
+           "build_model", "build_optimizer", "cpu_threads", "evaluate", "train", "deterministic", "resolve_device",
+           "running"]
 
 # the task's default model (loop.MODEL_SIZES in these classes' terms)
 SIZES = {task: dict(depth=s["depth"], dim=s["width"], heads=s["heads"]) for task, s in loop.MODEL_SIZES.items()}
@@ -73,6 +74,26 @@ def running(config: RunConfig) -> Iterator[None]:
     finally:
         if set_here:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+@contextmanager
+def cpu_threads(requested: int | None) -> Iterator[tuple[int, str]]:
+    """Within: torch's CPU threads for a run, and why that many: ``requested`` (``--threads``),
+    else OMP_NUM_THREADS where set (torch has read it), else 1, as these models are too small to
+    gain from more threads. After: torch's count as it was."""
+    before = torch.get_num_threads()
+    if requested is not None:
+        torch.set_num_threads(requested)
+        why = "--threads"
+    elif os.environ.get("OMP_NUM_THREADS"):
+        why = "OMP_NUM_THREADS"
+    else:
+        torch.set_num_threads(1)
+        why = "the default for these small models; --threads N to change"
+    try:
+        yield torch.get_num_threads(), why
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager

@@ -27,27 +27,34 @@ def torch_base(base: str, flags: dict):
     return lambda params: torch.optim.SGD(params, **{**SGD, **flags})
 
 
-def wrapper(mode: str, compiled: bool):
+def forced(kernel_name: str, kind: str, monkeypatch) -> bool | None:
+    """Make ``kernel_name`` the one kernel that runs ``kind`` (the members here are tiny: no size
+    threshold); the ``fused`` argument that selects it."""
+    from gradsmooth.backends.torch import dispatch, inductor
+
+    if kernel_name == "eager":
+        return False
+    monkeypatch.setattr(dispatch, "COMPILED", tuple((k, kinds) for k, kinds in dispatch.KERNELS if k.name == kernel_name))
+    monkeypatch.setattr(inductor, "MIN_ELEMENTS", 0)
+    return True
+
+
+def wrapper(mode: str, kernel_name: str):
     def build(model, base, flags, dtype, monkeypatch):
         from gradsmooth.backends.torch import GradientSmoothing
-        from gradsmooth.backends.torch import execution
 
-        if compiled:  # the members here are tiny: compile anyway
-            monkeypatch.setattr(execution, "FUSED_MIN_ELEMENTS", 0)
-        return GradientSmoothing(torch_base(base, flags)(model.parameters()), model, mode=mode, fused=compiled)
+        fused = forced(kernel_name, mode, monkeypatch)
+        return GradientSmoothing(torch_base(base, flags)(model.parameters()), model, mode=mode, fused=fused)
     return build
 
 
-def native(kernel: str):
+def native(kernel_name: str):
     def build(model, base, flags, dtype, monkeypatch):
-        from gradsmooth.backends.torch import SmoothedAdamW, SmoothedSGD, blocked, execution
+        from gradsmooth.backends.torch import SmoothedAdamW, SmoothedSGD
 
-        if kernel != "eager":
-            monkeypatch.setattr(execution, "FUSED_MIN_ELEMENTS", 0)
-        if kernel == "inductor":  # inductor's kernel where a CPU would run the blocked one
-            monkeypatch.setattr(blocked, "BLOCKED_DTYPES", {})
+        fused = forced(kernel_name, base, monkeypatch)
         cls, hyper = (SmoothedAdamW, ADAMW) if base == "adamw" else (SmoothedSGD, SGD)
-        return cls(model, **{**hyper, **flags}, fused=kernel != "eager")
+        return cls(model, **{**hyper, **flags}, fused=fused)
     return build
 
 
@@ -64,16 +71,32 @@ def amsgrad_refused(flags: dict) -> str | None:
     return "amsgrad" if flags.get("amsgrad") else None
 
 
-for _mode in ("update", "gradient"):
-    register(Path(f"torch-wrapper-{_mode}-eager", "torch", ("adamw", "sgd"), wrapper(_mode, False), _mode))
-    register(Path(f"torch-wrapper-{_mode}-inductor", "torch", ("adamw", "sgd"), wrapper(_mode, True), _mode,
-                  compiled="fused"))
-    register(Path(f"torch-pipeline-stage-{_mode}", "torch", ("adamw", "sgd"), stage(_mode), _mode, stage=True))
-register(Path("torch-native-eager", "torch", ("adamw", "sgd"), native("eager"), refuses=amsgrad_refused))
-register(Path("torch-native-blocked", "torch", ("adamw", "sgd"), native("blocked"), dtypes=("float32", "float64"),
-              compiled="fused", refuses=amsgrad_refused))
-register(Path("torch-native-inductor", "torch", ("adamw", "sgd"), native("inductor"), compiled="fused",
-              refuses=amsgrad_refused))
+def register_torch_kernels() -> None:
+    """A path for every kernel the torch adapter registers (dispatch.KERNELS) and every kind it
+    serves, through the optimizer that runs that kind; and the pipeline stage's path."""
+    try:
+        import torch
+
+        from gradsmooth.backends.torch import dispatch
+    except ImportError:
+        return
+    for kernel, kinds in dispatch.KERNELS:
+        dtypes = tuple(d for d in DTYPES if kernel.refuses("adamw", getattr(torch, d), torch.device("cpu"), 1 << 20, True)
+                       in (None, dispatch.inductor.compiler_missing("cpu")))
+        compiled = None if kernel.name == "eager" else kernel.name
+        for mode in ("update", "gradient"):
+            if mode in kinds:
+                register(Path(f"torch-wrapper-{mode}-{kernel.name}", "torch", ("adamw", "sgd"), wrapper(mode, kernel.name),
+                              mode, dtypes=dtypes, compiled=compiled))
+        bases = tuple(b for b, ks in (("adamw", {"adamw"}), ("sgd", {"sgd", "sgd-plain"})) if ks <= kinds)
+        if bases:
+            register(Path(f"torch-native-{kernel.name}", "torch", bases, native(kernel.name), dtypes=dtypes,
+                          compiled=compiled, refuses=amsgrad_refused))
+    for mode in ("update", "gradient"):
+        register(Path(f"torch-pipeline-stage-{mode}", "torch", ("adamw", "sgd"), stage(mode), mode, stage=True))
+
+
+register_torch_kernels()
 
 
 class TorchRun:

@@ -1,9 +1,10 @@
 """Every executor applies the core's plan exactly as the core's own ``smooth()`` does.
 
 The core plans (groups, and the band of ``(1 - alpha) I + alpha A`` at a step, from
-``DepthOperator.band_at``); the adapters only execute it with their framework's kernels: the
-torch eager kernels (``mixing``), the torch compiled kernels (``fused``) and the MLX executor
-(``mix_group``). Each is run on the same members as ``smooth()`` and must agree with it.
+``DepthOperator.band_at``); the adapters only execute it with their framework's kernels: every
+torch kernel registered in ``dispatch.KERNELS`` that serves the wrapper's kinds, called through
+the kernel contract (``contract.py``), and the MLX executor (``mix_group``). Each is run on the
+same members as ``smooth()`` and must agree with it.
 """
 
 import numpy as np
@@ -39,38 +40,34 @@ def members_and_expected(op, seed=0):
     return [updates[n] for n in names], [expected[n] for n in names], op.band(N, STEP)
 
 
+def torch_kernels() -> list[tuple[str, str]]:
+    """(kernel name, kind) for every registered torch kernel and the wrapper's kinds it serves."""
+    try:
+        from gradsmooth.backends.torch import dispatch
+    except ImportError:
+        return [("eager", "gradient"), ("eager", "update")]  # skipped below: the ids only
+    return [(k.name, kind) for k, kinds in dispatch.KERNELS for kind in ("gradient", "update") if kind in kinds]
+
+
+@pytest.mark.parametrize("kernel_name, kind", torch_kernels())
 @pytest.mark.parametrize("name", sorted(OPERATORS))
-def test_torch_eager_kernels_execute_the_core_plan(name):
+def test_torch_kernels_execute_the_core_plan(name, kernel_name, kind):
     torch = pytest.importorskip("torch")
-    from gradsmooth.backends.torch.mixing import band_program, mix_gradients, mix_updates
+    from gradsmooth.backends.torch import dispatch
+    from gradsmooth.backends.torch.bands import layout
+    from gradsmooth.backends.torch.contract import Members
 
+    kernel = next(k for k, _ in dispatch.KERNELS if k.name == kernel_name)
     members, expected, band = members_and_expected(OPERATORS[name])
-    grads = [torch.tensor(m) for m in members]
-    mix_gradients(band_program(band), grads)
-    np.testing.assert_allclose(np.stack([g.numpy() for g in grads]), np.stack(expected), rtol=1e-13, atol=1e-14)
-    # update mode from a zero snapshot and no decay: p + (A - I)(p - 0) = A p
-    params = [torch.tensor(m) for m in members]
-    mix_updates(band_program(band, minus_identity=True), params, torch.zeros(N, SHAPE[0] * SHAPE[1],
-                                                                             dtype=torch.float64), None)
-    np.testing.assert_allclose(np.stack([p.numpy() for p in params]), np.stack(expected), rtol=1e-13, atol=1e-14)
-
-
-@pytest.mark.parametrize("mode", ["gradient", "update"])
-@pytest.mark.parametrize("name", ["window3", "matrix"])
-def test_torch_fused_kernels_execute_the_core_plan(name, mode):
-    torch = pytest.importorskip("torch")
-    from gradsmooth.backends.torch.fused import band_pattern, fused_kernel
-
-    members, expected, band = members_and_expected(OPERATORS[name])
-    pattern, values = band_pattern(band, minus_identity=mode == "update")
-    kernel = fused_kernel(pattern, mode)
-    kernel.prepare(torch.float64, torch.device("cpu"))
-    tensors, weights = [torch.tensor(m) for m in members], torch.tensor(values, dtype=torch.float64)
-    if mode == "gradient":
-        kernel(tensors, weights)
-    else:
-        kernel(tensors, list(torch.zeros(N, SHAPE[0] * SHAPE[1], dtype=torch.float64).unbind(0)), weights,
-               torch.ones(N, dtype=torch.float64))
+    tensors = [torch.tensor(m) for m in members]
+    if kind == "gradient":
+        group, coefficients = Members("gradient", [tensors]), None
+    else:  # from a zero snapshot and no decay: p + (A - I)(p - 0) = A p
+        zeros = list(torch.zeros(N, SHAPE[0] * SHAPE[1], dtype=torch.float64).unbind(0))
+        group, coefficients = Members("update", [tensors, zeros]), torch.ones(N, dtype=torch.float64)
+    bands = layout(band, minus_identity=kind == "update")
+    kernel.prepare(kind, bands, torch.float64, torch.device("cpu"))
+    kernel.bind(group, bands, coefficients, kernel.scratch(group, bands))()
     np.testing.assert_allclose(np.stack([t.numpy() for t in tensors]), np.stack(expected), rtol=1e-13, atol=1e-14)
 
 

@@ -49,14 +49,13 @@ def gradients(model, seed=1):
 def test_an_allocation_that_fails_at_any_point_of_a_step_changes_nothing(tiny_net, monkeypatch, mode, fused):
     # the k-th torch.empty of a step raises MemoryError (the snapshots, the workspace, ...): either
     # the step completes, or parameters, gradients, state and the step counter are as they were
-    import gradsmooth.backends.torch.execution as execution_module
-    import gradsmooth.backends.torch.fused as fused_module
-    import gradsmooth.backends.torch.mixing as mixing_module
+    from gradsmooth.backends.torch import dispatch, eager, inductor
 
-    monkeypatch.setattr(execution_module, "FUSED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(inductor, "MIN_ELEMENTS", 0)
     # kernels of its own: a failed allocation while one compiles gives it up (eager from then on),
     # which must not reach the other tests' kernels
-    monkeypatch.setattr(fused_module, "_KERNELS", {})
+    monkeypatch.setattr(inductor.INDUCTOR, "_compiled", {})
+    monkeypatch.setattr(dispatch, "_GIVEN_UP", set())
     real_empty = torch.empty
     failed_at = []
     for k in range(1, 40):
@@ -66,7 +65,7 @@ def test_an_allocation_that_fails_at_any_point_of_a_step_changes_nothing(tiny_ne
         train(model, opt, 1)
         gradients(model)
         before, step = snapshot(model, opt), opt._step_count
-        mixing_module._SCRATCH.clear()  # the eager kernels' scratch, kept across steps on a CPU: allocated again
+        eager._SCRATCH.clear()  # the eager kernels' scratch, kept across steps on a CPU: allocated again
         calls = [0]
 
         def empty(*args, **kwargs):

@@ -8,9 +8,9 @@ import warnings
 import pytest
 import torch
 
+from gradsmooth.backends.torch import dispatch, eager, inductor
 import gradsmooth.backends.torch.blocked as blocked_module
-import gradsmooth.backends.torch.execution as execution_module
-import gradsmooth.backends.torch.fused as fused_module
+from gradsmooth.backends.torch.inductor import INDUCTOR
 from gradsmooth.backends.torch import GradientSmoothing, SmoothedAdamW, SmoothedSGD
 from gradsmooth.reference import SGD, AdamW, Smoothed
 from tests.backends.torch.test_exactness import assert_tracks, float64_device
@@ -24,16 +24,16 @@ SGDS = {
 }
 
 
-@pytest.fixture(params=["eager", "fused", "fused-inductor"])
+@pytest.fixture(params=["eager", "blocked", "inductor"])
 def path(request, monkeypatch):
-    """Every kernel path: eager; fused, which on a CPU is the blocked C++ kernel for float32 and
-    float64; and inductor's kernel (CUDA's, and a CPU's for other dtypes), forced here. The tiny
-    members are far below the size where fusing pays: fuse anyway."""
+    """Every kernel path: eager; the blocked C++ kernel (a CPU's for float32 and float64); and
+    inductor's (CUDA's, and a CPU's for other dtypes), forced here. The tiny members are far
+    below the size where compiling pays: compile anyway. Returns the ``fused`` argument."""
     if request.param == "eager":
         return False
-    monkeypatch.setattr(execution_module, "FUSED_MIN_ELEMENTS", 0)
-    if request.param == "fused-inductor":
-        monkeypatch.setattr(blocked_module, "BLOCKED_DTYPES", {})
+    monkeypatch.setattr(inductor, "MIN_ELEMENTS", 0)
+    if request.param == "inductor":
+        monkeypatch.setattr(dispatch, "COMPILED", tuple(c for c in dispatch.COMPILED if c[0] is INDUCTOR))
     return True
 
 
@@ -67,7 +67,7 @@ def test_equals_the_wrapper_in_update_mode_float32(tiny_net, path, native, base,
         assert opts[0].plan == opts[1].plan
         for m, o in zip(models, opts):
             _train(m, o, every=5)
-    assert ("fused" in opts[0].plan.paths) == path  # the path under test ran
+    assert (set(opts[0].plan.paths) <= {"blocked", "inductor"}) == path  # a compiled kernel ran, or none
     for (k, a), b in zip(models[0].named_parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=k)
 
@@ -196,16 +196,16 @@ def test_grad_scaler_and_hooks_drive_it_as_any_torch_optimizer(tiny_net):
 def test_the_plan_says_which_path_each_group_takes(tiny_net, monkeypatch):
     # on a CPU, float32 and float64 groups of any size take the blocked kernel (its call costs
     # microseconds); other dtypes take inductor's from 65,536 elements per member
-    monkeypatch.setattr(fused_module, "_KERNELS", {})  # no kernel built by an earlier test
+    monkeypatch.setattr(blocked_module, "_LOADED", set())  # no kernel loaded by an earlier test
     model = tiny_net()
     opt = SmoothedAdamW(model)
     text = str(opt.plan)
     assert text.splitlines()[1].split()[-1] == "path"
-    assert set(opt.plan.paths) == {"fused (compiles at the first step)"}
+    assert set(opt.plan.paths) == {"blocked (compiles at the first step)"}
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     opt.step()
-    assert set(opt.plan.paths) == {"fused"}
+    assert set(opt.plan.paths) == {"blocked"}
     assert set(SmoothedAdamW(model, fused=False).plan.paths) == {"eager (fused=False)"}
     low = tiny_net(dtype=torch.bfloat16)
     assert set(SmoothedSGD(low).plan.paths) == {"eager (members under 65,536 elements)"}
@@ -248,10 +248,10 @@ def test_an_allocation_that_fails_at_any_point_of_a_step_changes_nothing(tiny_ne
     # the k-th allocation of a step (state, coefficient tables, scratch: torch.empty, zeros_like,
     # tensor) raises MemoryError: either the step completes, or parameters, gradients and state
     # are as they were, and the next step goes through
-    import gradsmooth.backends.torch.mixing as mixing_module
     from tests.backends.torch.test_atomic import assert_unchanged, gradients, snapshot
 
-    monkeypatch.setattr(fused_module, "_KERNELS", {})  # a kernel given up here stays here
+    monkeypatch.setattr(INDUCTOR, "_compiled", {})  # a kernel given up here stays here
+    monkeypatch.setattr(dispatch, "_GIVEN_UP", set())
 
     real = {name: getattr(torch, name) for name in ("empty", "zeros_like", "tensor")}
     failed_at = []
@@ -263,7 +263,7 @@ def test_an_allocation_that_fails_at_any_point_of_a_step_changes_nothing(tiny_ne
             opt.step()
         gradients(model)
         before = snapshot(model, opt)
-        mixing_module._SCRATCH.clear()  # the scratch kept across steps: allocated again
+        eager._SCRATCH.clear()  # the scratch kept across steps: allocated again
         calls = [0]
 
         def failing(make):

@@ -414,7 +414,7 @@ def test_factory_class_builds_the_base_and_wraps_it(tiny_net):
     b = GradientSmoothing(torch.optim.AdamW(model_b.parameters(), lr=1e-2, weight_decay=0.1), model_b, window=3,
                           kernel="triangular")
     assert isinstance(a.optimizers[0], torch.optim.AdamW) and a.param_groups[0]["lr"] == 1e-2
-    assert a.settings == b.settings and str(a.plan) == str(b.plan)
+    assert a.settings.summary() == b.settings.summary() and str(a.plan) == str(b.plan)
     train(model_a, a, 3)
     train(model_b, b, 3)
     assert same_params(model_a, model_b)
@@ -451,9 +451,9 @@ def test_factory_reads_the_module_when_the_class_is_instantiated(tiny_net):
     (torch.optim.SGD, "blocks", {}, TypeError, "model should be an nn.Module or an iterable .* but is: 'blocks'"),
     (torch.optim.SGD, [("w", 1.0)], {}, TypeError, r"model should be .* but holds: \('w', 1.0\)"),
     (torch.optim.SGD, None, {"window": 2}, ValueError, "window should be an odd integer >= 1 but is: 2"),
-    (torch.optim.SGD, None, {"windw": 3}, TypeError, r"unexpected smoothing option\(s\) \['windw'\]"),
+    (torch.optim.SGD, None, {"windw": 3}, TypeError, r"GradientSmoothing got an unexpected keyword argument 'windw'; its options: .* window options \(window, "),
     (torch.optim.SGD, None, {"mode": "grad"}, ValueError, "mode should be one of .* but is: 'grad'"),
-    (torch.optim.SGD, None, {"fused": 1}, TypeError, r"fused should be None \(compiled kernels where they can run\), True or False but is: 1"),
+    (torch.optim.SGD, None, {"fused": 1}, TypeError, r"fused should be None, True or False but is: 1$"),
     (torch.optim.SGD, None, {"decoupled_decay": "yes"}, TypeError, "decoupled_decay should be .* but is: 'yes'"),
     (torch.optim.SGD, None, {"stacks": "layers"}, ValueError, "stacks entry 'layers' matches no parameter name"),
     (torch.optim.SGD, None, {"exclude": 3}, TypeError, "exclude should be .* but is: 3"),

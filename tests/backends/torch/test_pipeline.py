@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gradsmooth.backends.torch import GradientSmoothing, PipelineStages
-from gradsmooth.backends.torch.pipeline import mix_stage
+from gradsmooth.backends.torch.pipeline import mix_stage, stage_layout
 from gradsmooth import WindowSmoothing
 
 
@@ -45,10 +45,18 @@ def test_mix_stage_applies_the_global_band_over_received_members():
     band = WindowSmoothing(3).band(6)
     members = [torch.full((2,), float(j)) for j in range(6)]
     own, before, after = members[2:4], members[1:2], members[4:5]
-    mixed = mix_stage(band, 2, own, (before, after))
-    torch.testing.assert_close(torch.stack(mixed), torch.tensor([[2.0, 2.0], [3.0, 3.0]]))
+    mix_stage(band, 2, own, (before, after))  # in place, by the eager kernel
+    torch.testing.assert_close(torch.stack(own), torch.tensor([[2.0, 2.0], [3.0, 3.0]]))
+    assert before[0].tolist() == [1.0, 1.0] and after[0].tolist() == [4.0, 4.0]  # received members kept
     with pytest.raises(ValueError, match="reaches past the neighbouring stages"):
         mix_stage(band, 2, own, ([], after))
+
+
+def test_the_stage_layout_is_the_global_rows_and_identity_for_received_members():
+    band = WindowSmoothing(3).band(6)
+    stage = stage_layout(band, 2, 2, (1, 1))
+    assert stage.pattern == ((0,), (0, 1, 2), (1, 2, 3), (3,))
+    assert stage.values == (1.0, *(w for _, w in band.rows[2]), *(w for _, w in band.rows[3]), 1.0)
 
 
 def test_a_stage_needs_every_gradient(tiny_net, process_group):

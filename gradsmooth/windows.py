@@ -1,4 +1,5 @@
-"""Window kernels and boundary rules of Window Smoothing (docs/method.md), in pure Python.
+"""The window shapes of Window Smoothing (docs/method.md): its kernels (weights per offset) and
+boundary rules, in pure Python. (Not compute kernels: those are the adapters'.)
 
 This is planning code: it runs once per (window, kernel, n) and is cached by the
 operators; nothing here touches an array.

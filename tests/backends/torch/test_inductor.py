@@ -1,4 +1,6 @@
-"""fused=True: the compiled band kernels against the NumPy reference oracle and the eager kernels."""
+"""Inductor's kernels (backends/torch/inductor.py): their source, compiled before anything changes
+and never inside a step, against the NumPy reference oracle and the eager kernels; falling back
+to the eager kernel (dispatch.py) when one cannot compile or refuses its call."""
 
 import warnings
 
@@ -6,12 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import gradsmooth.backends.torch.fused as fused_module
-import gradsmooth.backends.torch.execution as execution_module
 from gradsmooth import WindowSmoothing
-from gradsmooth.backends.torch import GradientSmoothing
-from gradsmooth.backends.torch.execution import fused_call
-from gradsmooth.backends.torch.fused import FUSED_MIN_ELEMENTS, FusedKernel, band_pattern, kernel_source
+from gradsmooth.backends.torch import GradientSmoothing, dispatch, inductor
+from gradsmooth.backends.torch.bands import layout
+from gradsmooth.backends.torch.inductor import INDUCTOR, MIN_ELEMENTS, InductorKernel, kernel_source
 from gradsmooth.reference import AdamW, Smoothed
 from tests.backends.torch.test_exactness import BASES as EXACT_BASES
 from tests.backends.torch.test_exactness import assert_tracks, float64_device
@@ -20,26 +20,35 @@ from tests.backends.torch.test_exactness import assert_tracks, float64_device
 @pytest.fixture
 def fuse_all(monkeypatch):
     """The tiny test model's members are far below the size where fusing pays: fuse them anyway."""
-    monkeypatch.setattr(execution_module, "FUSED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(inductor, "MIN_ELEMENTS", 0)
 
 
-def test_band_pattern_lists_each_rows_members_and_weights():
+@pytest.fixture
+def fresh(monkeypatch):
+    """Inductor's kernels of this test's own, and nothing given up: what it gives up stays here."""
+    monkeypatch.setattr(INDUCTOR, "_compiled", {})
+    monkeypatch.setattr(dispatch, "_GIVEN_UP", set())
+
+
+def test_the_layout_lists_each_rows_members_and_weights():
     band = WindowSmoothing(3).band(4)
-    pattern, values = band_pattern(band)
-    assert pattern == ((0, 1), (0, 1, 2), (1, 2, 3), (2, 3))
-    np.testing.assert_allclose(values, [1 / 2, 1 / 2] + [1 / 3] * 6 + [1 / 2, 1 / 2])
-    pattern, values = band_pattern(band, minus_identity=True)
-    assert pattern == ((0, 1), (0, 1, 2), (1, 2, 3), (2, 3))
-    np.testing.assert_allclose(values[:2], [1 / 2 - 1, 1 / 2])
+    bands = layout(band)
+    assert bands.pattern == ((0, 1), (0, 1, 2), (1, 2, 3), (2, 3))
+    np.testing.assert_allclose(bands.values, [1 / 2, 1 / 2] + [1 / 3] * 6 + [1 / 2, 1 / 2])
+    bands = layout(band, minus_identity=True)
+    assert bands.pattern == ((0, 1), (0, 1, 2), (1, 2, 3), (2, 3))
+    np.testing.assert_allclose(bands.values[:2], [1 / 2 - 1, 1 / 2])
 
 
 def test_kernel_source_reads_each_member_once_and_writes_each_once():
-    pattern = band_pattern(WindowSmoothing(3).band(5), minus_identity=True)[0]
+    pattern = layout(WindowSmoothing(3).band(5), minus_identity=True).pattern
     src = kernel_source(pattern, "update")
     for j in range(5):
-        assert src.count(f"x{j} = ") == 1 and src.count(f"p[{j}].copy_(") == 1 and f"s[{j}].copy_(" not in src
-    src = kernel_source(band_pattern(WindowSmoothing(3).band(5))[0], "gradient")
-    assert "s[" not in src and all(src.count(f"p[{j}].copy_(") == 1 for j in range(5))
+        assert src.count(f"u{j} = ") == 1 and src.count(f"p[{j}].copy_(") == 1 and f"s[{j}].copy_(" not in src
+    src = kernel_source(layout(WindowSmoothing(3).band(5)).pattern, "gradient")
+    assert "s[" not in src and all(src.count(f"g[{j}].copy_(") == 1 for j in range(5))
+    adamw = kernel_source(layout(WindowSmoothing(3).band(5)).pattern, "adamw")
+    assert all(adamw.count(f"{a}[{j}].copy_(") == 1 for a in "pmv" for j in range(5)) and "torch.sqrt(" in adamw
 
 
 BASES = {  # fused AdamW moves parameters without bumping their version counters
@@ -134,32 +143,30 @@ def _assert_same(models):
 
 
 @pytest.mark.parametrize("mode", ["update", "gradient"])
-def test_a_kernel_that_cannot_compile_falls_back_to_the_eager_kernels_with_one_warning(tiny_net, fuse_all,
+def test_a_kernel_that_cannot_compile_falls_back_to_the_eager_kernels_with_one_warning(tiny_net, fuse_all, fresh,
                                                                                         monkeypatch, mode):
-    def fail(self, dtype, device):
+    def fail(self, kind, band, dtype, device):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(fused_module, "_KERNELS", {})
-    monkeypatch.setattr(FusedKernel, "prepare", fail)
+    monkeypatch.setattr(InductorKernel, "prepare", fail)
     models, opts = _twins(tiny_net, mode)
-    with pytest.warns(RuntimeWarning, match=r"fused .* kernel .* cannot run \(RuntimeError: no C\+\+ compiler\); "
-                                            r"the eager kernels run instead") as record:
+    with pytest.warns(RuntimeWarning, match=r"the inductor kernel for .* cannot run \(RuntimeError: no C\+\+ compiler\); "
+                                            r"the eager kernel runs instead") as record:
         _bucket_steps(models, opts)
-    # one kernel (every group has 6 members and window 3), one warning over 3 steps and 8 groups
+    # one kind, dtype and device: one warning over 3 steps and 8 groups
     assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
     _assert_same(models)
 
 
 @pytest.mark.parametrize("oom", ["host", "device, wrapped"])
-def test_running_out_of_memory_while_compiling_raises_and_gives_nothing_up(tiny_net, fuse_all, monkeypatch, oom):
+def test_running_out_of_memory_while_compiling_raises_and_gives_nothing_up(tiny_net, fuse_all, fresh, monkeypatch, oom):
     # out of memory is not a compile failure: the step raises before anything changes, no
     # kernel is given up, and the next step compiles and runs the kernel
     from tests.backends.torch.test_atomic import assert_unchanged, snapshot
 
-    monkeypatch.setattr(fused_module, "_KERNELS", {})
-    prepare = FusedKernel.prepare
+    prepare = InductorKernel.prepare
 
-    def out_of_memory(self, dtype, device):
+    def out_of_memory(self, kind, band, dtype, device):
         if oom == "host":
             raise MemoryError("out of memory (test)")
         try:
@@ -169,55 +176,60 @@ def test_running_out_of_memory_while_compiling_raises_and_gives_nothing_up(tiny_
 
     models, opts = _twins(tiny_net, "update")
     _bucket_steps(models, opts, steps=1)  # state made, kernels compiled once
-    monkeypatch.setattr(fused_module, "_KERNELS", {})  # new kernels: the next step compiles
-    monkeypatch.setattr(FusedKernel, "prepare", out_of_memory)
+    monkeypatch.setattr(INDUCTOR, "_compiled", {})  # new kernels: the next step compiles
+    monkeypatch.setattr(InductorKernel, "prepare", out_of_memory)
     before = snapshot(models[1], opts[1])
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no "the eager kernels run instead"
         with pytest.raises((MemoryError, RuntimeError), match="out of memory|backend compiler failed"):
             opts[1].step()
     assert_unchanged(models[1], opts[1], before)
-    monkeypatch.setattr(FusedKernel, "prepare", prepare)
+    monkeypatch.setattr(InductorKernel, "prepare", prepare)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         opts[1].step()
-    assert "fused" in opts[1].plan.paths
+    assert "inductor" in opts[1].plan.paths
 
 
 @pytest.mark.parametrize("mode", ["update", "gradient"])
-def test_a_kernel_that_would_recompile_inside_a_step_falls_back_before_writing(tiny_net, fuse_all, monkeypatch, mode):
+def test_a_kernel_that_would_recompile_inside_a_step_falls_back_before_writing(tiny_net, fuse_all, fresh, monkeypatch,
+                                                                               mode):
     # whatever makes a compiled call fail its guards inside a step (after the base step in update
-    # mode), it must not compile there: it raises before writing and the eager kernels run
-    monkeypatch.setattr(fused_module, "_KERNELS", {})  # kernels of its own: the ones it gives up stay here
+    # mode), it must not compile there: it raises before writing and the eager kernel runs
 
-    def bind(self, members, *args):
+    def bind(self, members, band, coefficients, scratch):
         def run():
             raise RuntimeError("Detected recompile when torch.compile stance is 'fail_on_recompile'")
         return run
 
-    monkeypatch.setattr(FusedKernel, "bind", bind)
+    monkeypatch.setattr(InductorKernel, "bind", bind)
     models, opts = _twins(tiny_net, mode)
-    with pytest.warns(RuntimeWarning, match="the eager kernels run instead"):
+    with pytest.warns(RuntimeWarning, match="the eager kernel runs instead"):
         _bucket_steps(models, opts)
     _assert_same(models)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("mode", ["update", "gradient"])
-def test_kernels_compile_before_anything_changes_and_never_again(tiny_net, fuse_all, monkeypatch, mode, dtype):
+def test_kernels_compile_before_anything_changes_and_never_again(tiny_net, fuse_all, fresh, monkeypatch, mode, dtype):
     # the real members (parameters that require grad, gradients that are views into one bucket
     # at an offset, rows of the snapshot) must pass the guards of the kernel compiled on scratch
     # tensors: a recompile inside a step would run after the base step changed the parameters
-    monkeypatch.setattr(fused_module, "_KERNELS", {})  # fresh kernels: their first compile is in prepare
     compiles, runs = [], []
-    run, bind = FusedKernel._run, FusedKernel.bind
-    monkeypatch.setattr(FusedKernel, "_run", lambda self, *a: (compiles.append(self), run(self, *a)))
-    monkeypatch.setattr(FusedKernel, "bind", lambda self, *a: (runs.append(self), bind(self, *a))[1])
+    prepare, bind = InductorKernel.prepare, InductorKernel.bind
+
+    def counted(self, kind, band, dtype, device):
+        if not self.prepared(kind, band, dtype, device):
+            compiles.append((kind, band.pattern, dtype))
+        prepare(self, kind, band, dtype, device)
+
+    monkeypatch.setattr(InductorKernel, "prepare", counted)
+    monkeypatch.setattr(InductorKernel, "bind", lambda self, *a: (runs.append(self), bind(self, *a))[1])
     models, opts = _twins(tiny_net, mode, dtype=dtype, fused_adamw=True)
     with torch._dynamo.config.patch(error_on_recompile=True), warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback to the eager kernels
         _bucket_steps(models, opts)
-    assert len(compiles) == len(set(map(id, compiles))) >= 1  # each kernel compiled once, in prepare
+    assert len(compiles) == len(set(compiles)) >= 1  # each kernel compiled once, in prepare
     assert len(runs) == 3 * len(opts[1].plan.groups)  # and every group ran its kernel at every step
     for (k, a), b in zip(models[0].named_parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b, msg=k)
@@ -234,11 +246,12 @@ def test_kernels_compile_again_before_the_step_after_a_dynamo_reset(tiny_net, fu
 
 
 def test_small_members_and_non_contiguous_members_use_the_eager_kernels():
-    band = WindowSmoothing(3).band(6)
-    assert fused_call(band, [torch.zeros(8) for _ in range(6)], "update") is None  # below FUSED_MIN_ELEMENTS
-    big = [torch.zeros(FUSED_MIN_ELEMENTS // 4, 8).t() for _ in range(6)]
-    assert fused_call(band, big, "update") is None  # not contiguous
-    assert fused_call(band, [b.contiguous() for b in big], "update") is not None
+    cpu = torch.device("cpu")
+    assert dispatch.select("update", torch.float32, cpu, 8) == (dispatch.EAGER, f"members under {MIN_ELEMENTS:,} elements")
+    assert dispatch.select("update", torch.float32, cpu, MIN_ELEMENTS, contiguous=False) == (dispatch.EAGER,
+                                                                                           "members not contiguous")
+    assert dispatch.select("update", torch.float32, cpu, MIN_ELEMENTS) == (INDUCTOR, None)
+    assert dispatch.select("update", torch.float32, cpu, MIN_ELEMENTS, fused=False) == (dispatch.EAGER, "fused=False")
 
 
 def _wide(blocks=4, width=256):
@@ -265,20 +278,20 @@ def test_by_default_large_members_are_fused_and_the_plan_says_so(mode):
             for m, f in zip(models, (None, False))]
     before = str(opts[0].plan).splitlines()
     assert before[1].split()[-1] == "path"
-    assert "fused (compiles at the first step)" in before[3] and "eager (members under 65,536 elements)" in before[2]
+    assert "inductor (compiles at the first step)" in before[3] and "eager (members under 65,536 elements)" in before[2]
     assert "eager (fused=False)" in str(opts[1].plan)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # compiled without a fallback
         for m, o in zip(models, opts):
             torch.manual_seed(1)
             _train(m, o)
-    assert str(opts[0].plan).splitlines()[3].endswith("  fused")
+    assert str(opts[0].plan).splitlines()[3].endswith("  inductor")
     for (k, a), b in zip(models[0].named_parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
 
 
 def test_without_a_compiler_the_default_runs_the_eager_kernels_silently(monkeypatch):
-    monkeypatch.setattr(execution_module, "compiler_missing", lambda device_type: "no C++ compiler (test)")
+    monkeypatch.setattr(inductor, "compiler_missing", lambda device_type: "no C++ compiler (test)")
     model = _wide()
     opt = GradientSmoothing(torch.optim.AdamW(model.parameters(), lr=1e-2), model)
     assert "eager (no C++ compiler (test))" in str(opt.plan)
@@ -289,8 +302,7 @@ def test_without_a_compiler_the_default_runs_the_eager_kernels_silently(monkeypa
 
 def test_fused_argument_errors(tiny_net):
     model = tiny_net()
-    with pytest.raises(TypeError, match=r"fused should be None \(compiled kernels where they can run\), True or False "
-                                        "but is: 'yes'"):
+    with pytest.raises(TypeError, match=r"fused should be None, True or False but is: 'yes'$"):
         GradientSmoothing(torch.optim.SGD(model.parameters(), lr=0.1), model, fused="yes")
     from gradsmooth.backends.torch import PipelineStages
 

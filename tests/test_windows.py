@@ -1,4 +1,4 @@
-"""Window kernels and boundary rules (gradsmooth.kernels): weights by formula, padding against scipy."""
+"""Window kernels and boundary rules (gradsmooth.windows): weights by formula, padding against scipy."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 from scipy.ndimage import correlate1d
 
 from gradsmooth import WindowSmoothing
-from gradsmooth.kernels import BOUNDARIES, KERNELS, check_window, default_sigma, kernel_weights, pad_index
+from gradsmooth.windows import BOUNDARIES, KERNELS, check_window, default_sigma, kernel_weights, pad_index
 
 OFFSETS_5 = range(-2, 3)  # delta = -r..r for window 5
 

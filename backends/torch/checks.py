@@ -1,0 +1,67 @@
+"""The checks a step makes before anything changes: no sparse gradient where the gradients are
+mixed, and (``check_finite=True``) no non-finite gradient."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .groups import DTensor, local
+
+__all__ = ["raise_if_not_finite", "refuse_sparse"]
+
+
+def refuse_sparse(members: list[Tensor], name: Callable[[Tensor], str]) -> None:
+    """Gradient mode mixes dense gradients only: refuse a sparse one before anything changes."""
+    for p in members:
+        if p.grad.layout != torch.strided:
+            raise ValueError(
+                f"gradient of {name(p)!r} is {p.grad.layout} (sparse); mode='gradient' smooths dense gradients "
+                "only and nothing was changed: use mode='update', or exclude the parameter"
+            )
+
+
+def raise_if_not_finite(params: list[Tensor], name: Callable[[Tensor], str], step: int) -> None:
+    """Raise ``FloatingPointError`` naming the first parameter with a non-finite gradient.
+
+    One read of every gradient and one synchronisation per device: a sum is finite when its
+    terms are (inf, -inf and NaN all propagate); a sum that overflowed from finite terms
+    (float32 gradients near 3e38) is checked element by element, so a finite gradient is never
+    refused. Under FSDP2 the ranks decide together (one small all-reduce)."""
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for p in params:
+        by_device.setdefault(p.grad.device, []).append(p)
+    for device_params in by_device.values():
+        sums = torch.stack([_sum(local(p.grad)) for p in device_params])
+        distributed = any(isinstance(p.grad, DTensor) for p in device_params)
+        if distributed:
+            torch.distributed.all_reduce(sums)  # every rank takes the same decision
+        suspects = (~torch.isfinite(sums)).nonzero().view(-1).tolist()
+        if not suspects:
+            continue
+        exact = torch.tensor([_all_finite(local(device_params[i].grad)) for i in suspects], dtype=torch.float32,
+                             device=sums.device)
+        if distributed:  # a rank's shard may hold the non-finite value: decide together
+            torch.distributed.all_reduce(exact, op=torch.distributed.ReduceOp.MIN)
+        for i, finite in zip(suspects, exact.tolist()):
+            if not finite:
+                raise FloatingPointError(
+                    f"gradient of {name(device_params[i])!r} is not finite at step {step}; nothing was changed "
+                    "(pass check_finite=False to let the base optimizer see it)"
+                )
+
+
+def _sum(g: Tensor) -> Tensor:
+    """``g``'s sum in float32 or wider (float16 would overflow on large finite sums)."""
+    if g.is_sparse:
+        g = g.coalesce().values()
+    return g.sum(dtype=torch.promote_types(g.dtype, torch.float32))
+
+
+def _all_finite(g: Tensor) -> bool:
+    """Whether every element of ``g`` is finite (the exact check, for the rare sum that is not)."""
+    if g.is_sparse:
+        g = g.coalesce().values()
+    return bool(torch.isfinite(g).all())
