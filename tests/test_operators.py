@@ -110,7 +110,7 @@ def test_matrix_operator_fixed_and_callable():
         (dict(alpha="1"), TypeError, "alpha should be a number"),
         (dict(kernel="box"), ValueError, "kernel should be one of .* but is: 'box'"),
         (dict(boundary="wrap"), ValueError, "boundary should be one of .* but is: 'wrap'"),
-        (dict(kernel=[1, 2]), ValueError, r"kernel should have window=3 weights but has 2: \[1.0, 2.0\]"),
+        (dict(kernel=[1, 2]), ValueError, r"kernel should hold an odd number of weights, .* but has 2: \[1.0, 2.0\]"),
         (dict(kernel=[1, -2, 1]), ValueError, r"kernel weights should be positive but kernel is: \[1.0, -2.0, 1.0\]"),
         (dict(kernel=[1, 2, 3]), ValueError, r"kernel should be symmetric .* but is: \[1.0, 2.0, 3.0\]"),
         (dict(kernel=["a", 1, "a"]), TypeError, "kernel weights should be positive numbers"),
