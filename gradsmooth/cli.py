@@ -24,10 +24,11 @@ from .experiments.data import DataError, load_digits_split, load_problems, load_
 from .experiments.loop import ALPHA_SCHEDULES, MODEL_SIZES, AlphaSchedule
 from .experiments.reasoning import RL_DEFAULTS
 from .experiments.runs import METRICS, BackendMissing, RunConfig, RunResult, backend_module, compare, run
-from .windows import BOUNDARIES
 from .modes import MODES
-from .operators import WINDOW_DEFAULTS, make_operator
+from .operators import WINDOW_DEFAULTS
 from .results import ResultsError, machine, provenance, read_results, write_results, wrote
+from .settings import OPTIONS, Settings
+from .windows import BOUNDARIES
 
 __all__ = ["main", "TASK_DEFAULTS", "DEMO_LRS", "DEVICES", "VAL_FRACTION", "TEST_FRACTION"]
 
@@ -213,12 +214,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=("sgd", "adamw", "muon"), default="adamw",
                    help="base optimizer; muon is Muon for the blocks' matrices + AdamW at lr/10 for the rest "
                         "(default: %(default)s)")
-    p.add_argument("--window", type=_odd, default=WINDOW_DEFAULTS["window"], help="window width, odd (default: %(default)s)")
+    p.add_argument("--window", type=_odd, default=WINDOW_DEFAULTS["window"], help=OPTIONS["window"])
     p.add_argument("--kernel", type=_kernel, default=WINDOW_DEFAULTS["kernel"],
-                   help="uniform, triangular, gaussian, or comma-separated symmetric weights (default: %(default)s)")
-    p.add_argument("--boundary", choices=BOUNDARIES, default=WINDOW_DEFAULTS["boundary"], help="(default: %(default)s)")
+                   help=OPTIONS["kernel"] + " (here: comma-separated weights)")
+    p.add_argument("--boundary", choices=BOUNDARIES, default=WINDOW_DEFAULTS["boundary"], help=OPTIONS["boundary"])
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=WINDOW_DEFAULTS["normalize"],
-                   help="divide the kernel by its sum (default: normalize)")
+                   help=OPTIONS["normalize"])
     p.add_argument("--alpha", type=_fraction, default=WINDOW_DEFAULTS["alpha"],
                    help="strength in [0, 1]; with --alpha-schedule, the first step's (default: %(default)s)")
     p.add_argument("--alpha-schedule", choices=ALPHA_SCHEDULES, default="constant",
@@ -226,7 +227,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "last, linear or cosine (default: %(default)s)")
     p.add_argument("--alpha-final", type=_fraction, default=None,
                    help="the last step's alpha in [0, 1] of a linear or cosine --alpha-schedule (default: 0)")
-    p.add_argument("--mode", choices=MODES, default="update", help="smooth the update or the gradient (default: %(default)s)")
+    p.add_argument("--mode", choices=MODES, default="update", help=OPTIONS["mode"])
     p.add_argument("--steps", type=_positive, default=None,
                    help=f"training steps; rl: phase 2's (default: {_per_task('steps')})")
     p.add_argument("--batch-size", type=_positive, default=None,
@@ -368,7 +369,7 @@ def _config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
     smoothing = dict(window=args.window, kernel=args.kernel, boundary=args.boundary, normalize=args.normalize,
                      alpha=_alpha(args, config.steps), mode=args.mode)
     try:
-        make_operator(**{k: v for k, v in smoothing.items() if k != "mode"})
+        Settings.of(smoothing, takes=("mode",), who="gradsmooth")  # the options' one check
     except (TypeError, ValueError) as err:
         _fail(f"gradsmooth {args.command}: error: {err}")
     return config, smoothing
