@@ -29,9 +29,10 @@ from .inductor import INDUCTOR
 
 __all__ = ["COMPILED", "KERNELS", "Planned", "give_up", "path", "plan", "ready", "run", "select"]
 
-#: The compiled kernels, in order of preference, and the kinds each serves.
+#: The compiled kernels, in order of preference, and the kinds each serves: each kept only where
+#: it beats every simpler path by more than 10 % on an optimizer step (docs/architecture.md).
 COMPILED: tuple[tuple[GroupKernel, frozenset[str]], ...] = (
-    (BLOCKED, frozenset({"adamw", "sgd", "sgd-plain"})),
+    (BLOCKED, frozenset({"adamw"})),
     (INDUCTOR, frozenset({"update", "gradient", "adamw", "sgd", "sgd-plain"})),
 )
 

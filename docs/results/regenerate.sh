@@ -3,6 +3,7 @@
 # single-threaded and deterministic on a CPU; run the two queues side by side on a 2-core machine,
 # from the repository root:
 #   bash docs/results/regenerate.sh vit & bash docs/results/regenerate.sh lm; wait
+#   bash docs/results/regenerate.sh regimes & bash docs/results/regenerate.sh horizon; wait
 # Every results.json records its own command, commit, threads, seeds and versions (a folder
 # first run on a narrower grid and then widened with --resume, where an arm chose an edge of the
 # grid, records both commands: provenance and resumed_from). --resume also continues a queue
@@ -38,9 +39,34 @@ lm() {
   c --task lm --lrs $adamw,3e-2 --seeds 5 --depth 3 --steps 1200 --eval-every 100 --out docs/results/lm-adamw-depth3-long  # smoothed chose 1e-2
 }
 
+regimes() {
+  # the paper's other two regimes: a class-conditional diffusion transformer on the digits, and
+  # RL post-training of the small GPT on addition (phase 1 trained once per seed, reused by both arms)
+  c --task diffusion --lrs 3e-3,6e-3,1e-2,2e-2 --seeds 5 --steps 1000 --eval-every 100 --out docs/results/diffusion-adamw
+  c --task rl --lrs 3e-4,1e-3,2e-3 --seeds 8 --steps 200 --eval-every 25 --out docs/results/rl-adamw
+  c --task diffusion --optimizer muon --lrs 1e-2,2e-2,5e-2,1e-1 --seeds 5 --steps 1000 --eval-every 100 --out docs/results/diffusion-muon
+  # the depth structure (adjacent_cka, adjacent_update_cosine) of the ViT and the GPT at their
+  # headline settings, which were published before it was recorded: the same runs, 5 seeds
+  c --task vit --lrs $vit --seeds 5 --out docs/results/structure-vit
+  c --task lm --lrs $adamw --seeds 5 --out docs/results/structure-lm
+}
+
+horizon() {
+  # the GPT at 4x the headline steps, 6 and 12 blocks: constant alpha, and alpha decaying
+  # linearly to 0, each against the same base runs
+  long() { c --task lm --lrs $adamw --seeds 5 --steps 1200 --eval-every 100 "$@"; }
+  long --out docs/results/lm-adamw-long
+  long --alpha-schedule linear --alpha-final 0 --base-from docs/results/lm-adamw-long --out docs/results/lm-adamw-long-alpha-linear
+  long --depth 12 --out docs/results/lm-adamw-depth12-long
+  long --depth 12 --alpha-schedule linear --alpha-final 0 --base-from docs/results/lm-adamw-depth12-long \
+    --out docs/results/lm-adamw-depth12-long-alpha-linear
+}
+
 case "${1:-all}" in
   vit) vit ;;
   lm) lm ;;
-  all) vit; lm ;;
-  *) echo "usage: bash docs/results/regenerate.sh [vit|lm|all]" >&2; exit 2 ;;
+  regimes) regimes ;;
+  horizon) horizon ;;
+  all) vit; lm; regimes; horizon ;;
+  *) echo "usage: bash docs/results/regenerate.sh [vit|lm|regimes|horizon|all]" >&2; exit 2 ;;
 esac

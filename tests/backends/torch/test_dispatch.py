@@ -27,6 +27,8 @@ def test_select_prefers_the_registered_kernels_in_order_and_says_why_not():
     assert dispatch.select("adamw", torch.bfloat16, CPU, 1 << 20) == (INDUCTOR, None)  # blocked: float32/64 only
     assert dispatch.select("adamw", torch.bfloat16, CPU, 10) == (EAGER, "members under 65,536 elements")
     assert dispatch.select("update", torch.float32, CPU, 1 << 20) == (INDUCTOR, None)  # blocked does not serve it
+    assert dispatch.select("sgd", torch.float32, CPU, 1 << 20) == (INDUCTOR, None)  # measured no faster: not registered
+    assert dispatch.select("sgd", torch.float32, CPU, 10) == (EAGER, "members under 65,536 elements")
     assert dispatch.select("update", torch.float32, CPU, 1 << 20, fused=False) == (EAGER, "fused=False")
     assert dispatch.select("gradient", torch.float32, CPU, 1 << 20, contiguous=False) == (EAGER, "members not contiguous")
 

@@ -32,8 +32,10 @@ def path(request, monkeypatch):
     if request.param == "eager":
         return False
     monkeypatch.setattr(inductor, "MIN_ELEMENTS", 0)
-    if request.param == "inductor":
-        monkeypatch.setattr(dispatch, "COMPILED", tuple(c for c in dispatch.COMPILED if c[0] is INDUCTOR))
+    kernel = {"blocked": blocked_module.BLOCKED, "inductor": INDUCTOR}[request.param]
+    # the one compiled kernel, for every native kind (the blocked one is registered for adamw only:
+    # it serves the others as well, and is tested on them here)
+    monkeypatch.setattr(dispatch, "COMPILED", ((kernel, frozenset({"adamw", "sgd", "sgd-plain"})),))
     return True
 
 
