@@ -34,7 +34,7 @@ def test_step_benchmarks_run_once(monkeypatch):
     monkeypatch.setattr(bench_step, "gpt2_shapes", lambda *a, **k: small)
     monkeypatch.setenv("GRADSMOOTH_BENCH_CPU_MUON", "1")  # small shapes: Muon is quick here
     bench = bench_step.TorchStep()
-    for params in (("adamw-fused", "update", "default"), ("muon+adamw", "gradient", "eager")):
+    for params in (("adamw-fused", "update", "default"), ("muon+adamw", "gradient", "eager")):  # eager: out of asv's grid, still a valid setup
         bench.setup(*params)
         bench.time_wrapped_step(*params)
         assert bench.track_overhead_ratio(*params) > 0
@@ -65,7 +65,6 @@ def test_every_registered_kernel_has_a_kernel_benchmark(monkeypatch):
                 assert kind not in served or kernel.refuses(kind, __import__("torch").float32,
                                                             __import__("torch").device("cpu"), 64 * 32, True)
                 continue
-            bench.time_kernel(kernel.name, kind, "gpt2-small-mlp")
             assert bench.track_ratio_to_fused_adamw(kernel.name, kind, "gpt2-small-mlp") > 0
             ran += 1
     assert ran >= len(bench_kernels.KINDS)  # the eager kernel serves every kind, at least
