@@ -253,7 +253,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         f"(default: {RL_DEFAULTS['sft_target']:g})")
     p.add_argument("--threads", type=_positive, default=None,
                    help="torch's CPU threads (default: OMP_NUM_THREADS where set, else 1: these models are too small "
-                        "to gain from more, and on a busy 2-core machine two threads ran 10x slower than one)")
+                        "to gain from more, and more threads than free cores slow them down)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
