@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Union
 
 from .operators import DepthOperator, check_operator
+from .describe import describe
 
 __all__ = ["BlockGroup", "BlockPlan", "find_blocks", "Stacks", "Exclude"]
 
@@ -289,9 +290,9 @@ def _given(names: Iterable[str], stacks: Stacks, excluded: Iterable[str] = ()) -
         prefixes = [stacks]
     for p in prefixes:
         if not isinstance(p, str):
-            raise TypeError(f"stacks should be a prefix, a list of prefixes or a compiled regex but holds: {p!r}")
+            raise TypeError(f"stacks should be a prefix, a list of prefixes or a compiled regex but holds: {describe(p)}")
     if not prefixes:
-        raise ValueError(f"stacks should hold at least one prefix but is: {stacks!r}")
+        raise ValueError(f"stacks should hold at least one prefix but is: {describe(stacks)}")
     for p in prefixes:
         stripped = p.rstrip(".")
         if any(_site_after_prefix(name, stripped) is not None for name in names + excluded):
@@ -330,7 +331,7 @@ def _exclusion(exclude: Exclude) -> Callable[[str], bool]:
         preds = [_exclusion(e) for e in exclude]
     except TypeError:
         raise TypeError(
-            f"exclude should be names, prefixes, a regex, a predicate or a list of these but is: {exclude!r}"
+            f"exclude should be names, prefixes, a regex, a predicate or a list of these but is: {describe(exclude)}"
         ) from None
     return lambda name: any(p(name) for p in preds)
 
@@ -343,7 +344,7 @@ def _shape_dtype(name: str, value: Any) -> tuple[tuple[int, ...], Any]:
     try:
         shape = tuple(int(s) for s in shape)
     except (TypeError, ValueError):
-        raise TypeError(f"shapes[{name!r}] should be a shape (a tuple of ints) or an array but is: {value!r}") from None
+        raise TypeError(f"shapes[{name!r}] should be a shape (a tuple of ints) or an array but is: {describe(value)}") from None
     if any(s < 0 for s in shape):
         raise ValueError(f"shapes[{name!r}] should have non-negative sizes but is: {shape}")
     return shape, dtype
@@ -379,7 +380,7 @@ def find_blocks(
     candidates = sorted(name for name in info if not excluded(name))
     if sites is not None:
         if stacks is not None:
-            raise ValueError(f"pass stacks or sites, not both; stacks is: {stacks!r}")
+            raise ValueError(f"pass stacks or sites, not both; stacks is: {describe(stacks)}")
         sites = {name: _Site(*sites[name]) for name in candidates if name in sites}
     else:
         if stacks is None:

@@ -1,5 +1,5 @@
 """The ``gradsmooth`` command: ``demo`` and ``compare`` train small models with and without
-Gradient Smoothing, each at its own tuned learning rate, and show the difference; ``report``
+Gradient Smoothing, each at its own learning rate, and show the difference; ``report``
 renders a results folder's tables and plots again from its results.json.
 
 Frameworks are imported only when a run needs one (``--backend torch`` or ``mlx``).
@@ -34,7 +34,7 @@ __all__ = ["main", "TASK_DEFAULTS", "DEMO_LRS", "DEVICES", "VAL_FRACTION", "TEST
 
 # the help's description: plain text (the module docstring above is reStructuredText)
 DESCRIPTION = """The gradsmooth command: demo and compare train small models with and without
-Gradient Smoothing, each at its own tuned learning rate, and show the difference; report
+Gradient Smoothing, each at its own learning rate, and show the difference; report
 renders a results folder's tables and plots again from its results.json.
 
 Frameworks are imported only when a run needs one (--backend torch or mlx)."""
@@ -227,7 +227,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "last, linear or cosine (default: %(default)s)")
     p.add_argument("--alpha-final", type=_fraction, default=None,
                    help="the last step's alpha in [0, 1] of a linear or cosine --alpha-schedule (default: 0)")
-    p.add_argument("--mode", choices=MODES, default="update", help=OPTIONS["mode"])
+    p.add_argument("--mode", choices=MODES, default=Settings.mode, help=OPTIONS["mode"])
     p.add_argument("--steps", type=_positive, default=None,
                    help=f"training steps; rl: phase 2's (default: {_per_task('steps')})")
     p.add_argument("--batch-size", type=_positive, default=None,
@@ -261,9 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradsmooth", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"gradsmooth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    demo = sub.add_parser("demo", help="base vs smoothed at their tuned learning rates: table and PNG",
+    demo = sub.add_parser("demo", help="base vs smoothed on one seed: table and PNG",
                           description="Train the task with the base optimizer and with Gradient Smoothing, each at "
-                                      "its own tuned learning rate, same seed and data order; print checkpoints and "
+                                      "its own learning rate (the defaults: from earlier sweeps of the task), same "
+                                      "seed and data order; print checkpoints and "
                                       "the final difference; write curves and depth-structure heatmaps.")
     _common(demo)
     demo.add_argument("--lr-base", type=_lr, default=None, help=f"base learning rate ({_demo_lr_help(0)})")
@@ -479,6 +480,8 @@ def _render_demo(results: list[RunResult], out: pathlib.Path, threads: int | Non
     if all("samples" in r.diagnostics for r in (base, smoothed)):
         plot_samples(base, smoothed, out / "samples.png")
         paths.append(out / "samples.png")
+    else:
+        (out / "samples.png").unlink(missing_ok=True)  # an earlier diffusion demo's, not this run's
     return paths
 
 
@@ -503,7 +506,8 @@ def _demo_table(base: RunResult, smoothed: RunResult, threads: int | None) -> st
         p1 = base.phase1
         lines.append(f"phase 1 (the same for both, not compared): {p1['steps']} supervised steps to validation "
                      f"accuracy {p1['val_acc']:.3f} (target {base.config.sft_target:g}"
-                     + ("" if p1["reached"] else ", not reached") + ")")
+                     + ("" if p1["reached"] else ", not reached") + f"), trained in {p1['seconds']:.0f} s: inside the "
+                     "first arm's time below, unless an earlier run in this folder kept it)")
     lines.append(f"base lr {base.config.lr:g}, smoothed lr {smoothed.config.lr:g} "
                  f"({smoothed.config.smoothing}); {base.seconds:.0f} s and {smoothed.seconds:.0f} s{on}")
     lines.append(f"final {key}: base {base.final(key):.4f}, smoothed {smoothed.final(key):.4f}, "

@@ -26,6 +26,7 @@ import numpy as np
 
 from .results import ResultsError, machine, provenance, read_results, strict, write_results, wrote
 from .settings import OPTIONS, Settings
+from .describe import describe
 
 __all__ = [
     "CONFIDENCE",
@@ -83,12 +84,13 @@ def paired_difference(diffs: Sequence[float], higher_is_better: bool, confidence
     """Per-seed paired differences (smoothed - base): their mean, sample std, the Student-t
     ``confidence`` interval of the mean over the seeds, how many seeds smoothed wins on
     (respecting ``higher_is_better``), and a verdict: "win" or "loss" only when the interval
-    excludes zero, else "no significant difference" (also with fewer than two seeds)."""
+    excludes zero, else "no significant difference"; with fewer than two seeds "one seed: no
+    interval" (or "no seeds"): there is no interval to tell."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence should be in (0, 1) but is: {confidence!r}")
     d = np.asarray(diffs, dtype=float)
     n = len(d)
-    # the interval needs two seeds or more: with one, it is NaN and the verdict "no significant difference"
+    # the interval needs two seeds or more: with one it is NaN, and the verdict says so
     mean = float(d.mean()) if n else math.nan
     std = float(d.std(ddof=1)) if n > 1 else math.nan
     low = high = math.nan
@@ -99,7 +101,7 @@ def paired_difference(diffs: Sequence[float], higher_is_better: bool, confidence
         low, high = mean - half, mean + half
     wins = int(np.sum(d > 0) if higher_is_better else np.sum(d < 0))
     ties = int(np.sum(d == 0))
-    verdict = "no significant difference"
+    verdict = "no significant difference" if n > 1 else "one seed: no interval" if n == 1 else "no seeds"
     if low > 0 or high < 0:  # False for NaN
         verdict = "win" if (low > 0) == higher_is_better else "loss"
     return {"mean": mean, "std": std, "ci": [low, high], "confidence": confidence, "wins": wins, "ties": ties, "n": n,
@@ -241,7 +243,7 @@ def format_reported(metrics: Mapping[str, Mapping[str, Any]]) -> str:
 def _record(arm: Arm, seed: int, out: Mapping[str, Any], seconds: float) -> dict[str, Any]:
     """One run's record: its learning rate, arm and seed, what ``train`` returned, and its time."""
     if not isinstance(out, Mapping) or not all(isinstance(out.get(k), (int, float)) for k in ("val", "test")):
-        raise TypeError(f"train should return a mapping with 'val' and 'test' numbers but returned: {out!r} "
+        raise TypeError(f"train should return a mapping with 'val' and 'test' numbers but returned: {describe(out)} "
                         f"(lr {arm.lr:g}, {arm.label}, seed {seed})")
     return {"lr": arm.lr, "arm": arm.label, "seed": seed, "seconds": round(seconds, 2)} | dict(out)
 

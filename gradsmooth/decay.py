@@ -83,7 +83,7 @@ def check_decoupled_decay(decoupled_decay: object) -> DecoupledDecay:
         return decoupled_decay  # type: ignore[return-value]
     raise TypeError(
         "decoupled_decay should be None, True, False or a function of the param group (torch) or of the optimizer "
-        f"(MLX) but is: {decoupled_decay!r}"
+        f"(MLX) but is: {describe(decoupled_decay)}"
     )
 
 

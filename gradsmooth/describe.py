@@ -6,12 +6,15 @@ its type and size, so that a message never prints a tensor, a model or a long li
     >>> import numpy as np
     >>> describe(np.zeros((2, 3)))
     'ndarray of shape (2, 3), dtype float64'
+    >>> describe(np.full((1,), 1.5))
+    'ndarray of shape (1,), dtype float64, value 1.5'
     >>> describe([{"params": np.zeros(4)}, {"params": np.zeros(2)}])
     'list of 2 items (the first: dict with keys params)'
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,7 +39,7 @@ def describe(value: Any, limit: int = LIMIT) -> str:
     name = type(value).__name__
     if _is_array(value):
         dtype = str(value.dtype).rsplit(".", 1)[-1]  # torch.float32 -> float32
-        return f"{name} of shape {tuple(value.shape)}, dtype {dtype}"
+        return f"{name} of shape {tuple(value.shape)}, dtype {dtype}" + _single(value)
     if _is_model(value):
         return f"a {name} model"
     if isinstance(value, Mapping):
@@ -55,6 +58,16 @@ def describe(value: Any, limit: int = LIMIT) -> str:
         first = describe(next(iter(value)), limit) if len(value) else ""
         return f"{name} of {len(value)} items" + (f" (the first: {first})" if first else "")
     return _short(value, limit)
+
+
+def _single(value: Any) -> str:
+    """A single-element array's value (", value 1.5"), else nothing."""
+    try:
+        if math.prod(value.shape) != 1:
+            return ""
+        return f", value {value.item() if hasattr(value, 'item') else value!r}"
+    except Exception:  # an array whose value cannot be read here
+        return ""
 
 
 def _is_container(value: Any) -> bool:

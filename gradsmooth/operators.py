@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, Union
 import numpy as np
 
 from .windows import BOUNDARIES, check_window, kernel_weights, pad_index
+from .describe import describe
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -80,7 +81,7 @@ def _check_alpha(alpha: object) -> Alpha:
     if callable(alpha):
         return alpha  # checked each time it is evaluated
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"alpha should be a number in [0, 1] or a function of the step but is: {alpha!r}")
+        raise TypeError(f"alpha should be a number in [0, 1] or a function of the step but is: {describe(alpha)}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha should be in [0, 1] but is: {alpha!r}")
     return float(alpha)
@@ -114,7 +115,9 @@ def checked_alpha(value: object, step: int) -> float:
     real number or a real single-element array (read with ``float``). A value outside [0, 1]
     or NaN raises ValueError; a string, bool, complex number or anything ``float`` cannot read
     raises TypeError."""
-    what = f"alpha(step) should return a number in [0, 1] but alpha({step}) returned: {value!r}"
+    def what() -> str:  # made only for an error: reading an array's value here could sync a device
+        return f"alpha(step) should return a number in [0, 1] but alpha({step}) returned: {describe(value)}"
+
     dtype = str(getattr(value, "dtype", ""))
     if (
         isinstance(value, (str, bytes, bool, complex))
@@ -122,13 +125,13 @@ def checked_alpha(value: object, step: int) -> float:
         or "bool" in dtype
         or "complex" in dtype
     ):
-        raise TypeError(what)
+        raise TypeError(what())
     try:
         alpha = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
-        raise TypeError(what) from None
+        raise TypeError(what()) from None
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(what)
+        raise ValueError(what())
     return alpha
 
 
@@ -313,16 +316,16 @@ class MatrixOperator(DepthOperator):
         try:
             raw = np.asarray(value)
         except (TypeError, ValueError) as err:
-            raise TypeError(f"{what} should be a square array of numbers but is: {value!r} ({err})") from None
+            raise TypeError(f"{what} should be a square array of numbers but is: {describe(value)} ({err})") from None
         kind = raw.dtype.kind
         if kind == "c":
             raise TypeError(f"{what} should be a real array but has dtype {raw.dtype}: depth weights are real numbers")
         if kind not in "biufO" or (kind == "O" and not all(isinstance(x, numbers.Real) for x in raw.flat)):
-            raise TypeError(f"{what} should be a square array of real numbers but has dtype {raw.dtype}: {value!r}")
+            raise TypeError(f"{what} should be a square array of real numbers but has dtype {raw.dtype}: {describe(value)}")
         try:
             m = np.asarray(raw, dtype=np.float64)
         except (TypeError, ValueError, OverflowError) as err:
-            raise TypeError(f"{what} should be a square array of numbers but is: {value!r} ({err})") from None
+            raise TypeError(f"{what} should be a square array of numbers but is: {describe(value)} ({err})") from None
         if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 1:
             raise ValueError(f"{what} should be a square n x n array but has shape {m.shape}")
         if n is not None and m.shape[0] != n:

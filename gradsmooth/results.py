@@ -128,6 +128,9 @@ def read_results(folder: str | pathlib.Path) -> dict[str, Any]:
     """``folder``/results.json as written by [`write_results`][gradsmooth.results.write_results];
     [`ResultsError`][gradsmooth.results.ResultsError] when it is missing or not JSON."""
     path = pathlib.Path(folder) / "results.json"
+    if not pathlib.Path(folder).is_dir():
+        raise ResultsError(f"DIR {str(folder)!r} does not exist" if not pathlib.Path(folder).exists()
+                           else f"DIR {str(folder)!r} is a file, not a results folder")
     if not path.is_file():
         raise ResultsError(f"DIR {str(folder)!r} holds no results.json")
     try:

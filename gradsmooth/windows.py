@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from .describe import describe
 
 KERNELS = ("uniform", "triangular", "gaussian")
 BOUNDARIES = ("renormalize", "nearest", "reflect", "mirror", "zero")
@@ -48,7 +49,7 @@ def kernel_weights(window: int, kernel: str | Sequence[float], sigma: float | No
     offsets = range(-r, r + 1)
     if isinstance(kernel, str):
         if kernel not in KERNELS:
-            raise ValueError(f"kernel should be one of {KERNELS} or a sequence of weights but is: {kernel!r}")
+            raise ValueError(f"kernel should be one of {KERNELS} or a sequence of weights but is: {describe(kernel)}")
         if sigma is not None and kernel != "gaussian":
             raise ValueError(f"sigma applies only to kernel='gaussian' but kernel is {kernel!r} and sigma is: {sigma!r}")
         if kernel == "uniform":
@@ -105,14 +106,14 @@ def _check_explicit(kernel: object, window: int) -> tuple[float, ...]:
     try:
         weights = tuple(kernel)  # type: ignore[call-overload]
     except TypeError:
-        raise TypeError(f"kernel should be one of {KERNELS} or a sequence of weights but is: {kernel!r}") from None
+        raise TypeError(f"kernel should be one of {KERNELS} or a sequence of weights but is: {describe(kernel)}") from None
     for w in weights:
         if isinstance(w, bool) or not isinstance(w, numbers.Real):
-            raise TypeError(f"kernel weights should be positive numbers but kernel is: {kernel!r}")
+            raise TypeError(f"kernel weights should be positive numbers but kernel is: {describe(kernel)}")
     try:
         weights = tuple(float(w) for w in weights)
     except OverflowError:
-        raise ValueError(f"kernel weights should be finite numbers but kernel is: {kernel!r}") from None
+        raise ValueError(f"kernel weights should be finite numbers but kernel is: {describe(kernel)}") from None
     if len(weights) % 2 == 0:  # no window fits: a window is odd
         raise ValueError(
             f"kernel should hold an odd number of weights, one per block of the window (e.g. [0.5, 1, 0.5] "

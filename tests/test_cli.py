@@ -535,6 +535,8 @@ def test_demo_diffusion_draws_its_samples(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["report", str(tmp_path)]) == 0  # the samples drawn again from results.json
     assert "samples.png" in capsys.readouterr().out
+    assert cli.main(["demo", *SMALL, "--out", str(tmp_path)]) == 0  # another task's demo in the same folder
+    assert not (tmp_path / "samples.png").exists()  # no plot of the diffusion run left beside its results
 
 
 def test_demo_rl_starts_both_arms_from_one_phase1_and_reports_the_reward(tmp_path, capsys, quick_phase1):

@@ -64,7 +64,8 @@ def test_the_win_count_respects_the_direction_and_counts_ties():
     ([-0.05, -0.06, -0.055], False, "win"),
     ([-0.05, -0.06, -0.055], True, "loss"),
     ([0.05, -0.04, 0.01], True, "no significant difference"),
-    ([0.05], True, "no significant difference"),  # one seed: no interval
+    ([0.05], True, "one seed: no interval"),
+    ([], True, "no seeds"),
 ])
 def test_the_verdict_needs_an_interval_that_excludes_zero(diffs, higher, verdict):
     assert paired_difference(diffs, higher)["verdict"] == verdict
@@ -338,7 +339,7 @@ def test_base_from_refuses_a_comparison_with_other_settings_before_training(tmp_
                                          r"base runs are not this comparison's base arm"):
         sweep(never, [1e-3], [0], smoothing={"window": 5}, out=tmp_path / "b", base_from=tmp_path / "a",
               settings={"depth": 8}, verbose=False)
-    with pytest.raises(ResultsError, match=r"base_from: DIR '.*nowhere' holds no results.json"):
+    with pytest.raises(ResultsError, match=r"base_from: DIR '.*nowhere' does not exist"):
         sweep(never, [1e-3], [0], smoothing={"window": 5}, base_from=tmp_path / "nowhere", verbose=False)
     assert not (tmp_path / "b").exists()
 

@@ -8,6 +8,7 @@ import re
 import runpy
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -47,6 +48,18 @@ def test_readme_quick_starts_run_as_written(framework, module, capsys):
     assert len(scope["opt"].plan.groups) >= 2  # the blocks' weights and biases, smoothed
     out = capsys.readouterr().out
     assert "BlockPlan: " in out and float(re.search(r"loss (\S+)", out).group(1)) < 0.1
+
+
+@pytest.mark.parametrize("page, module", [("pytorch", "torch"), ("mlx", "mlx.core")])
+def test_each_framework_guides_example_runs_and_smooths(page, module):
+    pytest.importorskip(module)
+    text = (ROOT / "docs" / "guide" / f"{page}.md").read_text()
+    block = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    scope = {"__name__": "__main__"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "smooths nothing" would be one
+        exec(compile(block, f"docs/guide/{page}.md", "exec"), scope)
+    assert len(scope["opt"].plan.groups) >= 2
 
 
 def test_quickstart_runs(capsys):

@@ -41,6 +41,8 @@ def test_results_json_is_strict_and_reads_back(tmp_path):
 def test_read_results_names_the_folder(tmp_path):
     with pytest.raises(ResultsError, match="holds no results.json"):
         read_results(tmp_path)
+    with pytest.raises(ResultsError, match=r"DIR '.*nowhere' does not exist"):
+        read_results(tmp_path / "nowhere")
     (tmp_path / "results.json").write_text("{oops")
     with pytest.raises(ResultsError, match="is not JSON"):
         read_results(tmp_path)

@@ -259,7 +259,7 @@ class GradientSmoothing(optim.Optimizer):
             raise ValueError(f"state should be a dict with keys 'step' and 'base' (from opt.state) but has: {keys}")
         step = _checked_step(state["step"])
         if not isinstance(state["base"], dict):
-            raise ValueError(f"state['base'] should be a dict (the base optimizer's state) but is: {state['base']!r}")
+            raise ValueError(f"state['base'] should be a dict (the base optimizer's state) but is: {describe(state['base'])}")
         self._probe_alpha((step,))
         self.base.state = state["base"]  # MLX's MultiOptimizer checks its states before it sets any
         self._state["step"] = mx.array(step, mx.uint64)  # in place: mx.compile holds this dict
@@ -318,7 +318,7 @@ class GradientSmoothing(optim.Optimizer):
         try:  # traced step: the core needs the step's value; the number is checked as an array
             as_array = mx.array(value)
         except (TypeError, ValueError):
-            raise TypeError(f"alpha(step) should return a number or an mx.array but returned: {value!r}") from None
+            raise TypeError(f"alpha(step) should return a number or an mx.array but returned: {describe(value)}") from None
         _checked_alpha_array(as_array, None)
         return value
 

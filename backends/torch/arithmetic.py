@@ -51,7 +51,7 @@ class Kind(NamedTuple):
 KINDS: dict[str, Kind] = {
     "update": Kind(("p", "s"), (), ("d",), None, (("u", "p - d * s"),), "p"),
     "gradient": Kind(("g",), (), (), None, (("u", "g"),), None),
-    # coefficients (native_steps.adamw_coefficients): 1 - beta1, beta2, 1 - beta2,
+    # coefficients (coefficients.adamw_coefficients): 1 - beta1, beta2, 1 - beta2,
     # sqrt(bias correction 2), eps, -lr / bias correction 1, the gradient's sign (-1 under
     # maximize); the row's decoupled decay 1 - lr * weight_decay
     "adamw": Kind(("p", "g", "m", "v"), ("m", "v"),
@@ -61,7 +61,7 @@ KINDS: dict[str, Kind] = {
                    ("v", "v * beta2 + one_minus_beta2 * g * g"),
                    ("u", "step * (m / (sqrt(v) / sqrt_bc2 + eps))")),
                   "decay * p"),
-    # coefficients (native_steps.sgd_coefficients): weight decay, momentum (0 at the first
+    # coefficients (coefficients.sgd_coefficients): weight decay, momentum (0 at the first
     # step), 1 - dampening (1 then), the direction a * e + b * buffer, -lr, the gradient's sign
     "sgd": Kind(("p", "g", "b"), ("b",), ("weight_decay", "keep", "take", "along_e", "along_b", "step", "sign"), None,
                 (("e", "sign * g + weight_decay * p"),

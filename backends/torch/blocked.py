@@ -223,10 +223,11 @@ class BlockedLibrary:
 
 
 class BlockedKernel:
-    """The blocked C++ kernels as a ``GroupKernel``: every kind, float32 and float64 on a CPU."""
+    """The blocked C++ kernels as a ``GroupKernel``: float32 and float64 on a CPU, for the kinds
+    ``dispatch.COMPILED`` registers it for."""
 
     name = "blocked"
-    refusing = False  # a bound call runs (its pointers are checked when it is called)
+    refusing = False  # a bound call runs: it is bound and called within one step
 
     def refuses(self, kind: str, dtype: torch.dtype, device: torch.device, numel: int, contiguous: bool) -> str | None:
         if torch.device(device).type != "cpu":
@@ -255,8 +256,9 @@ class BlockedKernel:
         return shared_scratch("blocked ring", threads * ring_size(band.pattern) * CHUNK, first.dtype, first.device)
 
     def bind(self, members: Members, band: BandLayout, coefficients: Tensor | None, scratch: Tensor | None) -> Call:
-        """The library's call over the members' pointers, made now; it refuses (``RuntimeError``,
-        before writing) when a member's storage was replaced since."""
+        """The library's call over the members' pointers, made now. A step binds and calls it
+        with nothing in between that could move a member's storage; the call asserts so (an
+        internal error, before writing) rather than write through a stale pointer."""
         first = members.first
         w = device_weights(band.values, first.dtype, first.device).view(-1)
         c = coefficients if coefficients is not None else torch.ones(1, dtype=first.dtype)
@@ -268,7 +270,8 @@ class BlockedKernel:
 
         def run() -> None:
             if any(t.data_ptr() != p for t, p in zip(written, pointers)):
-                raise RuntimeError("a member's storage was replaced (p.data = ...) after the kernel was bound")
+                raise AssertionError("gradsmooth internal error: a member's storage moved between binding and "
+                                     "calling the blocked kernel; nothing was written")
             call()
             torch.autograd.graph.increment_version(written)  # written through pointers, unseen by autograd
 

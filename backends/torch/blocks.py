@@ -45,11 +45,21 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return module
 
 
-def _is_stack(module: nn.Module) -> bool:
+def _stacks_in(module: nn.Module) -> list[range]:
+    """The stacks an ``nn.ModuleList`` or ``nn.Sequential`` holds, as ranges of its children:
+    each run of two or more consecutive children of one type (wrappers unwrapped). The whole
+    container where all its children are of one type; the blocks between a stem and a head in
+    ``nn.Sequential(stem, *blocks, head)``."""
     if not isinstance(module, (nn.ModuleList, nn.Sequential)):
-        return False
+        return []
     kinds = [type(_unwrap(child)) for child in module.children()]
-    return len(kinds) >= 2 and all(k is kinds[0] for k in kinds)
+    runs, start = [], 0
+    for i in range(1, len(kinds) + 1):
+        if i == len(kinds) or kinds[i] is not kinds[start]:
+            if i - start >= 2:
+                runs.append(range(start, i))
+            start = i
+    return runs
 
 
 def named_parameters(model: nn.Module | Iterable[tuple[str, Tensor]]) -> Iterator[tuple[str, Tensor]]:
@@ -78,15 +88,21 @@ def module_sites(model: nn.Module) -> dict[str, tuple[str, int, str]]:
     sites: dict[str, tuple[str, int, str]] = {}
 
     def visit(module: nn.Module, prefix: str) -> None:
-        if _is_stack(module):
+        runs = _stacks_in(module)
+        children = list(module.named_children())
+        whole = len(runs) == 1 and len(runs[0]) == len(children)
+        in_run = {}
+        for run in runs:  # a part of a container is named by its children's range: "[1:7]"
             stack = canonical_name(prefix) if prefix else ""
-            for depth, (child_name, block) in enumerate(module.named_children()):
-                for role, _ in block.named_parameters():
+            stack = stack if whole else f"{stack}[{run.start}:{run.stop}]"
+            in_run |= {i: stack for i in run}
+        for depth, (child_name, child) in enumerate(children):
+            if depth in in_run:
+                for role, _ in child.named_parameters():
                     name = canonical_name(f"{prefix}.{child_name}.{role}" if prefix else f"{child_name}.{role}")
-                    sites.setdefault(name, (stack, depth, canonical_name(role)))
-            return
-        for child_name, child in module.named_children():
-            visit(child, f"{prefix}.{child_name}" if prefix else child_name)
+                    sites.setdefault(name, (in_run[depth], depth, canonical_name(role)))
+            else:
+                visit(child, f"{prefix}.{child_name}" if prefix else child_name)
 
     visit(model, "")
     return sites

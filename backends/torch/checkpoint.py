@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch.optim import Optimizer
+from gradsmooth.describe import describe
 
 __all__ = ["STATE_KEY", "check_shapes", "checked_groups", "checked_own_state", "load_all_or_none", "pack", "split",
            "warn_other_settings"]
@@ -70,7 +71,7 @@ def checked_own_state(saved: list[dict[str, Any]]) -> tuple[int, dict[str, Any] 
     for i, own in entries:
         where = f"state_dict['param_groups'][{i}]['{STATE_KEY}']"
         if not isinstance(own, Mapping) or "step" not in own:
-            raise ValueError(f"{where} should be a dict with a 'step' but is: {own!r}")
+            raise ValueError(f"{where} should be a dict with a 'step' but is: {describe(own)}")
         step = own["step"]
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"{where}['step'] should be an integer >= 0 but is: {step!r}")

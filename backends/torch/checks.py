@@ -1,5 +1,6 @@
-"""The checks a step makes before anything changes: no sparse gradient where the gradients are
-mixed, and (``check_finite=True``) no non-finite gradient."""
+"""The checks a step makes before anything changes: a group's arrays alike (one shape, dtype and
+device), no sparse gradient where the gradients are mixed, and (``check_finite=True``) no
+non-finite gradient."""
 
 from __future__ import annotations
 
@@ -10,7 +11,28 @@ from torch import Tensor
 
 from .groups import DTensor, local
 
-__all__ = ["raise_if_not_finite", "refuse_sparse"]
+__all__ = ["raise_if_not_alike", "raise_if_not_finite", "refuse_sparse"]
+
+
+def raise_if_not_alike(members: list[Tensor], arrays: dict[str, list[Tensor]], name: Callable[[Tensor], str]) -> None:
+    """Every array a group's kernel reads and writes (``arrays``: what each is, one tensor per
+    member of ``members``, the parameters' local shards first) has one shape, dtype and device:
+    the kernels mix them as one block of memory. A model cast or moved after its optimizer
+    state was made, in part or in whole, or a parameter replaced by ``p.data = t`` of another
+    shape, is refused by name before anything changes, as torch's own optimizers refuse it."""
+    first = next(iter(arrays.values()))[0]
+    want = (first.shape, first.dtype, first.device)
+    for what, tensors in arrays.items():
+        for p, t in zip(members, tensors):
+            if (t.shape, t.dtype, t.device) != want:
+                raise ValueError(
+                    f"the {what} of {name(p)!r} is {_layout(t)} where its group's first parameter "
+                    f"{name(members[0])!r} is {_layout(first)}; nothing was changed (a model cast or moved after "
+                    "its optimizer state was made: make the optimizer after the cast, or cast its state too)")
+
+
+def _layout(t: Tensor) -> str:
+    return f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on {t.device}"
 
 
 def refuse_sparse(members: list[Tensor], name: Callable[[Tensor], str]) -> None:

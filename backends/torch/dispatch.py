@@ -151,6 +151,8 @@ def run(planned: Planned) -> None:
             planned.call()
             return
         except RuntimeError as error:
+            if _out_of_memory(error):  # not a refusal: no kernel is given up for it
+                raise
             first = planned.members.first
             give_up(planned.kernel, planned.members.kind, first.dtype, first.device, error)
             planned.fallback()

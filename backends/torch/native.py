@@ -33,6 +33,7 @@ from gradsmooth.describe import describe
 from gradsmooth.settings import Settings, SmoothingOptions
 
 from .bands import layout
+from .checks import raise_if_not_alike
 from .blocks import ModelParameters
 from .checkpoint import warn_other_settings
 from .coefficients import adamw_coefficients, coefficient_table, sgd_coefficients
@@ -131,6 +132,7 @@ class _NativeSmoothing(Optimizer):
     plans (checks, allocates, compiles) every group before it changes anything."""
 
     kind = ""  # "adamw" or "sgd": the kernels' kind
+    _state_keys: tuple[str, ...] = ()  # the state each member's kernel arrays hold, in their order
     flags: dict[str, Flag] = {}  # torch's param-group flags: implemented, or refused by name
 
     def __init__(self, model: nn.Module | Iterable[tuple[str, Tensor]], params: Any, defaults: dict[str, Any],
@@ -143,7 +145,6 @@ class _NativeSmoothing(Optimizer):
                   "decoupled_decay": f"its weight decay is {base}'s own"}
         self.settings = settings = Settings.of(options, OPTIONS, type(self).__name__, instead=advice)
         self.operator = settings.operator
-        self.fused = defaults["fused"]
         self._params = ModelParameters.of(model, from_structure=settings.stacks is None)
         self._stacks, self._exclude = settings.stacks, settings.exclude
         if params is None:
@@ -365,6 +366,7 @@ class _NativeSmoothing(Optimizer):
             for p, g in zip(present, groups):
                 self._init_state(p, g)
             arrays = [shards, [local(p.grad) for p in present], *self._state_lists(present, groups)]
+            raise_if_not_alike(present, dict(zip(("parameter", "gradient", *self._state_keys), arrays)), self._name)
             work.append(plan(Members(self._kernel_kind(groups), arrays), layout(band), table.view(-1), _fused_of(groups)))
             smoothed.extend(present)
         return work, smoothed
@@ -439,6 +441,7 @@ class SmoothedAdamW(_NativeSmoothing):
     """
 
     kind = "adamw"
+    _state_keys = ("exp_avg", "exp_avg_sq")
     flags = ADAMW_FLAGS
 
     def __init__(self, model: nn.Module | Iterable[tuple[str, Tensor]], lr: float | Tensor = 1e-3,
@@ -517,6 +520,7 @@ class SmoothedSGD(_NativeSmoothing):
     """
 
     kind = "sgd"
+    _state_keys = ("momentum_buffer",)
     flags = SGD_FLAGS
 
     def __init__(self, model: nn.Module | Iterable[tuple[str, Tensor]], lr: float | Tensor = 1e-3,

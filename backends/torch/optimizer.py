@@ -31,7 +31,7 @@ from gradsmooth.settings import Settings, SmoothingOptions
 from . import checkpoint
 from .bands import layout
 from .blocks import ModelParameters
-from .checks import raise_if_not_finite, refuse_sparse
+from .checks import raise_if_not_alike, raise_if_not_finite, refuse_sparse
 from .coefficients import to_device
 from .contract import Members
 from .dispatch import Planned, path, plan, run, select
@@ -409,6 +409,7 @@ class GradientSmoothing(Optimizer):
             if band.is_identity:
                 continue
             shards = [local(p) for p in members]
+            raise_if_not_alike(members, {"parameter": shards}, self._name)
             if update:
                 rows = list(self._snapshots.buffer(gi, shards, len(self._members[gi])).unbind(0))  # (numel,) each
                 coefficients = to_device([decays.get(id(p), 1.0) for p in members], compute_dtype(shards[0].dtype),
@@ -428,6 +429,8 @@ class GradientSmoothing(Optimizer):
         if self._stage_band().is_identity:
             return []
         check_stage(self._members, self._name)
+        for members in self._members:
+            raise_if_not_alike(members, {"parameter": [local(p) for p in members]}, self._name)
         if self.mode == "gradient":
             stage_gradients(self.pipeline, self._stage_band(), self._members)
             return []

@@ -32,13 +32,16 @@ class Snapshots:
         self._buffers.clear()
 
     def buffer(self, index: int, shards: list[Tensor], capacity: int) -> Tensor:
-        """The snapshot rows of group ``index`` for ``shards`` (allocated on first use for
-        ``capacity`` members; the present members take the first rows)."""
-        buf = self._buffers.get(index)
-        if buf is None:
-            p = shards[0]
-            buf = self._buffers[index] = torch.empty((capacity, p.numel()), dtype=p.dtype, device=p.device)
-        return buf[: len(shards)]
+        """The snapshot rows of group ``index`` for ``shards`` (allocated for ``capacity``
+        members on first use, and again where the parameters' dtype, device or size changed
+        since, as after ``model.to(...)``; the present members take the first rows)."""
+        p, old = shards[0], self._buffers.get(index)
+        if old is None or (old.dtype, old.device, old.shape[1]) != (p.dtype, p.device, p.numel()) \
+                or old.shape[0] < len(shards):
+            del old
+            self._buffers.pop(index, None)  # the old buffer freed before the new one is made
+            self._buffers[index] = torch.empty((max(capacity, len(shards)), p.numel()), dtype=p.dtype, device=p.device)
+        return self._buffers[index][: len(shards)]
 
     @staticmethod
     def take(rows: list[Tensor], shards: list[Tensor]) -> None:

@@ -138,7 +138,7 @@ def load_text(path: str | None, context: int, max_bytes: int = 2_000_000, val_fr
               test_fraction: float = 0.0) -> TextData:
     """A byte-level corpus split into train (the first part), validation (the next
     ``val_fraction``) and, with ``test_fraction`` > 0, test (the last ``test_fraction``).
-    With no test split the validation part is the last 10%, as it always was."""
+    With no test split the validation part is the last 10%."""
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction should be in [0, 1) but is: {test_fraction!r}")
     if path is None:

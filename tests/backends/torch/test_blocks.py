@@ -123,6 +123,40 @@ def test_an_experts_list_inside_a_block_is_not_depth():
     assert module_sites(model)["layers.2.experts.3.w1.weight"] == ("layers", 2, "experts.3.w1.weight")
 
 
+def _block(d=8):
+    return nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU())
+
+
+def test_the_blocks_between_a_stem_and_a_head_of_one_sequential_are_a_stack():
+    # nn.Sequential(stem, *blocks, head): the run of repeated blocks is the stack, named by its range
+    model = nn.Sequential(nn.Linear(4, 8), *(_block() for _ in range(5)), nn.Linear(8, 1))
+    plan = plan_of(model)
+    assert {g.stack for g in plan.groups} == {"[1:6]"}
+    assert {g.role for g in plan.groups} == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    assert all(g.depths == (1, 2, 3, 4, 5) for g in plan.groups)
+    assert set(plan.ungrouped) == {"0.weight", "0.bias", "6.weight", "6.bias"}
+    assert module_sites(model)["3.1.weight"] == ("[1:6]", 3, "1.weight")
+
+
+def test_two_runs_in_one_container_are_two_stacks_and_a_uniform_container_keeps_its_name():
+    model = nn.Module()
+    model.body = nn.ModuleList([*(_block() for _ in range(3)), nn.Linear(8, 8), *(_block(4) for _ in range(2))])
+    model.layers = nn.ModuleList([_block() for _ in range(3)])
+    sites = module_sites(model)
+    assert sites["body.1.1.weight"] == ("body[0:3]", 1, "1.weight")
+    assert sites["body.5.1.weight"] == ("body[4:6]", 5, "1.weight")
+    assert "body.3.weight" not in sites  # a single module between them is no stack
+    assert sites["layers.2.1.weight"] == ("layers", 2, "1.weight")
+    plan = plan_of(model)
+    assert {g.stack for g in plan.groups} == {"body[0:3]", "body[4:6]", "layers"}
+
+
+def test_a_sequential_of_alternating_layers_holds_no_stack():
+    with pytest.warns(UserWarning, match="smooths nothing"):
+        plan = plan_of(nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 1)))
+    assert not plan.groups
+
+
 # -- real architectures from small configs (no weights, no network) -------------------------------
 
 

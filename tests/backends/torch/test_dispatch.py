@@ -84,6 +84,22 @@ def test_a_refused_call_runs_the_eager_kernel_bound_in_advance(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(grads, expected))
 
 
+def test_running_out_of_memory_in_a_call_propagates_and_gives_no_kernel_up(monkeypatch):
+    monkeypatch.setattr(inductor, "MIN_ELEMENTS", 0)
+    bands = layout(WindowSmoothing(3).band(4))
+    planned = dispatch.plan(Members("gradient", [[torch.ones(8) for _ in range(4)]]), bands, None, fused=True)
+    assert planned.fallback is not None
+
+    def oom():
+        raise torch.OutOfMemoryError("CUDA out of memory (test)")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(torch.OutOfMemoryError):
+            dispatch.run(planned._replace(call=oom))
+    assert dispatch.select("gradient", torch.float32, CPU, 1 << 20) == (INDUCTOR, None)  # not given up
+
+
 def test_the_plan_path_names_the_kernel_and_whether_it_is_ready(monkeypatch):
     monkeypatch.setattr(inductor.INDUCTOR, "_compiled", {})
     bands = layout(WindowSmoothing(3).band(5))

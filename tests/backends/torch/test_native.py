@@ -242,6 +242,32 @@ def test_a_sparse_gradient_is_refused_before_anything_changes(tiny_net):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and not opt.state
 
 
+@pytest.mark.parametrize("native, kw", [(SmoothedAdamW, ADAMW), (SmoothedSGD, SGDS["momentum"])], ids=["adamw", "sgd"])
+@pytest.mark.parametrize("change", ["cast", "one-block-cast", "replaced"])
+def test_a_model_changed_after_its_state_was_made_is_refused_by_name_before_anything_changes(tiny_net, path, native,
+                                                                                              kw, change):
+    # the kernels mix a group's parameters, gradients and state as one block of memory: a state
+    # of another dtype or shape was written through raw pointers (the blocked kernel: heap corruption)
+    model = tiny_net(dtype=torch.float32)
+    opt = native(model, fused=path, **kw)
+    _train(model, opt, steps=1)
+    if change == "cast":
+        model.double()
+    elif change == "one-block-cast":
+        model.blocks[3].double()
+    else:
+        model.blocks[1].attn.weight.data = torch.zeros(3, 3)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    state = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=r"of 'blocks\.\d\.[\w.]+' is .* where its group's first parameter "
+                                         r"'blocks\.0\.[\w.]+' is .*nothing was changed"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert str(opt.state_dict()) == str(state)
+
+
 @pytest.mark.parametrize("first", [True, False], ids=["first-step", "later-step"])
 @pytest.mark.parametrize("fused", [False, None], ids=["eager", "default"])
 @pytest.mark.parametrize("native, kw", [(SmoothedAdamW, ADAMW), (SmoothedSGD, SGDS["momentum"]), (SmoothedSGD, SGDS["plain"])],

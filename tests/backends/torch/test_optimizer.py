@@ -595,3 +595,37 @@ def test_no_message_prints_a_tensor_or_a_model(make):
         make(model)
     message = str(info.value)
     assert "tensor(" not in message and "Linear(" not in message and len(message) < 300, message
+
+
+@pytest.mark.parametrize("fused", [False, None], ids=["eager", "default"])
+def test_update_mode_follows_a_model_cast_between_steps(tiny_net, fused):
+    # the snapshot is taken in the parameters' dtype as they are now, not as they were planned
+    model = tiny_net(dtype=torch.bfloat16)
+    opt = GradientSmoothing(torch.optim.SGD(model.parameters(), lr=0.1), model, fused=fused)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    model.float()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-3)  # values bfloat16 cannot hold
+    before = [p.detach().clone() for p in model.parameters()]
+    for g in opt.param_groups:
+        g["lr"] = 0.0
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()  # a step of zero: nothing may move
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_model_cast_in_part_between_steps_is_refused_by_name_before_anything_changes(tiny_net):
+    model = tiny_net(dtype=torch.float32)
+    opt = GradientSmoothing(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    model.blocks[2].double()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"the parameter of 'blocks\.2\.[\w.]+' is .* float64 on cpu where its "
+                                         r"group's first parameter 'blocks\.0\.[\w.]+' is .* float32"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
