@@ -6,8 +6,8 @@ its type and size, so that a message never prints a tensor, a model or a long li
     >>> import numpy as np
     >>> describe(np.zeros((2, 3)))
     'ndarray of shape (2, 3), dtype float64'
-    >>> describe(np.full((1,), 1.5))
-    'ndarray of shape (1,), dtype float64, value 1.5'
+    >>> describe(np.full((2,), 1.5))
+    'array([1.5, 1.5])'
     >>> describe([{"params": np.zeros(4)}, {"params": np.zeros(2)}])
     'list of 2 items (the first: dict with keys params)'
 """
@@ -21,6 +21,7 @@ from typing import Any
 __all__ = ["describe"]
 
 LIMIT = 80  # characters of repr quoted as they are
+SMALL_ARRAY = 4  # arrays of at most this many elements are quoted as repr gives them
 
 
 def _is_array(value: Any) -> bool:
@@ -39,7 +40,11 @@ def describe(value: Any, limit: int = LIMIT) -> str:
     name = type(value).__name__
     if _is_array(value):
         dtype = str(value.dtype).rsplit(".", 1)[-1]  # torch.float32 -> float32
-        return f"{name} of shape {tuple(value.shape)}, dtype {dtype}" + _single(value)
+        if _size(value) <= SMALL_ARRAY:  # a scalar or a few values: as repr shows them, on one line
+            text = repr(value)
+            if len(text) <= limit and "\n" not in text:
+                return text
+        return f"{name} of shape {tuple(value.shape)}, dtype {dtype}"
     if _is_model(value):
         return f"a {name} model"
     if isinstance(value, Mapping):
@@ -60,14 +65,12 @@ def describe(value: Any, limit: int = LIMIT) -> str:
     return _short(value, limit)
 
 
-def _single(value: Any) -> str:
-    """A single-element array's value (", value 1.5"), else nothing."""
+def _size(value: Any) -> int:
+    """An array's number of elements (from its shape: nothing is read)."""
     try:
-        if math.prod(value.shape) != 1:
-            return ""
-        return f", value {value.item() if hasattr(value, 'item') else value!r}"
-    except Exception:  # an array whose value cannot be read here
-        return ""
+        return math.prod(int(d) for d in value.shape)
+    except (TypeError, ValueError):  # an unknown dimension
+        return SMALL_ARRAY + 1
 
 
 def _is_container(value: Any) -> bool:

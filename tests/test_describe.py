@@ -14,8 +14,10 @@ def test_short_values_are_quoted_as_repr(value, text):
     assert describe(value) == text
 
 
-def test_arrays_by_type_shape_and_dtype():
+def test_arrays_by_type_shape_and_dtype_and_a_few_values_as_repr():
     assert describe(np.zeros((2, 3), dtype=np.float32)) == "ndarray of shape (2, 3), dtype float32"
+    assert describe(np.zeros(100)) == "ndarray of shape (100,), dtype float64"
+    assert describe(np.array([0.5, 0.5])) == "array([0.5, 0.5])" and describe(np.True_) == repr(np.True_)
 
 
 def test_containers_of_arrays_by_length_and_first_item():
