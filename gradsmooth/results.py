@@ -42,12 +42,13 @@ def _git(*args: str) -> str | None:
 
 def provenance(command: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
     """What reproduces a results.json: the exact ``command``, the git commit of gradsmooth's
-    checkout and whether it had uncommitted changes (None when gradsmooth is installed from a
-    wheel, not run from a checkout), the thread counts, and the seeds."""
+    checkout and whether its tracked files had uncommitted changes (None when gradsmooth is
+    installed from a wheel, not run from a checkout; untracked files, such as the results
+    folders being written, do not count), the thread counts, and the seeds."""
     top = _git("rev-parse", "--show-toplevel")
     inside = top is not None and pathlib.Path(top.strip()).resolve() == ROOT
     commit = _git("rev-parse", "HEAD") if inside else None
-    status = _git("status", "--porcelain") if inside else None
+    status = _git("status", "--porcelain", "--untracked-files=no") if inside else None
     threads: dict[str, Any] = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
     if "torch" in sys.modules:  # never imported here: only what the run itself uses
         threads["torch"] = sys.modules["torch"].get_num_threads()

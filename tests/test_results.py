@@ -78,3 +78,14 @@ def test_a_dataclass_is_written_as_its_fields():
 
     assert strict({"alpha": Schedule("linear", math.nan)}) == {"alpha": {"kind": "linear", "start": None}}
     assert strict(Schedule) is Schedule  # a class is not an instance
+
+
+def test_provenance_counts_changes_to_tracked_files_not_new_results_folders(monkeypatch):
+    from gradsmooth import results
+
+    calls = []
+    monkeypatch.setattr(results, "_git", lambda *args: calls.append(args) or (str(results.ROOT) + "\n"
+                                                                              if args[0] == "rev-parse" else ""))
+    origin = results.provenance(["gradsmooth", "compare"], [0])
+    assert origin["git_dirty"] is False
+    assert ("status", "--porcelain", "--untracked-files=no") in calls
