@@ -330,7 +330,7 @@ def _close(key, recorded, again):
 
 # The published runs a test re-runs: (folder, the smoothed arm's learning rate, seed), one per
 # regime where one run is cheap (a ViT run ~25 s, a diffusion run ~100 s, single-threaded).
-REPRODUCED = [("vit-adamw-depth4", None, 1)]
+REPRODUCED = [("vit-adamw-depth4", None, 1), ("diffusion-adamw", 3e-3, 2)]
 
 
 @pytest.mark.parametrize("name, lr, seed", REPRODUCED, ids=[r[0] for r in REPRODUCED])
