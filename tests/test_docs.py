@@ -49,7 +49,12 @@ def test_readme_quick_starts_run_as_written(framework, module, capsys):
     exec(compile(block, "README.md", "exec"), scope)
     assert len(scope["opt"].plan.groups) >= 2  # the blocks' weights and biases, smoothed
     out = capsys.readouterr().out
-    assert "BlockPlan: " in out and float(re.search(r"loss (\S+)", out).group(1)) < 0.1
+    assert "BlockPlan: " in out and re.search(r"loss \d", out)
+    model, x, y = scope["model"], scope["x"], scope["y"]
+    predicted = model(x)
+    predicted = predicted.detach() if module == "torch" else predicted
+    fit = float(((predicted - y) ** 2).mean()) / float(((y - y.mean()) ** 2).mean())
+    assert fit < 0.5  # it learned: on all its data, under half the error of predicting the mean
 
 
 @pytest.mark.parametrize("page, module", [("pytorch", "torch"), ("mlx", "mlx.core")])
