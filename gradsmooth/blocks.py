@@ -80,6 +80,14 @@ class BlockPlan:
             raise ValueError(f"paths should hold one string per group ({len(self.groups)}) but is: {paths!r}")
         return replace(self, paths=paths)
 
+    def with_dtypes(self, dtypes: Collection[Any]) -> BlockPlan:
+        """The same plan with each group's dtype as its members hold it now: one entry per group,
+        in order (an adapter's plan is built once, and a model may be cast after)."""
+        dtypes = tuple(dtypes)
+        if len(dtypes) != len(self.groups):
+            raise ValueError(f"dtypes should hold one dtype per group ({len(self.groups)}) but holds {len(dtypes)}")
+        return replace(self, groups=tuple(g._replace(dtype=d) for g, d in zip(self.groups, dtypes)))
+
     def _lockstep(self, group: BlockGroup) -> bool:
         """Whether the plan's operator gives every member of ``group`` the same update (all rows
         of ``(1 - alpha) I + alpha A`` equal; for an alpha schedule, of ``A``); False without an

@@ -299,3 +299,12 @@ def test_with_operator_keeps_the_plan_and_never_breaks_printing():
     assert marked(str(plan.with_operator(MatrixOperator(np.full((6, 6), 1 / 6))))) == ["model.layers"]
     with pytest.raises(TypeError, match="operator should be a gradsmooth DepthOperator .* but is: ndarray"):
         plan.with_operator(np.eye(2))
+
+
+def test_with_dtypes_replaces_each_group_dtype_and_checks_its_length():
+    plan = find_blocks(lora())
+    dtypes = [f"dtype{i}" for i in range(len(plan.groups))]
+    assert [g.dtype for g in plan.with_dtypes(dtypes).groups] == dtypes
+    assert [g._replace(dtype=None) for g in plan.with_dtypes(dtypes).groups] == [g._replace(dtype=None) for g in plan.groups]
+    with pytest.raises(ValueError, match=f"dtypes should hold one dtype per group \\({len(plan.groups)}\\) but holds 1"):
+        plan.with_dtypes(["float32"])

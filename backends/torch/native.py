@@ -269,7 +269,7 @@ class _NativeSmoothing(Optimizer):
         """What is smoothed, in depth-ordered groups; printed, each group's ``path`` (the
         compiled kernel's name, or "eager (why)", as ``GradientSmoothing``'s)."""
         group_of = {id(p): g for g in self.param_groups for p in g["params"]}
-        paths = []
+        paths, dtypes = [], []
         for members in self._members:
             band = layout(self.operator.band(len(members), int(max(self._steps(members), default=0))))
             groups = [group_of[id(p)] for p in members if id(p) in group_of]
@@ -277,7 +277,8 @@ class _NativeSmoothing(Optimizer):
             kernel, reason = select(kind, first.dtype, first.device, first.numel(),
                                     all(local(p).is_contiguous() for p in members), _fused_of(groups))
             paths.append(path(kernel, reason, band, kind, first.dtype, first.device))
-        return self._plan.with_paths(paths)
+            dtypes.append(first.dtype)  # as now: a model may be cast after
+        return self._plan.with_paths(paths).with_dtypes(dtypes)
 
     def _steps(self, members: list[Tensor]) -> list[float]:
         """The steps each member has taken (torch keeps the count per parameter; 0 before the first)."""

@@ -333,6 +333,7 @@ class GradientSmoothing(Optimizer):
         (``dispatch.select`` decides)."""
         paths = []
         kind = self.mode  # the kernels' kind: "update" or "gradient"
+        dtypes = [local(members[0]).dtype for members in self._members]  # as now: a model may be cast after
         for members in self._members:
             if self.pipeline is not None:
                 paths.append("eager (pipeline stage)")
@@ -343,7 +344,7 @@ class GradientSmoothing(Optimizer):
             kernel, reason = select(kind, first.dtype, first.device, first.numel(),
                                     all(t.is_contiguous() for t in shards), self._fused)
             paths.append(path(kernel, reason, band, kind, first.dtype, first.device))
-        return self._plan.with_paths(paths)
+        return self._plan.with_paths(paths).with_dtypes(dtypes)
 
     def _active_groups(self) -> list[tuple[int, list[Tensor]]]:
         """Per group, the members that have a gradient at this step (two or more)."""

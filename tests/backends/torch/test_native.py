@@ -476,3 +476,14 @@ def test_a_model_with_no_stack_is_warned_about_once_naming_stacks():
     assert len(caught) == 1 and caught[0].filename == __file__
     with pytest.warns(UserWarning, match=r"smooths nothing"):
         SmoothedSGD(flat, lr=0.1)
+
+
+@pytest.mark.parametrize("make", [SmoothedAdamW, GradientSmoothing])
+def test_the_plan_shows_each_group_dtype_as_it_is_after_a_cast(tiny_net, make):
+    # the plan is built once, at construction; a model cast after is printed as it is now
+    model = tiny_net(dtype=torch.float64)
+    opt = make(model) if make is SmoothedAdamW else make(torch.optim.AdamW(model.parameters()), model)
+    assert {g.dtype for g in opt.plan.groups} == {torch.float64}
+    model.float()
+    assert {g.dtype for g in opt.plan.groups} == {torch.float32}
+    assert "float64" not in str(opt.plan) and "float32" in str(opt.plan)
