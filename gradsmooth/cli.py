@@ -298,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "and print the same tables the command printed, as Markdown; redraw its PNG "
                                      "plots into DIR. Several DIRs (comparisons): one overview table, a row each.")
     rep.add_argument("dirs", metavar="DIR", nargs="+", help="a folder holding results.json")
+    rep.add_argument("--reported", metavar="NAME",
+                     help="instead, one overview row per comparison DIR for a number its runs report beside the "
+                          "metric (adjacent_cka, adjacent_update_cosine, sample_acc), each arm at its chosen "
+                          "learning rate, paired over seeds (default: the test metric)")
     return parser
 
 
@@ -560,6 +564,12 @@ def _report(args: argparse.Namespace) -> int:
     try:
         payloads = {folder: read_results(folder) for folder in args.dirs}
         demos = {folder: payload for folder, payload in payloads.items() if payload.get("command") == "demo"}
+        if args.reported is not None:
+            if demos:
+                raise ResultsError(f"--reported compares the runs of comparisons, but {next(iter(demos))!r} holds a "
+                                   f"demo's results: leave it out")
+            print(overview(args.dirs, reported=args.reported))
+            return 0
         if len(args.dirs) > 1:
             for folder, payload in demos.items():
                 print(f"demo {folder}:\n\n{_demo_table(*_demo_runs(payload, folder), _recorded_threads(payload))}\n")

@@ -538,14 +538,23 @@ def _label(settings: Mapping[str, Any]) -> str:
     return "smoothing: " + (", ".join(f"{k} {v}" for k, v in smoothing.items()) or "defaults")
 
 
-def overview(folders: Sequence[str | pathlib.Path]) -> str:
+def overview(folders: Sequence[str | pathlib.Path], reported: str | None = None) -> str:
     """One Markdown row per results folder: its setting, each arm's test metric at its chosen
-    learning rate, the paired difference with its interval, the win count and the verdict."""
-    lines = ["| results | setting | seeds | base (lr) | smoothed (lr) | smoothed - base [95% CI] | wins | verdict |",
+    learning rate, the paired difference with its interval, the win count and the verdict.
+
+    With ``reported`` (a number the runs report beside the metric, e.g. ``"adjacent_cka"``): the
+    same rows for that number, each arm at the learning rate it chose on the validation metric
+    (as `format_reported`); a folder whose runs do not report it is refused (``ResultsError``)."""
+    if reported is not None and (not isinstance(reported, str) or not reported):
+        raise TypeError(f"reported should be the name of a reported number (e.g. 'adjacent_cka') but is: "
+                        f"{describe(reported)}")
+    higher = "higher" if reported is not None else "wins"
+    lines = [f"| results | setting | seeds | base (lr) | smoothed (lr) | smoothed - base [95% CI] | {higher} | verdict |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for folder in folders:
         payload = read_results(folder)
-        records, summary = _summary_of(payload, str(pathlib.Path(folder) / "results.json"))
+        where = str(pathlib.Path(folder) / "results.json")
+        records, summary = _summary_of(payload, where)
         h = summary["best_vs_best"]
         label = _label(payload.get("settings", {}))
         incomplete = _incomplete(payload, records)
@@ -553,12 +562,22 @@ def overview(folders: Sequence[str | pathlib.Path]) -> str:
         if h is None:
             lines.append(f"| {folder} | {label} | | | | | | no arm has a finite {summary['metric']}{note} |")
             continue
+        if reported is not None:
+            if reported not in summary["metrics"]:
+                held = ", ".join(summary["metrics"]) or "nothing"
+                raise ResultsError(f"{where!r} reports no {reported!r} beside its metric (it reports: {held})")
+            m = summary["metrics"][reported]
+            h = m | {"base_lr": h["base_lr"], "smoothed_lr": h["smoothed_lr"], "wins": m["higher"]}
         low, high = h["ci"]
         lines.append(f"| {folder} | {label} | {h['n']} | {h['base'][0]:.4f} ({h['base_lr']:g}) | "
                      f"{h['smoothed'][0]:.4f} ({h['smoothed_lr']:g}) | {_signed(h['mean'])} "
                      f"[{_signed(low)}, {_signed(high)}] | {h['wins']}/{h['n']} | {h['verdict']}{note} |")
-    metrics = {read_results(f).get("settings", {}).get("test_metric", "test") for f in folders}
     lines.append("")
+    if reported is not None:
+        lines.append(f"(reported: {reported}, never chosen on; each arm at the learning rate it chose on the validation "
+                     f"metric; the interval is Student t over the paired seeds)")
+        return "\n".join(lines)
+    metrics = {read_results(f).get("settings", {}).get("test_metric", "test") for f in folders}
     lines.append(f"(test metric: {', '.join(sorted(metrics))}; each arm at the learning rate it chose on the "
                  f"validation metric; the interval is Student t over the paired seeds)")
     return "\n".join(lines)

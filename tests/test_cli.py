@@ -101,6 +101,22 @@ def test_report_of_several_folders_is_one_overview_table(tmp_path, capsys):
     assert f"| {tmp_path / 'w5'} | vit adamw, 2 blocks, width 64, 4 steps; update mode, window 5 | 2 |" in lines[3]
 
 
+def test_report_reported_prints_the_overview_of_that_number(tmp_path, capsys):
+    for name, window in (("w3", "3"), ("w5", "5")):
+        assert cli.main(["compare", "--lrs", "1e-3", "--seeds", "2", "--window", window, "--depth", "2", *TINY,
+                         "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert cli.main(["report", "--reported", "adjacent_cka", str(tmp_path / "w3"), str(tmp_path / "w5")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("| smoothed - base [95% CI] | higher | verdict |") and len(lines) == 6
+    assert lines[3].startswith(f"| {tmp_path / 'w5'} | vit adamw, 2 blocks, width 64, 4 steps; update mode, window 5 | 2 |")
+    assert lines[5].startswith("(reported: adjacent_cka, never chosen on;")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["report", "--reported", "loss", str(tmp_path / "w3")])
+    assert exit_.value.code == 2
+    assert "reports no 'loss' beside its metric (it reports: adjacent_cka, adjacent_update_cosine" in capsys.readouterr().err
+
+
 def test_report_refuses_a_folder_without_results(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["report", str(tmp_path)])
@@ -495,6 +511,11 @@ def test_report_of_a_demo_beside_comparisons_prints_its_table_and_their_overview
     out = capsys.readouterr().out
     assert out.startswith(f"demo {tmp_path / 'demo'}:\n\n{table}\n")
     assert "| results | setting | seeds |" in out and f"| {tmp_path / 'c2'} |" in out
+    with pytest.raises(SystemExit) as exit_:  # --reported compares comparisons' runs: a demo is named, not skipped
+        cli.main(["report", "--reported", "adjacent_cka", str(tmp_path / "c1"), str(tmp_path / "demo")])
+    assert exit_.value.code == 2
+    assert f"--reported compares the runs of comparisons, but {str(tmp_path / 'demo')!r} holds a demo's results: " \
+           "leave it out" in capsys.readouterr().err
 
 
 def test_compare_says_what_it_wrote(tmp_path, capsys):

@@ -370,6 +370,29 @@ def test_reported_metrics_are_paired_at_each_arms_chosen_rate_and_never_chosen_o
                                                        for r in records]))  # none recorded: no table
 
 
+def test_the_overview_of_a_reported_number_pairs_it_at_each_arms_chosen_rate(tmp_path):
+    def train(make_optimizer, seed):  # cka higher for smoothed by 0.1 + 0.01 * seed, chosen on nothing
+        out = toy_train(make_optimizer, seed)
+        smoothed = out["opt"][0] == "smoothed"
+        return out | {"metrics": {"cka": 0.5 + (0.1 + 0.01 * seed if smoothed else 0.0) + make_optimizer.lr}}
+
+    sweep(train, [1e-3, 1e-2], [0, 1, 2], smoothing={"window": 3}, out=tmp_path / "a", settings={"label": "toy"},
+          verbose=False)
+    sweep(toy_train, [1e-3], [0, 1], smoothing={"window": 3}, out=tmp_path / "none", verbose=False)
+    lines = overview([tmp_path / "a"], reported="cka").splitlines()
+    assert lines[0] == "| results | setting | seeds | base (lr) | smoothed (lr) | smoothed - base [95% CI] | higher | verdict |"
+    # base at 1e-3 (0.501), smoothed at 1e-2 (0.61 + 0.01 * seed): each at the rate it chose on val
+    assert lines[2].startswith(f"| {tmp_path / 'a'} | toy | 3 | 0.5010 (0.001) | 0.6200 (0.01) | +0.1190 [")
+    assert lines[2].endswith("| 3/3 | higher |")
+    assert lines[-1].startswith("(reported: cka, never chosen on;")
+    with pytest.raises(ResultsError, match=r"results.json' reports no 'cka' beside its metric \(it reports: nothing\)"):
+        overview([tmp_path / "a", tmp_path / "none"], reported="cka")
+    with pytest.raises(ResultsError, match=r"reports no 'CKA' beside its metric \(it reports: cka\)"):
+        overview([tmp_path / "a"], reported="CKA")
+    with pytest.raises(TypeError, match="reported should be the name of a reported number .* but is: 3"):
+        overview([tmp_path / "a"], reported=3)
+
+
 def test_defaults_read_an_older_results_json_with_the_value_a_new_setting_had(tmp_path):
     sweep(toy_train, [1e-3], [0], smoothing={"window": 3}, out=tmp_path / "old", verbose=False,
           settings={"config": {"depth": 4}})  # written before "device" was recorded

@@ -1,7 +1,8 @@
-"""Rewrites every table between ``<!-- report DIR [DIR ...] -->`` and ``<!-- end report -->`` in
-README.md and docs/results/README.md with what ``gradsmooth report DIR [DIR ...]`` prints for those
-folders (one folder: its tables; several: the overview). Run from the repository root after
-regenerating results; tests/test_docs.py checks that the tables are that output.
+"""Rewrites every table between ``<!-- report [--reported NAME] DIR [DIR ...] -->`` and
+``<!-- end report -->`` in README.md and docs/results/README.md with what ``gradsmooth report``
+prints for those arguments (one folder: its tables; several: the overview; ``--reported NAME``:
+the overview of that reported number). Run from the repository root after regenerating results;
+tests/test_docs.py checks that the tables are that output.
 
     python docs/results/update_tables.py
 """
@@ -16,9 +17,12 @@ FILES = ["README.md", "docs/results/README.md"]
 MARKER = re.compile(r"(<!-- report ([^>]+?) -->\n)(.*?)(<!-- end report -->)", re.S)
 
 
-def report(folders: list[str]) -> str:
-    """What ``gradsmooth report`` prints for ``folders`` (without redrawing plots), in a Markdown file."""
-    return render(folders[0], draw=False) if len(folders) == 1 else overview(folders)
+def report(arguments: list[str]) -> str:
+    """What ``gradsmooth report ARGUMENTS`` prints (without redrawing plots), in a Markdown file:
+    folders, or ``--reported NAME`` and folders."""
+    if arguments[0] == "--reported":
+        return overview(arguments[2:], reported=arguments[1])
+    return render(arguments[0], draw=False) if len(arguments) == 1 else overview(arguments)
 
 
 def update(path: pathlib.Path) -> int:
