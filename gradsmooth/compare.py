@@ -177,19 +177,32 @@ def _reported(records: Sequence[Mapping[str, Any]], best: Mapping[str, float]) -
     chosen learning rate in ``best``: per arm its mean and std over the seeds both arms have, and
     the per-seed paired difference smoothed - base ([`paired_difference`][gradsmooth.compare.paired_difference]), whose
     verdict says "higher", "lower" or "no significant difference" and ``higher`` on how many seeds
-    smoothed is higher: such a number has no better direction of its own."""
+    smoothed is higher: such a number has no better direction of its own. ``by_lr``: the same at
+    each learning rate of the grid with both arms at it, which tells what the smoothing changes
+    apart from the learning rate each arm chose."""
     nan = lambda v: math.nan if v is None else float(v)
     names = list(dict.fromkeys(k for r in records for k in (r.get("metrics") or {})))
+    lrs = sorted({r["lr"] for r in records})
     out = {}
     for name in names:
-        values = {arm: {r["seed"]: nan(r["metrics"][name]) for r in records if r["arm"] == arm and r["lr"] == best[arm]
-                        and name in (r.get("metrics") or {})} for arm in ARMS}
-        seeds = sorted(set(values["base"]) & set(values["smoothed"]))
-        d = paired_difference([values["smoothed"][k] - values["base"][k] for k in seeds], higher_is_better=True)
-        d["verdict"] = {"win": "higher", "loss": "lower"}.get(d["verdict"], d["verdict"])
-        d["higher"] = d.pop("wins")
-        out[name] = {arm: _mean_std([values[arm][k] for k in seeds]) for arm in ARMS} | {"seeds": seeds} | d
+        def at(arm: str, lr: float) -> dict[int, float]:
+            return {r["seed"]: nan(r["metrics"][name]) for r in records
+                    if r["arm"] == arm and r["lr"] == lr and name in (r.get("metrics") or {})}
+
+        out[name] = _paired_number(at("base", best["base"]), at("smoothed", best["smoothed"]))
+        out[name]["by_lr"] = [{"lr": lr} | _paired_number(at("base", lr), at("smoothed", lr)) for lr in lrs]
     return out
+
+
+def _paired_number(base: Mapping[int, float], smoothed: Mapping[int, float]) -> dict[str, Any]:
+    """A reported number of two arms, by seed: each arm's mean and std over the seeds both have and
+    their paired difference smoothed - base, its verdict "higher", "lower" or "no significant difference"."""
+    seeds = sorted(set(base) & set(smoothed))
+    d = paired_difference([smoothed[k] - base[k] for k in seeds], higher_is_better=True)
+    d["verdict"] = {"win": "higher", "loss": "lower"}.get(d["verdict"], d["verdict"])
+    d["higher"] = d.pop("wins")
+    return {"base": _mean_std([base[k] for k in seeds]), "smoothed": _mean_std([smoothed[k] for k in seeds]),
+            "seeds": seeds} | d
 
 
 def _signed(value: float | None) -> str:
@@ -227,7 +240,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 def format_reported(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     """The reported numbers of a summary ([`summarize_records`][gradsmooth.compare.summarize_records]' ``"metrics"``) as
-    a Markdown table: each arm's mean ± std at its chosen learning rate and the paired difference."""
+    a Markdown table: each arm's mean ± std at its chosen learning rate and the paired difference;
+    on a grid of several learning rates, a second table of the paired difference at each of them."""
     lines = ["Reported beside the metric, never chosen on (each arm at its chosen learning rate; smoothed - base "
              "paired over seeds, Student t):", "",
              "| reported | base | smoothed | smoothed - base [95% CI] | smoothed higher | verdict |",
@@ -237,6 +251,18 @@ def format_reported(metrics: Mapping[str, Mapping[str, Any]]) -> str:
         lines.append(f"| {name} | {m['base'][0]:.4f} ± {m['base'][1]:.4f} | {m['smoothed'][0]:.4f} ± "
                      f"{m['smoothed'][1]:.4f} | {_signed(m['mean'])} [{_signed(low)}, {_signed(high)}] | "
                      f"{m['higher']}/{m['n']} | {m['verdict']} |")
+    lrs = [row["lr"] for row in next(iter(metrics.values()), {}).get("by_lr", [])]
+    if len(lrs) < 2:
+        return "\n".join(lines)
+    lines += ["", "The same at each learning rate, both arms at it (smoothed - base paired over seeds, 95% CI, seeds where "
+              "smoothed is higher): what the smoothing changes apart from each arm's choice of learning rate:", "",
+              "| lr | " + " | ".join(metrics) + " |", "| --- |" + " --- |" * len(metrics)]
+    for i, lr in enumerate(lrs):
+        cells = []
+        for m in metrics.values():
+            d = m["by_lr"][i]
+            cells.append(f"{_signed(d['mean'])} [{_signed(d['ci'][0])}, {_signed(d['ci'][1])}] {d['higher']}/{d['n']}")
+        lines.append(f"| {lr:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

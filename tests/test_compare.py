@@ -370,6 +370,27 @@ def test_reported_metrics_are_paired_at_each_arms_chosen_rate_and_never_chosen_o
                                                        for r in records]))  # none recorded: no table
 
 
+def test_reported_numbers_are_also_paired_at_each_learning_rate_with_both_arms_at_it():
+    records = []
+    for seed in range(3):
+        for lr, lift in ((1e-3, 0.1), (1e-2, -0.2)):
+            records.append(result(lr, seed, False, 0.5 + lr, 0.8) | {"metrics": {"cka": 0.5 + 0.01 * seed}})
+            records.append(result(lr, seed, True, 0.5 - lr, 0.8) | {"metrics": {"cka": 0.5 + lift + 0.02 * seed}})
+    summary = summarize(records)
+    assert summary["best"] == {"base": 1e-2, "smoothed": 1e-3}
+    by_lr = summary["metrics"]["cka"]["by_lr"]
+    assert [row["lr"] for row in by_lr] == [1e-3, 1e-2]
+    assert by_lr[0]["per_seed_diff"] == pytest.approx([0.1 + 0.01 * s for s in range(3)])
+    assert by_lr[0]["verdict"] == "higher" and by_lr[0]["higher"] == 3 and by_lr[1]["verdict"] == "lower"
+    assert by_lr[1]["base"][0] == pytest.approx(0.51) and by_lr[1]["seeds"] == [0, 1, 2]
+    table = format_summary(summary)
+    assert "The same at each learning rate, both arms at it" in table
+    assert "| lr | cka |" in table and "| 0.001 | +0.1100 [" in table and "] 3/3 |" in table
+    assert "| 0.01 | -0.1900 [" in table and "] 0/3 |" in table
+    one_rate = summarize([r for r in records if r["lr"] == 1e-3])
+    assert "The same at each learning rate" not in format_summary(one_rate)  # one rate: the first table says it
+
+
 def test_the_overview_of_a_reported_number_pairs_it_at_each_arms_chosen_rate(tmp_path):
     def train(make_optimizer, seed):  # cka higher for smoothed by 0.1 + 0.01 * seed, chosen on nothing
         out = toy_train(make_optimizer, seed)
