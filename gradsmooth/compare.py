@@ -148,7 +148,9 @@ def summarize_records(records: Sequence[Mapping[str, Any]], higher_is_better: bo
     rate and arm the mean and std over seeds of ``val`` (``rows``); each arm's learning rate
     chosen on it (``best``); and at the chosen rates each arm's ``test`` and the per-seed paired
     difference smoothed - base (``best_vs_best``, [`paired_difference`][gradsmooth.compare.paired_difference]).
-    ``metric`` and ``test_metric`` name the two metrics in the summary.
+    ``metric`` and ``test_metric`` name the two metrics in the summary. Numbers the records report
+    beside the metric (``"metrics"``: e.g. ``adjacent_cka``) are paired the same way, never chosen
+    on, at the chosen rates and, under ``by_lr``, at each rate with both arms at it (``metrics``).
 
     The verdict rests on the choice: where an arm chose the lowest or highest learning rate of
     the grid, or the grid holds one rate, it is "inconclusive: <why>; widen the grid (the
