@@ -15,6 +15,13 @@ adamw=1e-3,3e-3,1e-2
 muon=1e-3,2e-3,5e-3,1e-2,2e-2,5e-2  # widened downwards three times: on the ViT both arms chose 1e-2, then the smoothed arm 5e-3, then the base 2e-3
 muon_lm=5e-3,1e-2,2e-2,5e-2,1e-1  # widened above 5e-2: the smoothed arm chose 5e-2
 c() { gradsmooth compare --quiet --resume "$@"; }
+# A comparison left unfinished at the end of a session is committed under docs/results/running/
+# (its results.json alone); it is put back where its command writes, and --resume continues it.
+for kept in docs/results/running/*/results.json; do
+  [ -f "$kept" ] || continue
+  name=$(basename "$(dirname "$kept")")
+  [ -f "docs/results/$name/results.json" ] || { mkdir -p "docs/results/$name" && cp "$kept" "docs/results/$name/"; }
+done
 
 vit() {
   c --task vit --lrs $vit --seeds 8 --out docs/results/vit-adamw                   # headline: 8 blocks
