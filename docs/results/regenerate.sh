@@ -51,7 +51,7 @@ regimes() {
   # RL post-training of the small GPT on addition (phase 1 trained once per seed, reused by both arms)
   c --task diffusion --lrs 3e-3,6e-3,1e-2,2e-2,4e-2 --seeds 5 --steps 1000 --eval-every 100 --out docs/results/diffusion-adamw  # 4e-2 added while it ran: both arms gained from 3e-3 to 6e-3
   c --task rl --lrs 3e-4,1e-3,2e-3,4e-3 --seeds 8 --steps 200 --eval-every 25 --out docs/results/rl-adamw  # widened above 2e-3: the smoothed arm chose 2e-3
-  c --task diffusion --optimizer muon --lrs 1e-2,2e-2,5e-2,1e-1 --seeds 5 --steps 1000 --eval-every 100 --out docs/results/diffusion-muon
+  c --task diffusion --optimizer muon --lrs 5e-3,1e-2,2e-2,5e-2,1e-1 --seeds 5 --steps 1000 --eval-every 100 --out docs/results/diffusion-muon  # 5e-3 added while it ran: the base led at 1e-2, the grid's lowest rate
   # the depth structure (adjacent_cka, adjacent_update_cosine) of the ViT and the GPT at their
   # headline settings, which were published before it was recorded: the same runs, 5 seeds
   c --task vit --lrs $vit --seeds 5 --out docs/results/structure-vit
