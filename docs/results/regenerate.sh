@@ -61,12 +61,14 @@ regimes() {
 horizon() {
   # the GPT at 4x the headline steps, 6 and 12 blocks: constant alpha, and alpha decaying
   # linearly to 0, each against the same base runs
-  long() { c --task lm --lrs $adamw --seeds 5 --steps 1200 --eval-every 100 "$@"; }
-  long --out docs/results/lm-adamw-long
-  long --alpha-schedule linear --alpha-final 0 --base-from docs/results/lm-adamw-long --out docs/results/lm-adamw-long-alpha-linear
-  long --depth 12 --out docs/results/lm-adamw-depth12-long
-  long --depth 12 --alpha-schedule linear --alpha-final 0 --base-from docs/results/lm-adamw-depth12-long \
-    --out docs/results/lm-adamw-depth12-long-alpha-linear
+  long() { c --task lm --seeds 5 --steps 1200 --eval-every 100 "$@"; }
+  long --lrs $adamw --out docs/results/lm-adamw-long
+  long --lrs $adamw --alpha-schedule linear --alpha-final 0 --base-from docs/results/lm-adamw-long \
+    --out docs/results/lm-adamw-long-alpha-linear
+  # widened below 1e-3: the 12-block base chose 1e-3, the grid's lower edge
+  long --lrs 3e-4,$adamw --depth 12 --out docs/results/lm-adamw-depth12-long
+  long --lrs 3e-4,$adamw --depth 12 --alpha-schedule linear --alpha-final 0 \
+    --base-from docs/results/lm-adamw-depth12-long --out docs/results/lm-adamw-depth12-long-alpha-linear
 }
 
 case "${1:-all}" in
